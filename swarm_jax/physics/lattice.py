@@ -1,0 +1,241 @@
+"""Lattice state of the solid-on-solid TiO2 film and its observables (PHYSICS.md §1, §5).
+
+Storage (``C = Lx * Ly`` columns, column index ``c = x * Ly + y``; one extra *dummy* column at
+index ``C`` absorbs the writes of events that do nothing, so every update has a fixed shape):
+
+=================  ===================  ==========================================================
+field              shape, dtype         meaning
+=================  ===================  ==========================================================
+heights            (C + 1,) int32       z of the top atom of each column (0 = bare substrate)
+species            (C + 1, Lz) int8     VACANT / TI / O / SUBSTRATE per site
+oxide              (C + 1, Lz) int8     1 where the atom belongs to a formed TiO2 unit
+tree               (2P,) float64        sum tree of per-column total rates (Hz), P = 2^ceil(log2 C)
+total              () float64           Gamma_tot = tree root, kept as its own field (see engine)
+time               () float64           physical clock, s
+n_events           () int64             events executed
+event_counts       (5,) int64           per kind: deposit Ti, deposit O, hop, desorb, react
+deposited          (2,) int64           atoms deposited, [Ti, O]
+desorbed           (2,) int64           atoms desorbed, [Ti, O]
+n_oxide            () int64             atoms carrying the oxide flag
+status             () int32             RUNNING, CEILING (a column is full) or NO_EVENTS
+=================  ===================  ==========================================================
+
+Memory: 2 bytes per site for species and oxide, plus ``(16 P + 4 C) / (C Lz)`` for tree and
+heights (≈ 0.2 to 3.4 bytes per site at the curriculum sizes).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from swarm_jax.physics import sumtree
+from swarm_jax.physics.params import O, SUBSTRATE, TI, PhysicsParams, make_rate_tables
+
+# Event kinds (index into LatticeState.event_counts).
+DEPOSIT_TI, DEPOSIT_O, HOP, DESORB, REACT = 0, 1, 2, 3, 4
+EVENT_KIND_NAMES = ("deposit_ti", "deposit_o", "hop", "desorb", "react")
+N_EVENT_KINDS = 5
+
+# Run status.
+RUNNING, CEILING, NO_EVENTS = 0, 1, 2
+STATUS_NAMES = {RUNNING: "running", CEILING: "ceiling", NO_EVENTS: "no_events"}
+
+
+@struct.dataclass
+class LatticeState:
+    heights: jnp.ndarray
+    species: jnp.ndarray
+    oxide: jnp.ndarray
+    tree: jnp.ndarray
+    total: jnp.ndarray
+    time: jnp.ndarray
+    n_events: jnp.ndarray
+    event_counts: jnp.ndarray
+    deposited: jnp.ndarray
+    desorbed: jnp.ndarray
+    n_oxide: jnp.ndarray
+    status: jnp.ndarray
+    lx: int = struct.field(pytree_node=False)
+    ly: int = struct.field(pytree_node=False)
+    lz: int = struct.field(pytree_node=False)
+
+    @property
+    def n_columns(self) -> int:
+        return self.lx * self.ly
+
+    @property
+    def lattice_size(self) -> tuple[int, int, int]:
+        return (self.lx, self.ly, self.lz)
+
+    @property
+    def dummy_column(self) -> int:
+        return self.lx * self.ly
+
+
+def validate_lattice_size(lattice_size) -> tuple[int, int, int]:
+    """Checks (Lx, Ly, Lz): Lx, Ly >= 3 (distinct periodic neighbours), Lz >= 2."""
+    try:
+        lx, ly, lz = (int(v) for v in lattice_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"lattice_size must be three integers (Lx, Ly, Lz), got {lattice_size!r}")
+    if tuple(lattice_size) != (lx, ly, lz):
+        raise ValueError(f"lattice_size must be three integers (Lx, Ly, Lz), got {lattice_size!r}")
+    if lx < 3 or ly < 3:
+        raise ValueError(f"lattice_size: Lx and Ly must be >= 3, got {lattice_size!r}")
+    if lz < 2:
+        raise ValueError(f"lattice_size: Lz must be >= 2 (substrate plus one layer), got {lattice_size!r}")
+    return lx, ly, lz
+
+
+def estimate_state_bytes(lattice_size) -> int:
+    """Bytes held by one LatticeState of this size (used to refuse impossible allocations early)."""
+    lx, ly, lz = validate_lattice_size(lattice_size)
+    c = lx * ly
+    p = sumtree.tree_capacity(c)
+    return 2 * (c + 1) * lz + 4 * (c + 1) + 8 * 2 * p + 8 * 16
+
+
+def _empty_fields(lx: int, ly: int, lz: int):
+    c = lx * ly
+    heights = jnp.zeros((c + 1,), jnp.int32)
+    species = jnp.zeros((c + 1, lz), jnp.int8).at[:c, 0].set(SUBSTRATE)
+    oxide = jnp.zeros((c + 1, lz), jnp.int8)
+    return heights, species, oxide
+
+
+def _counters():
+    return dict(
+        time=jnp.zeros((), jnp.float64),
+        n_events=jnp.zeros((), jnp.int64),
+        event_counts=jnp.zeros((N_EVENT_KINDS,), jnp.int64),
+        deposited=jnp.zeros((2,), jnp.int64),
+        desorbed=jnp.zeros((2,), jnp.int64),
+        n_oxide=jnp.zeros((), jnp.int64),
+    )
+
+
+def init_flat(lattice_size, params: PhysicsParams) -> LatticeState:
+    """A bare, flat substrate. Closed form (no rate rebuild): only depositions are possible.
+
+    Cheap enough to run inside every environment step (gymnax's auto-reset evaluates it).
+    """
+    lx, ly, lz = validate_lattice_size(lattice_size)
+    heights, species, oxide = _empty_fields(lx, ly, lz)
+    dep_total = make_rate_tables(params).dep.sum()
+    leaves = jnp.full((lx * ly,), dep_total, jnp.float64)
+    tree = sumtree.build(leaves)
+    total = tree[1]
+    status = jnp.where(total > 0, RUNNING, NO_EVENTS).astype(jnp.int32)
+    return LatticeState(
+        heights=heights, species=species, oxide=oxide, tree=tree, total=total,
+        status=status, lx=lx, ly=ly, lz=lz, **_counters(),
+    )
+
+
+def from_arrays(heights, species, oxide, params: PhysicsParams) -> LatticeState:
+    """Builds a state from (Lx, Ly) heights and (Lx, Ly, Lz) species/oxide arrays.
+
+    The arrays must satisfy the SOS invariant; rates are computed from scratch. Counters start at
+    zero except ``deposited``, which is set to the atoms present (so bookkeeping balances).
+    """
+    from swarm_jax.physics.engine import rebuild_rates  # engine depends on this module
+
+    heights = np.asarray(heights)
+    species = np.asarray(species)
+    oxide = np.asarray(oxide)
+    lx, ly, lz = validate_lattice_size(species.shape)
+    check_sos(heights, species, oxide)
+    c = lx * ly
+    h = np.zeros((c + 1,), np.int32)
+    h[:c] = heights.reshape(c)
+    sp = np.zeros((c + 1, lz), np.int8)
+    sp[:c] = species.reshape(c, lz)
+    ox = np.zeros((c + 1, lz), np.int8)
+    ox[:c] = oxide.reshape(c, lz)
+    counters = _counters()
+    counters["deposited"] = jnp.array([(species == TI).sum(), (species == O).sum()], jnp.int64)
+    counters["n_oxide"] = jnp.asarray(int(oxide.sum()), jnp.int64)
+    state = LatticeState(
+        heights=jnp.asarray(h), species=jnp.asarray(sp), oxide=jnp.asarray(ox),
+        tree=jnp.zeros((2 * sumtree.tree_capacity(c),), jnp.float64),
+        total=jnp.zeros((), jnp.float64), status=jnp.zeros((), jnp.int32),
+        lx=lx, ly=ly, lz=lz, **counters,
+    )
+    state = rebuild_rates(state, make_rate_tables(params))
+    full = int(h[:c].max()) >= lz - 1
+    return state.replace(status=jnp.asarray(CEILING if full else state.status, jnp.int32))
+
+
+def check_sos(heights, species, oxide) -> None:
+    """Raises ValueError unless the arrays describe a valid SOS film (host-side check)."""
+    heights = np.asarray(heights)
+    species = np.asarray(species)
+    oxide = np.asarray(oxide)
+    lx, ly, lz = species.shape
+    if heights.shape != (lx, ly):
+        raise ValueError(f"heights has shape {heights.shape}, expected {(lx, ly)}")
+    if heights.min() < 0 or heights.max() > lz - 1:
+        raise ValueError(f"heights must lie in [0, {lz - 1}]")
+    z = np.arange(lz)[None, None, :]
+    filled = (z >= 1) & (z <= heights[..., None])
+    if not np.all(species[..., 0] == SUBSTRATE):
+        raise ValueError("layer z = 0 must be substrate")
+    if not np.all(np.isin(species[..., 1:][filled[..., 1:]], (TI, O))):
+        raise ValueError("every site 1 <= z <= h must hold Ti or O (no voids)")
+    if not np.all(species[~filled & (z >= 1)] == 0):
+        raise ValueError("every site above h must be vacant (no floating atoms)")
+    if not np.all(oxide[~filled] == 0):
+        raise ValueError("oxide flags are only allowed on film atoms")
+
+
+# --------------------------------------------------------------------------- observables
+
+
+def height_map(state: LatticeState) -> jnp.ndarray:
+    """(Lx, Ly) int32 heights in layers."""
+    return state.heights[: state.n_columns].reshape(state.lx, state.ly)
+
+
+def film_arrays(state: LatticeState):
+    """(heights (Lx, Ly), species (Lx, Ly, Lz), oxide (Lx, Ly, Lz)) without the dummy column."""
+    c = state.n_columns
+    shape = (state.lx, state.ly, state.lz)
+    return (
+        height_map(state),
+        state.species[:c].reshape(shape),
+        state.oxide[:c].reshape(shape),
+    )
+
+
+def atoms_present(state: LatticeState) -> jnp.ndarray:
+    """(2,) int64 [N_Ti, N_O] from the bookkeeping counters (deposited - desorbed)."""
+    return state.deposited - state.desorbed
+
+
+def observables(state: LatticeState) -> dict:
+    """Morphology and composition of PHYSICS.md §5 (O(C) in the number of columns).
+
+    Returns a dict of scalars: ``mean_height`` (ML), ``roughness`` W (layers; x a for Å),
+    ``coverage`` (fraction of columns with h > 0), ``n_ti``, ``n_o``, ``o_ti_ratio`` (0 when no Ti),
+    ``oxide_fraction`` (oxide atoms / film atoms), ``fill_fraction`` (mean h / (Lz - 1)),
+    ``time`` (s).
+    """
+    h = state.heights[: state.n_columns].astype(jnp.float64)
+    mean_h = h.mean()
+    roughness = jnp.sqrt(jnp.mean((h - mean_h) ** 2))
+    n = atoms_present(state)
+    n_ti, n_o = n[0], n[1]
+    n_atoms = n_ti + n_o
+    return dict(
+        mean_height=mean_h,
+        roughness=roughness,
+        coverage=jnp.mean(h > 0),
+        n_ti=n_ti,
+        n_o=n_o,
+        o_ti_ratio=jnp.where(n_ti > 0, n_o / jnp.maximum(n_ti, 1), 0.0),
+        oxide_fraction=jnp.where(n_atoms > 0, state.n_oxide / jnp.maximum(n_atoms, 1), 0.0),
+        fill_fraction=mean_h / (state.lz - 1),
+        time=state.time,
+    )
