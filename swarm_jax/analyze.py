@@ -1,0 +1,442 @@
+"""Analyse a simulation run directory: exponents, final morphology, composition, exports.
+
+Usage::
+
+    python -m swarm_jax.analyze RUN_DIR [--beta-window TMIN TMAX] [--alpha-window RMIN RMAX]
+                                        [--out DIR]
+
+Reads (as written by ``python -m swarm_jax.simulate``):
+
+- ``timeseries.csv``: columns ``event,time,mean_height,roughness,coverage,n_ti,n_o,
+  oxide_fraction`` and optionally ``replica,log_weight,ess``. With a ``replica`` column the file
+  holds R interleaved series; each is sorted by ``event`` and row k of every replica is taken as
+  the same logged event count (replicas are cut to the shortest one). Times of row k are
+  averaged over replicas to give the common clock.
+- ``final_state.npz``: ``heights`` (Lx, Ly) or (R, Lx, Ly) in layers; ``species`` and ``oxide``
+  (…, Lx, Ly, Lz) when present (else the composition comes from the last time-series row).
+- ``summary.json`` (optional): ``lattice_constant_angstrom`` (default 4.59) and metadata.
+
+Writes to ``--out`` (default RUN_DIR): ``analysis.json``, ``roughness.png``,
+``correlation.png``, ``height_map.png``, ``composition.png`` and ``height_map.gsf``
+(replica 0's final map, heights in metres; see :mod:`swarm_jax.analysis.gsf`).
+
+Defaults: β is fitted to W(t) over the rows at or after the first complete monolayer (replica-
+mean ``mean_height ≥ 1``) up to the end of the run; α to G(r) over ``r ∈ [1, min(Lx, Ly)/4]``.
+When a default window holds fewer than 3 points the exponent is reported as ``null`` with a
+note; a window given on the command line that is invalid or holds fewer than 3 points is an
+error. Replicas carrying ``log_weight`` are averaged with self-normalised importance weights
+(PHYSICS.md §4). Bad input gives one ``error:`` line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import zipfile
+from typing import Optional
+
+import numpy as np
+
+from swarm_jax.analysis import exponents as ex
+from swarm_jax.analysis import gsf, morphology
+
+__all__ = ["RunInputError", "RunData", "load_run", "analyze_run", "main"]
+
+PROG = "swarm_jax.analyze"
+REQUIRED_COLUMNS = (
+    "event", "time", "mean_height", "roughness", "coverage", "n_ti", "n_o", "oxide_fraction",
+)
+OPTIONAL_COLUMNS = ("replica", "log_weight", "ess")
+DEFAULT_LATTICE_CONSTANT_ANGSTROM = 4.59
+TI, O = 1, 2  # species codes (PHYSICS.md / swarm_jax.physics.lattice)
+
+
+class RunInputError(Exception):
+    """The run directory, its files or the requested windows are unusable (exit status 2)."""
+
+
+class RunData:
+    """A loaded run.
+
+    Attributes:
+        series: dict column -> (R, T) float64 array (required and present optional columns).
+        heights: (R, Lx, Ly) final height maps in layers.
+        species, oxide: (R, Lx, Ly, Lz) int arrays or None.
+        summary: dict from ``summary.json`` (empty if absent).
+        lattice_constant_angstrom: a in Å.
+        run_dir: absolute path of the run directory (None when built in memory).
+    """
+
+    def __init__(self, series, heights, species, oxide, summary, lattice_constant_angstrom,
+                 run_dir=None):
+        self.run_dir = run_dir
+        self.series = series
+        self.heights = heights
+        self.species = species
+        self.oxide = oxide
+        self.summary = summary
+        self.lattice_constant_angstrom = lattice_constant_angstrom
+
+    @property
+    def n_replicas(self) -> int:
+        return int(self.series["time"].shape[0])
+
+    @property
+    def log_weights(self) -> Optional[np.ndarray]:
+        """(R, T) log weights, or None if absent or trivially equal (uniform policy)."""
+        lw = self.series.get("log_weight")
+        if lw is None or not np.all(np.isfinite(lw)) or np.ptp(lw, axis=0).max(initial=0) == 0:
+            return None
+        return lw
+
+
+def _float(text: str) -> float:
+    text = (text or "").strip()
+    if text == "":
+        return math.nan
+    return float(text)
+
+
+def _read_timeseries(path: str) -> dict:
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            fields = [f.strip() for f in (reader.fieldnames or [])]
+            missing = [c for c in REQUIRED_COLUMNS if c not in fields]
+            if missing:
+                raise RunInputError(f"{path}: missing column(s) {', '.join(missing)}")
+            wanted = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in fields]
+            rows = []
+            for line_no, row in enumerate(reader, start=2):
+                row = {k.strip(): v for k, v in row.items() if k is not None}
+                try:
+                    rows.append([_float(row[c]) for c in wanted])
+                except (ValueError, TypeError) as exc:
+                    raise RunInputError(f"{path}:{line_no}: non-numeric value ({exc})") from None
+    except OSError as exc:
+        raise RunInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not rows:
+        raise RunInputError(f"{path}: no data rows")
+    table = np.asarray(rows, dtype=np.float64)
+    col = {c: i for i, c in enumerate(wanted)}
+    replica = table[:, col["replica"]] if "replica" in col else np.zeros(len(table))
+    if not np.all(np.isfinite(replica)):
+        raise RunInputError(f"{path}: empty or non-numeric replica ids")
+    groups = []
+    for rid in np.unique(replica):
+        block = table[replica == rid]
+        groups.append(block[np.argsort(block[:, col["event"]], kind="stable")])
+    length = min(len(g) for g in groups)
+    stacked = np.stack([g[:length] for g in groups])  # (R, T, n_columns)
+    return {c: stacked[:, :, i] for c, i in col.items() if c != "replica"}
+
+
+def _read_final_state(path: str):
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: np.asarray(npz[k]) for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise RunInputError(f"cannot read {path}: {exc}") from None
+    if "heights" not in arrays:
+        raise RunInputError(f"{path}: no 'heights' array")
+    heights = arrays["heights"]
+    if heights.ndim == 2:
+        heights = heights[None]
+    if heights.ndim != 3 or min(heights.shape) < 1:
+        raise RunInputError(f"{path}: 'heights' must be (Lx, Ly) or (R, Lx, Ly), got {heights.shape}")
+    extras = []
+    for name in ("species", "oxide"):
+        arr = arrays.get(name)
+        if arr is not None:
+            if arr.ndim == 3:
+                arr = arr[None]
+            if arr.ndim != 4 or arr.shape[:3] != heights.shape:
+                raise RunInputError(
+                    f"{path}: '{name}' shape {arrays[name].shape} does not match heights {heights.shape}"
+                )
+        extras.append(arr)
+    return heights.astype(np.float64), extras[0], extras[1]
+
+
+def load_run(run_dir) -> RunData:
+    """Load ``timeseries.csv``, ``final_state.npz`` and (optional) ``summary.json``.
+
+    Raises:
+        RunInputError: missing directory or files, unreadable or malformed content.
+    """
+    run_dir = os.fspath(run_dir)
+    if not os.path.isdir(run_dir):
+        raise RunInputError(f"run directory not found: {run_dir}")
+    ts_path = os.path.join(run_dir, "timeseries.csv")
+    fs_path = os.path.join(run_dir, "final_state.npz")
+    for p in (ts_path, fs_path):
+        if not os.path.isfile(p):
+            raise RunInputError(f"missing {os.path.basename(p)} in {run_dir}")
+    series = _read_timeseries(ts_path)
+    heights, species, oxide = _read_final_state(fs_path)
+    summary = {}
+    sm_path = os.path.join(run_dir, "summary.json")
+    if os.path.isfile(sm_path):
+        try:
+            with open(sm_path) as fh:
+                summary = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise RunInputError(f"cannot read {sm_path}: {exc}") from None
+        if not isinstance(summary, dict):
+            raise RunInputError(f"{sm_path}: expected a JSON object")
+    a = summary.get("lattice_constant_angstrom", DEFAULT_LATTICE_CONSTANT_ANGSTROM)
+    try:
+        a = float(a)
+    except (TypeError, ValueError):
+        raise RunInputError(f"{sm_path}: lattice_constant_angstrom is not a number") from None
+    if not (math.isfinite(a) and a > 0):
+        raise RunInputError(f"{sm_path}: lattice_constant_angstrom must be positive, got {a}")
+    return RunData(series, heights, species, oxide, summary, a, run_dir=os.path.abspath(run_dir))
+
+
+def _jsonable(obj):
+    """Plain-Python, strict-JSON copy (non-finite floats -> None)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def _check_window(name: str, window) -> tuple[float, float]:
+    lo, hi = float(window[0]), float(window[1])
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise RunInputError(f"--{name}-window must be finite numbers, got {lo:g} {hi:g}")
+    if lo >= hi:
+        raise RunInputError(f"--{name}-window needs MIN < MAX, got {lo:g} {hi:g}")
+    if hi <= 0:
+        raise RunInputError(f"--{name}-window must reach positive values (log-log fit), got {lo:g} {hi:g}")
+    return lo, hi
+
+
+def _default_growth_window(clock: np.ndarray, w: np.ndarray, mean_h: np.ndarray):
+    """[first clock value with mean height >= 1 ML, last clock value]; falls back to the whole
+    run. Returns (window or None, note or None)."""
+    usable = (clock > 0) & (w > 0) & np.isfinite(clock) & np.isfinite(w)
+    after = usable & (mean_h >= 1.0)
+    if after.sum() >= ex.MIN_FIT_POINTS:
+        return (float(clock[after].min()), float(clock[after].max())), None
+    if usable.sum() >= ex.MIN_FIT_POINTS:
+        return (float(clock[usable].min()), float(clock[usable].max())), (
+            "fewer than 3 logged points after the first monolayer; window spans the whole run"
+        )
+    return None, "fewer than 3 logged points with t > 0 and W > 0: no growth exponent"
+
+
+def _composition(run: RunData):
+    """Final per-replica N_Ti, N_O, oxide atoms (R,) from the 3-D arrays, else the CSV."""
+    if run.species is not None:
+        sp = run.species
+        n_ti = (sp == TI).sum(axis=(1, 2, 3)).astype(np.float64)
+        n_o = (sp == O).sum(axis=(1, 2, 3)).astype(np.float64)
+        if run.oxide is not None:
+            film = (sp == TI) | (sp == O)
+            n_ox = ((run.oxide != 0) & film).sum(axis=(1, 2, 3)).astype(np.float64)
+        else:
+            n_ox = run.series["oxide_fraction"][:, -1] * (n_ti + n_o)
+        return n_ti, n_o, n_ox, "final_state.npz"
+    n_ti = run.series["n_ti"][:, -1]
+    n_o = run.series["n_o"][:, -1]
+    return n_ti, n_o, run.series["oxide_fraction"][:, -1] * (n_ti + n_o), "timeseries.csv"
+
+
+def analyze_run(run: RunData, out_dir, beta_window=None, alpha_window=None,
+                make_plots: bool = True) -> dict:
+    """Compute the analysis of a loaded run and write every output into ``out_dir``.
+
+    Returns the dict written to ``analysis.json``.
+    """
+    from swarm_jax.analysis import plots
+
+    os.makedirs(out_dir, exist_ok=True)
+    a_ang = run.lattice_constant_angstrom
+    s = run.series
+    r_count = run.n_replicas
+    lw_series = run.log_weights
+    lw_final = None if lw_series is None else lw_series[:, -1]
+    result: dict = {
+        "run_dir": run.run_dir,
+        "n_replicas": r_count,
+        "n_rows": int(s["time"].shape[1]),
+        "lattice_shape": list(run.heights.shape[1:]) + (
+            [int(run.species.shape[-1])] if run.species is not None else []
+        ),
+        "lattice_constant_angstrom": a_ang,
+        "importance_weighted": lw_series is not None,
+    }
+    for key in ("temperature", "deposition_rate", "lattice_size", "n_events", "policy", "seed"):
+        if key in run.summary:
+            result[key] = run.summary[key]
+
+    # --- growth exponent β from W(t) -------------------------------------------------------
+    t_mean = ex.replica_mean(s["time"], lw_series)
+    w_mean = ex.replica_mean(s["roughness"], lw_series)
+    h_mean = ex.replica_mean(s["mean_height"], lw_series)
+    beta_fit, beta_note, source = None, None, "default"
+    if beta_window is not None:
+        beta_window, source = _check_window("beta", beta_window), "user"
+        try:
+            beta_fit = ex.fit_growth_exponent(s["time"], s["roughness"], beta_window,
+                                              log_weights=lw_series)
+        except ValueError as exc:
+            raise RunInputError(f"--beta-window: {exc}") from None
+    else:
+        beta_window, beta_note = _default_growth_window(t_mean, w_mean, h_mean)
+        if beta_window is not None:
+            try:
+                beta_fit = ex.fit_growth_exponent(s["time"], s["roughness"], beta_window,
+                                                  log_weights=lw_series)
+            except ValueError as exc:
+                beta_fit, beta_note = None, f"β fit failed: {exc}"
+    result["beta"] = None if beta_fit is None else dict(beta_fit.to_dict(), clock="time_s")
+    result["beta_note"] = beta_note
+    # the same exponent against the film thickness (mean height, ML): clock-noise free
+    theta_window, theta_note = _default_growth_window(h_mean, w_mean, h_mean)
+    beta_theta = None
+    if theta_window is not None:
+        try:
+            beta_theta = ex.fit_growth_exponent(s["mean_height"], s["roughness"], theta_window,
+                                                log_weights=lw_series).to_dict()
+            beta_theta["clock"] = "mean_height_layers"
+        except ValueError as exc:
+            theta_note = f"fit failed: {exc}"
+    result["beta_vs_mean_height"] = beta_theta
+    result["beta_vs_mean_height_note"] = theta_note
+
+    # --- roughness exponent α from G(r) of the final maps ------------------------------------
+    heights = run.heights
+    alpha_source = "default"
+    if alpha_window is not None:
+        alpha_window, alpha_source = _check_window("alpha", alpha_window), "user"
+    else:
+        alpha_window = morphology.default_alpha_window(heights.shape)
+    lw_alpha = lw_final if (lw_final is not None and lw_final.shape[0] == heights.shape[0]) else None
+    alpha_fit, alpha_note = None, None
+    r, g = None, None
+    try:
+        alpha_fit, r, g = morphology.fit_roughness_exponent(heights, alpha_window,
+                                                            log_weights=lw_alpha)
+    except ValueError as exc:
+        if alpha_source == "user":
+            raise RunInputError(f"--alpha-window: {exc}") from None
+        alpha_note = f"no roughness exponent: {exc}"
+        r, g_all, _ = morphology.height_height_correlation(heights)
+        g = ex.replica_mean(g_all, lw_alpha)
+    if alpha_fit is not None and heights.shape[0] == 1:
+        alpha_note = "single map: stderr is the OLS fit error (G(r) points are correlated)"
+    result["alpha"] = None if alpha_fit is None else alpha_fit.to_dict()
+    result["alpha_note"] = alpha_note
+    result["windows"] = {
+        "beta": None if beta_window is None else list(beta_window),
+        "beta_source": source,
+        "beta_units": "s",
+        "alpha": list(alpha_window),
+        "alpha_source": alpha_source,
+        "alpha_units": "lattice sites",
+    }
+
+    # --- final morphology and composition ----------------------------------------------------
+    w_fin = morphology.roughness(heights)
+    n_ti, n_o, n_ox, comp_src = _composition(run)
+    avg = (lambda v: float(ex.replica_mean(np.asarray(v)[:, None], lw_alpha)[0]))
+    n_ti_m, n_o_m, n_ox_m = avg(n_ti), avg(n_o), avg(n_ox)
+    result["final"] = {
+        "time_s": float(t_mean[-1]),
+        "mean_height_layers": avg(morphology.mean_height(heights)),
+        "roughness_layers": avg(w_fin),
+        "roughness_angstrom": avg(w_fin) * a_ang,
+        "roughness_per_replica_layers": w_fin.tolist(),
+        "coverage": avg(morphology.coverage(heights)),
+        "n_ti": n_ti_m,
+        "n_o": n_o_m,
+        "o_ti_ratio": n_o_m / n_ti_m if n_ti_m > 0 else None,
+        "oxide_fraction": n_ox_m / (n_ti_m + n_o_m) if (n_ti_m + n_o_m) > 0 else None,
+        "composition_source": comp_src,
+    }
+    if lw_series is not None:
+        result["final"]["ess_fraction"] = float(ex.effective_sample_size(lw_final) / r_count)
+    if "ess" in s:
+        result["final"]["logged_ess"] = ex.replica_mean(s["ess"])[-1]
+
+    # --- exports -------------------------------------------------------------------------------
+    outputs = {}
+    gsf_path = os.path.join(out_dir, "height_map.gsf")
+    gsf.write_gsf(gsf_path, heights[0], lattice_constant_m=a_ang * 1e-10,
+                  title="swarm_jax final height map (replica 0)")
+    outputs["gsf"] = "height_map.gsf"
+    if make_plots:
+        n_ti_t = ex.replica_mean(s["n_ti"], lw_series)
+        n_o_t = ex.replica_mean(s["n_o"], lw_series)
+        ox_t = ex.replica_mean(s["oxide_fraction"], lw_series)
+        plots.plot_roughness(os.path.join(out_dir, "roughness.png"), t_mean, w_mean, beta_fit,
+                             roughness_per_replica=s["roughness"] if r_count > 1 else None)
+        plots.plot_correlation(os.path.join(out_dir, "correlation.png"), r, g, alpha_fit)
+        plots.plot_height_map(os.path.join(out_dir, "height_map.png"), heights[0], a_ang,
+                              title="Final height map" + (" (replica 0)" if r_count > 1 else ""))
+        plots.plot_composition(os.path.join(out_dir, "composition.png"), t_mean, n_ti_t, n_o_t, ox_t)
+        outputs.update(roughness="roughness.png", correlation="correlation.png",
+                       height_map="height_map.png", composition="composition.png")
+    result["outputs"] = outputs
+    result = _jsonable(result)
+    with open(os.path.join(out_dir, "analysis.json"), "w") as fh:
+        json.dump(result, fh, indent=2, allow_nan=False)
+    return result
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit status 2, no usage dump
+        raise RunInputError(message)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Analyse a swarm_jax simulation run directory.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="directory written by swarm_jax.simulate")
+    p.add_argument("--beta-window", nargs=2, type=float, metavar=("TMIN", "TMAX"),
+                   help="time window (s) of the W(t) fit; default: after the first monolayer")
+    p.add_argument("--alpha-window", nargs=2, type=float, metavar=("RMIN", "RMAX"),
+                   help="r window (lattice sites) of the G(r) fit; default: 1 to min(Lx,Ly)/4")
+    p.add_argument("--out", metavar="DIR", default=None, help="output directory (default RUN_DIR)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    return p
+
+
+def main(argv=None) -> int:
+    """CLI entry point; returns the exit status (0 ok, 2 bad input)."""
+    try:
+        args = _build_parser().parse_args(argv)
+        run = load_run(args.run_dir)
+        out_dir = args.out if args.out is not None else args.run_dir
+        try:
+            result = analyze_run(run, out_dir, beta_window=args.beta_window,
+                                 alpha_window=args.alpha_window, make_plots=not args.no_plots)
+        except OSError as exc:
+            raise RunInputError(f"cannot write outputs to {out_dir}: {exc.strerror or exc}") from None
+    except RunInputError as exc:
+        print(f"{PROG}: error: {exc}".replace("\n", " "), file=sys.stderr)
+        return 2
+    beta, alpha = result["beta"], result["alpha"]
+    fmt = (lambda f: "n/a" if f is None else f"{f['exponent']:.3f} ± {f['stderr']:.3f}")
+    print(f"beta = {fmt(beta)}  alpha = {fmt(alpha)}  "
+          f"W = {result['final']['roughness_layers']:.3f} layers  -> {os.path.join(out_dir, 'analysis.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

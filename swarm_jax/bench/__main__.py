@@ -1,0 +1,46 @@
+"""``python -m swarm_jax.bench SUITE [options]``: run one benchmark suite, print a table, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUITES = {
+    "kmc": "swarm_jax.bench.kmc",
+    "env": "swarm_jax.bench.env",
+    "train": "swarm_jax.bench.train",
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m swarm_jax.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="suite", required=True)
+    modules = {}
+    for name, module_name in SUITES.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:  # a suite whose module is missing is simply not offered
+            if err.name != module_name:
+                raise
+            continue
+        modules[name] = module
+        p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
+        p.add_argument("--json", default=f"bench_results/{name}.json", help="where to write the JSON results")
+        module.add_arguments(p)
+    args = parser.parse_args(argv)
+    import swarm_jax  # noqa: F401  (enables x64 before any suite builds arrays)
+    from swarm_jax.bench.common import format_table, machine_info, write_json
+
+    module = modules[args.suite]
+    info = machine_info()
+    print(f"# {args.suite} benchmark on {info['cpu']} ({info['cpu_count']} cores), backend {info['backend']}, jax {info['jax']}")
+    rows = module.run(args)
+    print(format_table(rows))
+    path = write_json(args.json, args.suite, rows)
+    print(f"# wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
