@@ -21,7 +21,10 @@ Every rate is recomputed from state and *set*, never adjusted by deltas. A stopp
 In-place discipline (XLA keeps a scatter in place only when every read of the old buffer feeds
 it): ``Gamma_tot`` is its own state field, heights are written first and all later positions are
 derived from the new heights, and what is known about the chosen event's atom travels in
-:class:`Event` from the sampling pass instead of being read back after the writes.
+:class:`Event` from the sampling pass instead of being read back after the writes. Nothing else
+may read an old buffer: XLA duplicates small gathers into each consumer, so a bookkeeping value
+computed from an old read (it once was the oxide flag of a desorbing atom, for an oxide counter)
+makes XLA copy the whole array on every event. ``tests/test_engine_hlo.py`` guards this.
 """
 
 from __future__ import annotations
@@ -92,59 +95,79 @@ def _cross(cols: jnp.ndarray, lx: int, ly: int) -> jnp.ndarray:
 # --------------------------------------------------------------------------- rates
 
 
+def site_neighbours(cols: jnp.ndarray, zs: jnp.ndarray, lx: int, ly: int, lz: int):
+    """The 6 NN of sites (cols, zs) (...,), in the order +x, -x, +y, -y, above, below.
+
+    Returns ``(rows (..., 6) int32, zs (..., 6) int32 clipped into [0, Lz), inside (..., 6) bool)``;
+    ``inside`` is False for the site above the top layer.
+    """
+    nb = neighbour_columns(cols, lx, ly)
+    rows = jnp.concatenate([nb, cols[..., None], cols[..., None]], axis=-1)
+    z = zs[..., None]
+    nn_z = jnp.concatenate([jnp.broadcast_to(z, nb.shape), z + 1, z - 1], axis=-1)
+    inside = (nn_z >= 0) & (nn_z <= lz - 1)
+    return rows, jnp.clip(nn_z, 0, lz - 1).astype(jnp.int32), inside
+
+
+def site_react_class(species, oxide, cols, zs, lx: int, ly: int, lz: int) -> jnp.ndarray:
+    """Reaction channel of sites (cols, zs) (...,) from species/oxide arrays, as int8.
+
+    ``n`` = number of occupied (Ti or O) NN when the site holds a non-oxide Ti with at least two
+    non-oxide O among its 6 NN (PHYSICS.md §2, "react"); -1 otherwise. The substrate counts
+    neither as occupied nor as an O partner.
+    """
+    rows, nn_z, inside = site_neighbours(cols, zs, lx, ly, lz)
+    nn_sp = jnp.where(inside, species[rows, nn_z], VACANT)
+    nn_ox = oxide[rows, nn_z]
+    free_o = jnp.sum((nn_sp == O) & (nn_ox == 0), axis=-1)
+    occupied = jnp.sum((nn_sp == TI) | (nn_sp == O), axis=-1)
+    reactive = (species[cols, zs] == TI) & (oxide[cols, zs] == 0) & (free_o >= 2)
+    return jnp.where(reactive, occupied, -1).astype(jnp.int8)
+
+
 def column_event_rates(state: LatticeState, tables: RateTables, cols: jnp.ndarray):
-    """Rates of every catalogue slot of columns ``cols`` (M,), computed from state.
+    """Rates of every catalogue slot of columns ``cols`` (M,), from heights, the top layer and
+    the cached reaction classes.
 
     Returns ``(rates (M, 7 + Lz) float64, top_species (M,) int8, top_oxide (M,) int8)``.
     """
     lz = state.lz
-    rows = _cross(cols, state.lx, state.ly)  # (M, 5)
-    h_rows = state.heights[rows]  # (M, 5)
+    rows = _cross(cols, state.lx, state.ly)  # (M, 5): the column, then +x, -x, +y, -y
+    h_rows = state.heights[rows]
     h = h_rows[:, 0]
     h_nb = h_rows[:, 1:]
-    sp = state.species[rows]  # (M, 5, Lz)
-    ox = state.oxide[rows]
-
-    # Surface events of the top atom at z = h.
-    top = jnp.take_along_axis(sp, h[:, None, None], axis=2)[..., 0]  # (M, 5) species at z = h
-    top_sp = top[:, 0]
-    top_ox = jnp.take_along_axis(ox[:, 0], h[:, None], axis=1)[:, 0]
-    lateral = top[:, 1:]  # (M, 4) species of the lateral sites at the top atom's level
+    level = state.species[rows, h[:, None]]  # (M, 5) species at the top atom's level z = h
+    top_sp = level[:, 0]
+    top_ox = state.oxide[cols, h]
+    lateral = level[:, 1:]
     n_ti = jnp.sum(lateral == TI, axis=1)
     n_o = jnp.sum(lateral == O, axis=1)
     has_atom = h >= 1
     s = jnp.clip(top_sp.astype(jnp.int32) - 1, 0, 1)  # Ti -> 0, O -> 1
-    not_full = h < lz - 1
 
-    dep = jnp.where(not_full[:, None], tables.dep[None, :], 0.0)
+    dep = jnp.where((h < lz - 1)[:, None], tables.dep[None, :], 0.0)
     down_step = (h_nb + 1 < h[:, None]).astype(jnp.int32)
     hop = tables.hop[s[:, None], top_ox[:, None].astype(jnp.int32), down_step, n_ti[:, None], n_o[:, None]]
     hop = jnp.where(has_atom[:, None] & (h_nb < lz - 1), hop, 0.0)
     desorb = jnp.where(has_atom, tables.desorb[s, n_ti, n_o], 0.0)
-
-    # Reactions of every site of the column: NN in the order +x, -x, +y, -y, above, below.
-    own, own_ox = sp[:, 0], ox[:, 0]
-    pad_sp = jnp.full((sp.shape[0], 1), VACANT, sp.dtype)
-    pad_ox = jnp.zeros((ox.shape[0], 1), ox.dtype)
-    above = jnp.concatenate([own[:, 1:], pad_sp], axis=1)
-    above_ox = jnp.concatenate([own_ox[:, 1:], pad_ox], axis=1)
-    below = jnp.concatenate([pad_sp, own[:, :-1]], axis=1)
-    below_ox = jnp.concatenate([pad_ox, own_ox[:, :-1]], axis=1)
-    nn = jnp.concatenate([sp[:, 1:], above[:, None], below[:, None]], axis=1)  # (M, 6, Lz)
-    nn_ox = jnp.concatenate([ox[:, 1:], above_ox[:, None], below_ox[:, None]], axis=1)
-    n_free_o = jnp.sum((nn == O) & (nn_ox == 0), axis=1)
-    n_occupied = jnp.sum((nn == TI) | (nn == O), axis=1)
-    can_react = (own == TI) & (own_ox == 0) & (n_free_o >= 2)
-    react = jnp.where(can_react, tables.react[n_occupied], 0.0)
-
+    cls = state.react_class[cols].astype(jnp.int32)  # (M, Lz)
+    react = jnp.where(cls >= 0, tables.react[jnp.clip(cls, 0, 6)], 0.0)
     rates = jnp.concatenate([dep, hop, desorb[:, None], react], axis=1)
     return rates, top_sp, top_ox
 
 
 def rebuild_rates(state: LatticeState, tables: RateTables) -> LatticeState:
-    """Recomputes every leaf and the whole tree from scratch (O(N)); for init and checks."""
-    cols = jnp.arange(state.n_columns, dtype=jnp.int32)
-    rates, _, _ = column_event_rates(state, tables, cols)
+    """Recomputes every reaction class, leaf and the whole tree from scratch (O(N)).
+
+    For initialisation from arbitrary arrays and for checks; never used inside a run.
+    """
+    c, lz = state.n_columns, state.lz
+    cols = jnp.broadcast_to(jnp.arange(c, dtype=jnp.int32)[:, None], (c, lz))
+    zs = jnp.broadcast_to(jnp.arange(lz, dtype=jnp.int32)[None, :], (c, lz))
+    cls = site_react_class(state.species, state.oxide, cols, zs, state.lx, state.ly, lz)
+    react_class = jnp.full((c + 1, lz), -1, jnp.int8).at[:c].set(cls)
+    state = state.replace(react_class=react_class)
+    rates, _, _ = column_event_rates(state, tables, jnp.arange(c, dtype=jnp.int32))
     tree = sumtree.build(rates.sum(axis=1))
     total = tree[1]
     status = jnp.where(
@@ -193,23 +216,19 @@ def _reaction_partners(state: LatticeState, species, col, z):
     ``species`` is passed separately so the caller can hand in the already-written array (a
     reaction does not change species) and keep the species scatter in place.
     """
-    nb = neighbour_columns(col, state.lx, state.ly)  # (4,)
-    rows = jnp.concatenate([nb, jnp.stack([col, col])])  # (6,)
-    zs = jnp.concatenate([jnp.full((4,), z), jnp.stack([z + 1, z - 1])])
-    zs_c = jnp.clip(zs, 0, state.lz - 1)
-    inside = (zs >= 0) & (zs <= state.lz - 1)
-    free_o = inside & (species[rows, zs_c] == O) & (state.oxide[rows, zs_c] == 0)
+    rows, zs, inside = site_neighbours(col, z, state.lx, state.ly, state.lz)
+    free_o = inside & (species[rows, zs] == O) & (state.oxide[rows, zs] == 0)
     order = jnp.cumsum(free_o)
     first = jnp.argmax(free_o & (order == 1))
     second = jnp.argmax(free_o & (order == 2))
-    return rows[first], zs_c[first], rows[second], zs_c[second]
+    return rows[first], zs[first], rows[second], zs[second]
 
 
 def apply_event(state: LatticeState, tables: RateTables, event: Event, active=True) -> LatticeState:
     """Executes ``event`` (drawn from this very state) and updates rates locally.
 
     With ``active`` False (or a stopped state) nothing changes: all writes go to the dummy column.
-    The clock is not touched here (see :func:`advance_clock`).
+    The clock is not touched here (see :func:`waiting_time` and :func:`step_with_uniforms`).
     """
     active = jnp.asarray(active) & (state.status == RUNNING)
     lz = state.lz
@@ -262,14 +281,23 @@ def apply_event(state: LatticeState, tables: RateTables, event: Event, active=Tr
     )
     oxide = state.oxide.at[ox_rows, ox_zs].set(ox_vals)
 
-    # 4. Local rate update: the crosses around the (up to three) changed columns.
+    # 4. Reaction classes of the changed sites and their 6 NN (<= 21 sites), then the leaves of
+    #    the crosses around the (up to three) changed columns.
+    #    The changed sites are exactly the three oxide-write slots.
+    nn_rows, nn_z, _ = site_neighbours(ox_rows, ox_zs, state.lx, state.ly, lz)
+    site_rows = jnp.concatenate([ox_rows[:, None], nn_rows], axis=1).reshape(-1)  # (21,)
+    site_z = jnp.concatenate([ox_zs[:, None], nn_z], axis=1).reshape(-1)
+    site_cls = site_react_class(species, oxide, site_rows, site_z, state.lx, state.ly, lz)
+    # Sites of the dummy column (and wrapped neighbours of it) get recomputed values: harmless.
+    react_class = state.react_class.at[site_rows, site_z].set(site_cls)
+
     changed = jnp.where(
         is_hop,
         jnp.stack([c, target, target]),
         jnp.where(is_react, jnp.stack([c, o1_row, o2_row]), jnp.stack([c, c, c])),
     )
     affected = _cross(changed, state.lx, state.ly).reshape(-1)  # (15,)
-    new = state.replace(heights=heights, species=species, oxide=oxide)
+    new = state.replace(heights=heights, species=species, oxide=oxide, react_class=react_class)
     rates, _, _ = column_event_rates(new, tables, affected)
     tree = sumtree.update(state.tree, affected, rates.sum(axis=1))
     total = tree[1]
@@ -284,7 +312,6 @@ def apply_event(state: LatticeState, tables: RateTables, event: Event, active=Tr
         state.status,
         jnp.where(ceiling, CEILING, jnp.where(total > 0, RUNNING, NO_EVENTS)),
     ).astype(jnp.int32)
-    oxide_change = jnp.where(is_react, 3, jnp.where(is_des, -event.top_oxide.astype(jnp.int64), 0))
     return new.replace(
         tree=tree,
         total=total,
@@ -292,7 +319,6 @@ def apply_event(state: LatticeState, tables: RateTables, event: Event, active=Tr
         event_counts=state.event_counts.at[kind].add(one),
         deposited=state.deposited.at[dep_index].add(one * is_dep),
         desorbed=state.desorbed.at[top_is_o].add(one * is_des),
-        n_oxide=state.n_oxide + one * oxide_change,
         status=status,
     )
 

@@ -9,6 +9,7 @@ field              shape, dtype         meaning
 heights            (C + 1,) int32       z of the top atom of each column (0 = bare substrate)
 species            (C + 1, Lz) int8     VACANT / TI / O / SUBSTRATE per site
 oxide              (C + 1, Lz) int8     1 where the atom belongs to a formed TiO2 unit
+react_class        (C + 1, Lz) int8     n (0..6 occupied NN) where a non-oxide Ti can react, else -1
 tree               (2P,) float64        sum tree of per-column total rates (Hz), P = 2^ceil(log2 C)
 total              () float64           Gamma_tot = tree root, kept as its own field (see engine)
 time               () float64           physical clock, s
@@ -16,11 +17,14 @@ n_events           () int64             events executed
 event_counts       (5,) int64           per kind: deposit Ti, deposit O, hop, desorb, react
 deposited          (2,) int64           atoms deposited, [Ti, O]
 desorbed           (2,) int64           atoms desorbed, [Ti, O]
-n_oxide            () int64             atoms carrying the oxide flag
 status             () int32             RUNNING, CEILING (a column is full) or NO_EVENTS
 =================  ===================  ==========================================================
 
-Memory: 2 bytes per site for species and oxide, plus ``(16 P + 4 C) / (C Lz)`` for tree and
+``react_class`` caches the reaction channel of every site (the only per-site rate information),
+so a column's reaction total is one int8 row lookup and an event refreshes only the ≤ 21 sites
+whose channel it can change.
+
+Memory: 3 bytes per site for species, oxide and reaction class, plus ``(16 P + 4 C) / (C Lz)`` for tree and
 heights (≈ 0.2 to 3.4 bytes per site at the curriculum sizes).
 """
 
@@ -48,6 +52,7 @@ class LatticeState:
     heights: jnp.ndarray
     species: jnp.ndarray
     oxide: jnp.ndarray
+    react_class: jnp.ndarray
     tree: jnp.ndarray
     total: jnp.ndarray
     time: jnp.ndarray
@@ -55,7 +60,6 @@ class LatticeState:
     event_counts: jnp.ndarray
     deposited: jnp.ndarray
     desorbed: jnp.ndarray
-    n_oxide: jnp.ndarray
     status: jnp.ndarray
     lx: int = struct.field(pytree_node=False)
     ly: int = struct.field(pytree_node=False)
@@ -72,6 +76,12 @@ class LatticeState:
     @property
     def dummy_column(self) -> int:
         return self.lx * self.ly
+
+    @property
+    def n_oxide(self) -> jnp.ndarray:
+        """Atoms carrying the oxide flag (int64). An O(N) count, deliberately not a counter
+        updated per event: see the in-place note in :mod:`swarm_jax.physics.engine`."""
+        return jnp.sum(self.oxide[: self.n_columns], dtype=jnp.int64)
 
 
 def validate_lattice_size(lattice_size) -> tuple[int, int, int]:
@@ -94,7 +104,7 @@ def estimate_state_bytes(lattice_size) -> int:
     lx, ly, lz = validate_lattice_size(lattice_size)
     c = lx * ly
     p = sumtree.tree_capacity(c)
-    return 2 * (c + 1) * lz + 4 * (c + 1) + 8 * 2 * p + 8 * 16
+    return 3 * (c + 1) * lz + 4 * (c + 1) + 8 * 2 * p + 8 * 16
 
 
 def _empty_fields(lx: int, ly: int, lz: int):
@@ -102,7 +112,8 @@ def _empty_fields(lx: int, ly: int, lz: int):
     heights = jnp.zeros((c + 1,), jnp.int32)
     species = jnp.zeros((c + 1, lz), jnp.int8).at[:c, 0].set(SUBSTRATE)
     oxide = jnp.zeros((c + 1, lz), jnp.int8)
-    return heights, species, oxide
+    react_class = jnp.full((c + 1, lz), -1, jnp.int8)
+    return heights, species, oxide, react_class
 
 
 def _counters():
@@ -112,7 +123,6 @@ def _counters():
         event_counts=jnp.zeros((N_EVENT_KINDS,), jnp.int64),
         deposited=jnp.zeros((2,), jnp.int64),
         desorbed=jnp.zeros((2,), jnp.int64),
-        n_oxide=jnp.zeros((), jnp.int64),
     )
 
 
@@ -122,15 +132,15 @@ def init_flat(lattice_size, params: PhysicsParams) -> LatticeState:
     Cheap enough to run inside every environment step (gymnax's auto-reset evaluates it).
     """
     lx, ly, lz = validate_lattice_size(lattice_size)
-    heights, species, oxide = _empty_fields(lx, ly, lz)
+    heights, species, oxide, react_class = _empty_fields(lx, ly, lz)
     dep_total = make_rate_tables(params).dep.sum()
     leaves = jnp.full((lx * ly,), dep_total, jnp.float64)
     tree = sumtree.build(leaves)
     total = tree[1]
     status = jnp.where(total > 0, RUNNING, NO_EVENTS).astype(jnp.int32)
     return LatticeState(
-        heights=heights, species=species, oxide=oxide, tree=tree, total=total,
-        status=status, lx=lx, ly=ly, lz=lz, **_counters(),
+        heights=heights, species=species, oxide=oxide, react_class=react_class, tree=tree,
+        total=total, status=status, lx=lx, ly=ly, lz=lz, **_counters(),
     )
 
 
@@ -156,9 +166,9 @@ def from_arrays(heights, species, oxide, params: PhysicsParams) -> LatticeState:
     ox[:c] = oxide.reshape(c, lz)
     counters = _counters()
     counters["deposited"] = jnp.array([(species == TI).sum(), (species == O).sum()], jnp.int64)
-    counters["n_oxide"] = jnp.asarray(int(oxide.sum()), jnp.int64)
     state = LatticeState(
         heights=jnp.asarray(h), species=jnp.asarray(sp), oxide=jnp.asarray(ox),
+        react_class=jnp.full((c + 1, lz), -1, jnp.int8),
         tree=jnp.zeros((2 * sumtree.tree_capacity(c),), jnp.float64),
         total=jnp.zeros((), jnp.float64), status=jnp.zeros((), jnp.int32),
         lx=lx, ly=ly, lz=lz, **counters,
@@ -219,7 +229,7 @@ def observables(state: LatticeState) -> dict:
 
     Returns a dict of scalars: ``mean_height`` (ML), ``roughness`` W (layers; x a for Å),
     ``coverage`` (fraction of columns with h > 0), ``n_ti``, ``n_o``, ``o_ti_ratio`` (0 when no Ti),
-    ``oxide_fraction`` (oxide atoms / film atoms), ``fill_fraction`` (mean h / (Lz - 1)),
+    ``oxide_fraction`` (oxide atoms / film atoms; an O(N) count over the oxide flags), ``fill_fraction`` (mean h / (Lz - 1)),
     ``time`` (s).
     """
     h = state.heights[: state.n_columns].astype(jnp.float64)
@@ -228,6 +238,7 @@ def observables(state: LatticeState) -> dict:
     n = atoms_present(state)
     n_ti, n_o = n[0], n[1]
     n_atoms = n_ti + n_o
+    n_oxide = state.n_oxide
     return dict(
         mean_height=mean_h,
         roughness=roughness,
@@ -235,7 +246,7 @@ def observables(state: LatticeState) -> dict:
         n_ti=n_ti,
         n_o=n_o,
         o_ti_ratio=jnp.where(n_ti > 0, n_o / jnp.maximum(n_ti, 1), 0.0),
-        oxide_fraction=jnp.where(n_atoms > 0, state.n_oxide / jnp.maximum(n_atoms, 1), 0.0),
+        oxide_fraction=jnp.where(n_atoms > 0, n_oxide / jnp.maximum(n_atoms, 1), 0.0),
         fill_fraction=mean_h / (state.lz - 1),
         time=state.time,
     )

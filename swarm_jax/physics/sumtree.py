@@ -36,19 +36,29 @@ def build(leaves: jnp.ndarray) -> jnp.ndarray:
 
 
 def update(tree: jnp.ndarray, leaf_ids: jnp.ndarray, values: jnp.ndarray) -> jnp.ndarray:
-    """Sets leaves ``leaf_ids`` (M,) to ``values`` (M,) and recomputes their ancestors."""
+    """Sets leaves ``leaf_ids`` (M,) to ``values`` (M,) and recomputes their ancestors.
+
+    All new node values are computed first, from the *old* tree (an untouched sibling keeps its
+    old value; a sibling that is itself on an updated path takes its new value from the small
+    (M,) working set), and then written with a single scatter. Because every read of the old
+    buffer feeds that scatter, XLA updates the tree in place: no O(N) copy per event. Duplicate
+    leaf ids must carry identical values (they then write identical values).
+    """
     p = tree.shape[0] // 2
-    nodes = leaf_ids + p
-    tree = tree.at[nodes].set(values)
-
-    def level(_, carry):
-        tree, nodes = carry
+    nodes = leaf_ids.astype(jnp.int32) + p
+    vals = values.astype(tree.dtype)
+    all_nodes = [nodes]
+    all_vals = [vals]
+    for _ in range(tree_depth(tree)):
+        sibling = nodes ^ 1
+        match = nodes[None, :] == sibling[:, None]  # (M, M): sibling i is updated node j
+        sibling_new = jnp.max(jnp.where(match, vals[None, :], -jnp.inf), axis=1)
+        sibling_val = jnp.where(match.any(axis=1), sibling_new, tree[sibling])
+        vals = jnp.where(nodes % 2 == 0, vals + sibling_val, sibling_val + vals)
         nodes = nodes // 2
-        tree = tree.at[nodes].set(tree[2 * nodes] + tree[2 * nodes + 1])
-        return tree, nodes
-
-    tree, _ = jax.lax.fori_loop(0, tree_depth(tree), level, (tree, nodes))
-    return tree
+        all_nodes.append(nodes)
+        all_vals.append(vals)
+    return tree.at[jnp.concatenate(all_nodes)].set(jnp.concatenate(all_vals))
 
 
 def sample(tree: jnp.ndarray, u: jnp.ndarray) -> jnp.ndarray:

@@ -1,0 +1,225 @@
+"""Actor-critic networks for the SwarmThinkers policy (Flax linen, float32 throughout).
+
+Observation contract (PHYSICS.md §4, ``swarm_jax.env``): a dict
+
+* ``"candidates"``: ``(..., K, D)`` local feature vectors of the K candidate events,
+* ``"global"``:     ``(..., G)`` lattice-level context,
+
+with D and G fixed for every lattice size. The action is the index ``j in [0, K)`` of the chosen
+candidate. Every network here maps an observation to ``(logits (..., K), value (...))``, float32.
+
+Two families:
+
+* :class:`SwarmActorCritic` (``kind="swarm"``): a *shared per-candidate actor* — one MLP ``f`` scores
+  each candidate from ``[its features, global context]`` and the logits over K are those scores, so
+  the policy is permutation-equivariant and the same weights serve any K and any lattice size
+  (softmax over ``f`` = the SwarmThinkers reweighting ``exp(f(o_e)) Γ_e`` as K grows) — and a
+  *centralised critic*: per-candidate embeddings, mean- and max-pooled over K (permutation
+  invariant), concatenated with the global features, then an MLP to a scalar value.
+* :class:`FlatActorCritic` (``kind="flat_mlp"``): Stable-Baselines3 ``MlpPolicy`` parity — the
+  flattened candidates and the global vector are concatenated and fed to two *separate* MLPs
+  (policy: K logits, value: 1). Tied to one K (and to the candidate order).
+
+The package enables ``jax_enable_x64`` globally (the KMC clock needs it); these modules cast every
+observation leaf to float32 and declare ``dtype``/``param_dtype`` float32 on every layer, so
+parameters, activations, logits and values are float32 regardless of that flag.
+
+Initialisation follows PPO practice (PureJaxRL, SB3): orthogonal kernels with gain √2 on hidden
+layers, 0.01 on the policy head (near-uniform initial policy, i.e. classical KMC at the start and
+ESS ratio ≈ 1) and 1.0 on the value head; zero biases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Observation = dict  # {"candidates": (..., K, D), "global": (..., G)}
+
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "tanh": jnp.tanh,
+    "relu": nn.relu,
+    "gelu": nn.gelu,
+    "silu": nn.silu,
+    "elu": nn.elu,
+}
+
+NETWORK_KINDS = ("swarm", "flat_mlp")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """Architecture of the actor-critic.
+
+    Attributes:
+        kind: ``"swarm"`` (shared per-candidate actor + pooled critic, any K) or ``"flat_mlp"``
+            (SB3 MlpPolicy parity over the flattened observation, one fixed K).
+        hidden_sizes: widths of the hidden layers, used for every MLP of the network (actor,
+            critic embedding, critic head; or the flat pi and vf nets). Default ``(64, 64)``: the
+            actor and the critic embedding run once per candidate, i.e. ``n_envs × K`` times per
+            env step; with the TiO2 features (D = 116, G = 15) 2×64 costs ~24k multiply-adds per
+            candidate (2×128: ~66k), cheap on CPU next to the KMC step, and it already learns
+            the per-candidate scoring task of ``tests/mock_env.py`` in ~10k env steps. It is also
+            SB3's MlpPolicy default, so both families are compared at equal width. Use
+            ``(128, 128)`` on an accelerator or for richer feature sets.
+        activation: one of ``"tanh"`` (default, as SB3/PureJaxRL), ``"relu"``, ``"gelu"``,
+            ``"silu"``, ``"elu"``.
+    """
+
+    kind: str = "swarm"
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+
+    def __post_init__(self):
+        if self.kind not in NETWORK_KINDS:
+            raise ValueError(f"NetworkConfig.kind must be one of {NETWORK_KINDS}, got {self.kind!r}")
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"NetworkConfig.activation must be one of {tuple(_ACTIVATIONS)}, "
+                f"got {self.activation!r}"
+            )
+        # YAML gives lists: normalise so the config stays hashable (it is a jit static argument).
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
+            raise ValueError(f"hidden_sizes must be non-empty positive ints, got {self.hidden_sizes}")
+
+
+def _dense(features: int, scale: float, name: str | None = None) -> nn.Dense:
+    """A float32 Dense layer with orthogonal(scale) kernel and zero bias."""
+    return nn.Dense(
+        features,
+        kernel_init=nn.initializers.orthogonal(scale),
+        bias_init=nn.initializers.zeros,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+class MLP(nn.Module):
+    """Hidden layers only: ``x (..., F) -> (..., hidden_sizes[-1])``, activation after each."""
+
+    hidden_sizes: Sequence[int]
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        act = _ACTIVATIONS[self.activation]
+        for width in self.hidden_sizes:
+            x = act(_dense(width, np.sqrt(2.0))(x))
+        return x
+
+
+def _as_float32(obs: Observation) -> tuple[Array, Array]:
+    candidates = jnp.asarray(obs["candidates"], dtype=jnp.float32)
+    global_ = jnp.asarray(obs["global"], dtype=jnp.float32)
+    if candidates.ndim < 2 or candidates.shape[:-2] != global_.shape[:-1]:
+        raise ValueError(
+            "observation must be {'candidates': (..., K, D), 'global': (..., G)} with matching "
+            f"batch dims; got {candidates.shape} and {global_.shape}"
+        )
+    return candidates, global_
+
+
+class SwarmActorCritic(nn.Module):
+    """Shared per-candidate actor + centralised pooled critic. Works for any K.
+
+    ``__call__(obs) -> (logits (..., K), value (...))``, both float32.
+
+    Actor: ``logit_j = f([c_j, g])`` with one MLP ``f`` for all j (permutation-equivariant).
+    Critic: ``e_j = φ(c_j)``; ``V = ψ([mean_j e_j, max_j e_j, g])`` (permutation-invariant).
+    """
+
+    hidden_sizes: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, obs: Observation) -> tuple[Array, Array]:
+        candidates, global_ = _as_float32(obs)
+        g_rep = jnp.broadcast_to(global_[..., None, :], candidates.shape[:-1] + global_.shape[-1:])
+
+        # Actor: score every candidate with the same MLP.
+        h = MLP(self.hidden_sizes, self.activation, name="actor_mlp")(
+            jnp.concatenate([candidates, g_rep], axis=-1)
+        )
+        logits = _dense(1, 0.01, name="actor_head")(h)[..., 0]
+
+        # Critic: pooled candidate embeddings + global context.
+        emb = MLP(self.hidden_sizes, self.activation, name="critic_embed")(candidates)
+        pooled = jnp.concatenate([emb.mean(axis=-2), emb.max(axis=-2), global_], axis=-1)
+        v = MLP(self.hidden_sizes, self.activation, name="critic_mlp")(pooled)
+        value = _dense(1, 1.0, name="critic_head")(v)[..., 0]
+        return logits, value
+
+
+class FlatActorCritic(nn.Module):
+    """SB3 MlpPolicy parity: separate pi and vf MLPs on ``concat(flatten(candidates), global)``.
+
+    ``__call__(obs) -> (logits (..., num_actions), value (...))``; requires ``K == num_actions``.
+    """
+
+    num_actions: int
+    hidden_sizes: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, obs: Observation) -> tuple[Array, Array]:
+        candidates, global_ = _as_float32(obs)
+        if candidates.shape[-2] != self.num_actions:
+            raise ValueError(
+                f"flat_mlp network built for K={self.num_actions}, got K={candidates.shape[-2]}"
+            )
+        flat = candidates.reshape(candidates.shape[:-2] + (-1,))
+        x = jnp.concatenate([flat, global_], axis=-1)
+        pi = MLP(self.hidden_sizes, self.activation, name="pi_mlp")(x)
+        logits = _dense(self.num_actions, 0.01, name="pi_head")(pi)
+        vf = MLP(self.hidden_sizes, self.activation, name="vf_mlp")(x)
+        value = _dense(1, 1.0, name="vf_head")(vf)[..., 0]
+        return logits, value
+
+
+def make_network(config: NetworkConfig, num_actions: int) -> nn.Module:
+    """Build the actor-critic module described by ``config``.
+
+    Args:
+        config: the architecture.
+        num_actions: K (``env.num_actions``). The swarm network does not depend on it (any K);
+            the flat MLP's policy head has exactly ``num_actions`` outputs.
+
+    Returns:
+        A linen module with ``apply(params, obs) -> (logits (..., K), value (...))``.
+    """
+    if config.kind == "swarm":
+        return SwarmActorCritic(hidden_sizes=config.hidden_sizes, activation=config.activation)
+    return FlatActorCritic(
+        num_actions=int(num_actions), hidden_sizes=config.hidden_sizes, activation=config.activation
+    )
+
+
+# ---- categorical-policy helpers (no distrax dependency) ---------------------------------------
+
+
+def log_probs_from_logits(logits: Array) -> Array:
+    """Normalised log-probabilities ``log π (..., K)`` (float32) from logits ``(..., K)``."""
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def entropy_from_log_probs(log_probs: Array) -> Array:
+    """Entropy ``−Σ_j π_j log π_j`` in nats, shape ``(...)``."""
+    return -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+
+
+def select_log_prob(log_probs: Array, action: Array) -> Array:
+    """``log π_a`` for integer actions ``(...)`` from ``log_probs (..., K)``."""
+    return jnp.take_along_axis(log_probs, action[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def count_params(params: Any) -> int:
+    """Number of scalar parameters in a pytree."""
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

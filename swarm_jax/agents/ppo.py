@@ -1,0 +1,741 @@
+"""PPO for the SwarmThinkers policy, in the PureJaxRL shape, with the gaps closed.
+
+One *update* (all inside one jitted function):
+
+1. **Rollout**: ``lax.scan`` over ``n_steps`` of a ``vmap``-ed ``env.step`` on ``n_envs``
+   environments (gymnax auto-reset). The actor's distribution at each step gives the action
+   (sampled), its log-probability, the per-step ESS ratio and the step importance log-weight.
+2. **GAE**: a reverse ``lax.scan``. Unlike PureJaxRL's single ``done`` flag, *truncated* episodes
+   are bootstrapped with the value of the true last observation ``info["final_observation"]``
+   and only *terminated* ones are cut:
+   ``δ_t = r_t + γ V(s'_t) (1 − terminated_t) − V(s_t)``,
+   ``A_t = δ_t + γ λ (1 − done_t) A_{t+1}``, ``done = terminated ∨ truncated``,
+   where ``s'_t`` is the pre-reset next observation. Returns ``R_t = A_t + V(s_t)``.
+3. **Optimisation**: ``n_epochs`` × ``n_minibatches`` nested ``lax.scan``: permute, clipped
+   surrogate, value loss (optionally clipped, as SB3's ``clip_range_vf``), entropy bonus,
+   ``optax.chain(clip_by_global_norm, adam(eps))`` with optional linear LR annealing.
+
+**Learning reward.** The reward PPO optimises is the environment's reward plus the ESS term of the
+seed project's reward (``RewardConfig.w_ess``), which needs the policy and so is added here:
+``r_learn = r_env − w_ess · max(0, ess_target − ESS_ratio_t)``, with ``ESS_ratio_t = K² / Σ_j 1/π_j``
+the ESS ratio of the actor's distribution over the K candidates at that step (PHYSICS.md §4,
+``swarm_jax.swarm.weights.ess_ratio``), computed with the rollout's parameters and treated as
+data (no gradient flows through it). ``w_ess`` and ``ess_target`` come from the env's
+``RewardConfig`` (``env_params.reward``; 0.3 and 0.5 by default) unless :class:`PPOConfig` sets
+them. ``ep_rew_mean`` and the evaluation metrics report the env reward alone.
+
+**Chunks.** :meth:`PPOTrainer.train_chunk` runs ``n_updates`` updates in one jitted ``lax.scan``
+and returns *reduced* metrics (no per-step or per-update history leaves the device), so a long
+run is a host loop of chunks with logging/checkpointing between them. It compiles once per chunk
+size and, for a given key, ``k`` chunks of ``n`` updates give the same parameters as one chunk of
+``k·n`` (the LR schedule reads the optimiser's own step count).
+
+**Importance weights.** Each env carries the log of its trajectory weight
+``log W = Σ_t log w_t``, ``log w_t = −log K − log π_{a_t}`` (``weights.step_log_weight``), reset at
+every episode end. The chunk metric ``batch_ess`` is ``(Σ W_i)² / (n Σ W_i²)`` over the
+trajectories that *finished* during the chunk (complete episodes: the honest fidelity figure
+of PHYSICS.md §4); if none finished, it falls back to the running (partial) trajectories at the
+end of the chunk. ``batch_ess_running`` is always the latter; ``n_episodes`` says which applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.training.train_state import TrainState
+
+from swarm_jax.agents.networks import (
+    NetworkConfig,
+    entropy_from_log_probs,
+    log_probs_from_logits,
+    make_network,
+    select_log_prob,
+)
+from swarm_jax.swarm.weights import batch_ess, ess_ratio, step_log_weight
+
+Array = jax.Array
+
+#: ``info`` keys averaged over the rollout and reported when the env provides them.
+DEFAULT_INFO_KEYS = ("roughness", "coverage", "o_ti_ratio", "mean_height")
+
+EVAL_POLICIES = ("trained", "uniform", "greedy")
+
+
+# ---- configuration -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyper-parameters (hashable: it is closed over by the jitted update).
+
+    Defaults follow PureJaxRL (annealed LR 2.5e-4, clip 0.2, ent 0.01, vf 0.5, grad-norm 0.5,
+    Adam eps 1e-5); for SB3 parity set ``learning_rate=3e-4, anneal_lr=False, n_steps=2048,
+    batch_size=64, n_epochs=10, ent_coef=0.0`` explicitly.
+
+    Attributes:
+        n_envs: parallel environments (vmapped).
+        n_steps: env steps per environment per update (rollout length).
+        batch_size: minibatch size in transitions; must divide ``n_envs * n_steps``.
+        n_epochs: passes over the rollout per update.
+        learning_rate: Adam step size (initial value if annealed).
+        anneal_lr: decay the LR linearly to 0 over ``num_updates`` updates (stepwise per update).
+        gamma: discount per env step.
+        gae_lambda: GAE λ.
+        clip_range: PPO ratio clip ε.
+        clip_range_vf: if set, clip the value prediction to ``V_old ± clip_range_vf`` (SB3);
+            ``None`` = no value clipping (SB3 default).
+        normalize_advantage: standardise advantages per minibatch (SB3 and PureJaxRL do).
+        ent_coef: entropy bonus coefficient.
+        vf_coef: value-loss coefficient (loss = mean squared error, as SB3).
+        max_grad_norm: global-norm gradient clip.
+        adam_eps: Adam ε.
+        w_ess: weight of the ESS term added to the reward: ``−w_ess · max(0, ess_target − ESS)``.
+            ``None`` (default): take ``env_params.reward.w_ess`` (the env's ``RewardConfig``,
+            seed default 0.3) so the reward weights have one home; 0.3 if the env has none.
+            A number overrides it (0 disables the term).
+        ess_target: ESS-ratio threshold of that term; ``None``: ``env_params.reward.ess_target``
+            (0.5 if the env has none).
+        total_timesteps: env steps in total (all envs); ``num_updates`` is derived from it.
+    """
+
+    n_envs: int = 8
+    n_steps: int = 128
+    batch_size: int = 256
+    n_epochs: int = 4
+    learning_rate: float = 2.5e-4
+    anneal_lr: bool = True
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    clip_range_vf: Optional[float] = None
+    normalize_advantage: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    adam_eps: float = 1e-5
+    w_ess: Optional[float] = None
+    ess_target: Optional[float] = None
+    total_timesteps: int = 1_000_000
+
+    def __post_init__(self):
+        for name in ("n_envs", "n_steps", "batch_size", "n_epochs", "total_timesteps"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"PPOConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.rollout_size % self.batch_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} must divide n_envs*n_steps={self.rollout_size}"
+            )
+        if self.num_updates < 1:
+            raise ValueError(
+                f"total_timesteps={self.total_timesteps} is less than one rollout "
+                f"(n_envs*n_steps={self.rollout_size})"
+            )
+
+    @property
+    def rollout_size(self) -> int:
+        """Transitions per update, ``n_envs * n_steps``."""
+        return int(self.n_envs) * int(self.n_steps)
+
+    @property
+    def n_minibatches(self) -> int:
+        return self.rollout_size // int(self.batch_size)
+
+    @property
+    def num_updates(self) -> int:
+        """Updates in a full run, ``total_timesteps // (n_envs * n_steps)``."""
+        return int(self.total_timesteps) // self.rollout_size
+
+    def learning_rate_at(self, update: Array | int) -> Array:
+        """LR (float32) used during update number ``update`` (0-based)."""
+        lr = jnp.float32(self.learning_rate)
+        if not self.anneal_lr:
+            return lr
+        frac = 1.0 - jnp.asarray(update, jnp.float32) / jnp.float32(self.num_updates)
+        return lr * jnp.clip(frac, 0.0, 1.0)
+
+
+# ---- state containers --------------------------------------------------------------------------
+
+
+@struct.dataclass
+class RunnerState:
+    """Everything a run carries between updates (a pytree; checkpoint it whole).
+
+    Attributes:
+        train_state: ``flax.training.train_state.TrainState`` — ``params``, ``opt_state``
+            (optax chain state: clip-by-norm, Adam), ``step`` (optimiser steps taken, int32);
+            ``apply_fn``/``tx`` are static fields, not leaves.
+        env_state: batched env states, leading axis ``n_envs``.
+        last_obs: batched current observations, ``{"candidates": (n_envs, K, D), "global":
+            (n_envs, G)}``.
+        rng: PRNG key for the rest of the run.
+        traj_log_weight: ``(n_envs,)`` float32, ``log W`` of each running trajectory
+            (reset to 0 at episode end).
+        ep_return: ``(n_envs,)`` float32, undiscounted env return of the running episode
+            (env reward only, without the ESS term).
+        ep_length: ``(n_envs,)`` int32, steps of the running episode.
+        update_step: ``()`` int32, updates completed.
+        env_steps: ``()`` int64, env steps taken over all envs.
+    """
+
+    train_state: TrainState
+    env_state: Any
+    last_obs: Any
+    rng: Array
+    traj_log_weight: Array
+    ep_return: Array
+    ep_length: Array
+    update_step: Array
+    env_steps: Array
+
+
+@struct.dataclass
+class Transition:
+    """One rollout step for all envs (leading axes ``(n_steps, n_envs)`` once stacked)."""
+
+    obs: Any
+    action: Array  # int32
+    log_prob: Array  # log π_a at collection
+    value: Array  # V(s_t)
+    next_value: Array  # V(final_observation_t): value of the pre-reset next observation
+    reward: Array  # learning reward: env_reward − w_ess·max(0, ess_target − ess_ratio)
+    env_reward: Array  # reward returned by the env
+    ess_ratio: Array  # per-step ESS ratio of the actor's distribution, K² / Σ_j 1/π_j
+    terminated: Array  # bool
+    done: Array  # bool, terminated | truncated
+
+
+# ---- GAE ---------------------------------------------------------------------------------------
+
+
+def compute_gae(
+    rewards: Array,
+    values: Array,
+    next_values: Array,
+    terminated: Array,
+    dones: Array,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[Array, Array]:
+    """Generalised advantage estimation with truncation bootstrapping (time-major).
+
+    Args:
+        rewards: ``(T, ...)`` rewards ``r_t``.
+        values: ``(T, ...)`` ``V(s_t)``.
+        next_values: ``(T, ...)`` ``V(s'_t)`` of the *pre-reset* next observation (for a
+            truncated step, the value of ``info["final_observation"]``).
+        terminated: ``(T, ...)`` bool, true termination at step t (no bootstrap).
+        dones: ``(T, ...)`` bool, ``terminated | truncated`` (the advantage chain is cut).
+        gamma, gae_lambda: discount and GAE λ.
+
+    Returns:
+        ``(advantages, returns)``, both ``(T, ...)``, ``returns = advantages + values``.
+    """
+    not_term = 1.0 - terminated.astype(values.dtype)
+    not_done = 1.0 - dones.astype(values.dtype)
+    deltas = rewards + gamma * next_values * not_term - values
+
+    def body(adv_next, x):
+        delta, nd = x
+        adv = delta + gamma * gae_lambda * nd * adv_next
+        return adv, adv
+
+    _, advantages = jax.lax.scan(
+        body, jnp.zeros_like(values[0]), (deltas, not_done), reverse=True
+    )
+    return advantages, advantages + values
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def _masked_log_sums(log_w: Array, mask: Array) -> tuple[Array, Array, Array]:
+    """Mergeable batch-ESS statistics: ``(log Σ W, log Σ W², n)`` over entries where ``mask``."""
+    lw = jnp.where(mask, log_w, -jnp.inf)
+    return (
+        jax.nn.logsumexp(lw),
+        jax.nn.logsumexp(2.0 * lw),
+        jnp.sum(mask.astype(jnp.float32)),
+    )
+
+
+def batch_ess_from_sums(log_sum_w: Array, log_sum_w2: Array, n: Array) -> Array:
+    """``(Σ W)² / (n Σ W²)`` from log-sums; NaN when ``n == 0``. Equals ``weights.batch_ess``."""
+    n = jnp.asarray(n, jnp.result_type(log_sum_w))
+    val = jnp.exp(2.0 * log_sum_w - jnp.log(jnp.maximum(n, 1.0)) - log_sum_w2)
+    return jnp.where(n > 0, val, jnp.nan)
+
+
+def _safe_mean(total: Array, count: Array) -> Array:
+    """``total / count``, NaN when ``count == 0``."""
+    return jnp.where(count > 0, total / jnp.maximum(count, 1.0), jnp.nan)
+
+
+DEFAULT_W_ESS = 0.3
+DEFAULT_ESS_TARGET = 0.5
+
+
+def resolve_ess_term(config: PPOConfig, env_params) -> tuple[Any, Any]:
+    """``(w_ess, ess_target)`` used for the learning reward (see :class:`PPOConfig`)."""
+    reward_cfg = getattr(env_params, "reward", None)
+    w = config.w_ess
+    if w is None:
+        w = getattr(reward_cfg, "w_ess", DEFAULT_W_ESS)
+    target = config.ess_target
+    if target is None:
+        target = getattr(reward_cfg, "ess_target", DEFAULT_ESS_TARGET)
+    return w, target
+
+
+def _info_keys_present(info: dict, keys: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(k for k in keys if k in info)
+
+
+# ---- the trainer -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PPOTrainer:
+    """Returned by :func:`make_train`. Holds the static pieces and the jitted entry points.
+
+    Attributes:
+        config, network_config: the configurations.
+        network: the linen actor-critic (``apply(params, obs) -> (logits, value)``).
+        env, env_params: the gymnax environment and its (closed-over) parameters.
+        tx: the optax transformation (clip-by-global-norm then Adam).
+        info_keys: env ``info`` keys whose rollout means are reported (those the env provides).
+    """
+
+    config: PPOConfig
+    network_config: NetworkConfig
+    network: nn.Module
+    env: Any
+    env_params: Any
+    tx: optax.GradientTransformation
+    info_keys: tuple[str, ...]
+    _chunk_fn: Callable = dataclasses.field(repr=False)
+    _init_fn: Callable = dataclasses.field(repr=False)
+    _rollout_fn: Callable = dataclasses.field(repr=False)
+
+    def init(self, key: Array) -> RunnerState:
+        """Fresh :class:`RunnerState`: network params, optimiser state, ``n_envs`` reset envs."""
+        return self._init_fn(key)
+
+    def train_chunk(self, runner_state: RunnerState, n_updates: int) -> tuple[RunnerState, dict]:
+        """Run ``n_updates`` PPO updates (jitted; compiled once per ``n_updates``).
+
+        Returns the new runner state and a dict of float32 scalars (see :func:`make_train`).
+        """
+        return self._chunk_fn(runner_state, int(n_updates))
+
+    def collect_rollout(self, runner_state: RunnerState) -> tuple[RunnerState, Transition]:
+        """One rollout without learning (jitted): the new state and the ``(n_steps, n_envs)``
+        :class:`Transition` batch an update would learn from. For inspection and tests."""
+        return self._rollout_fn(runner_state)
+
+    def train(self, key: Array) -> tuple[RunnerState, dict]:
+        """PureJaxRL-style whole run: ``train_chunk(init(key), config.num_updates)``."""
+        return self.train_chunk(self.init(key), self.config.num_updates)
+
+    def learning_rate_at(self, update: Array | int) -> Array:
+        return self.config.learning_rate_at(update)
+
+
+def make_train(
+    config: PPOConfig,
+    network_config: NetworkConfig,
+    env,
+    env_params=None,
+    info_keys: tuple[str, ...] = DEFAULT_INFO_KEYS,
+) -> PPOTrainer:
+    """Build a PPO trainer for a gymnax ``env`` with dict observations and ``Discrete(K)`` actions.
+
+    Args:
+        config: PPO hyper-parameters.
+        network_config: the actor-critic architecture.
+        env: a gymnax ``Environment`` (``num_actions == K``; observation
+            ``{"candidates": (K, D), "global": (G,)}``).
+        env_params: env parameters (default: ``env.default_params``); closed over, so a change
+            means a new trainer (and a recompile).
+        info_keys: ``info`` entries to average over rollouts (reported when present).
+
+    Returns:
+        A :class:`PPOTrainer`. ``train_chunk(runner_state, n)`` returns metrics, all float32
+        scalars, reduced over the chunk's ``n`` updates:
+
+        * ``ep_rew_mean``, ``ep_len_mean``: mean env return (without the ESS term) and length of
+          the episodes that finished in the chunk; NaN if none did. ``n_episodes``: their count.
+        * ``policy_loss``, ``value_loss``, ``entropy``, ``approx_kl``, ``clip_fraction``, ``loss``:
+          means over all minibatch steps of the chunk (``approx_kl`` is SB3's
+          ``mean((r − 1) − log r)``).
+        * ``ess_ratio``: mean per-step ESS ratio of the actor's distribution over the chunk's
+          rollouts; ``ess_penalty``: mean per-step ``w_ess · max(0, ess_target − ESS)``;
+          ``reward``: mean per-step env reward.
+        * ``batch_ess``, ``batch_ess_running``: see the module docstring.
+        * each of ``info_keys`` the env provides (``roughness``, ``coverage``, ``o_ti_ratio``,
+          ``mean_height``): mean over the chunk's rollout steps and envs.
+        * ``learning_rate``: the LR of the chunk's last update; ``env_steps``, ``update_step``:
+          counters after the chunk (float32 copies; exact integers are in the runner state).
+    """
+    if env_params is None:
+        env_params = env.default_params
+    num_actions = int(env.num_actions)
+    network = make_network(network_config, num_actions)
+    cfg = config
+    w_ess, ess_target = resolve_ess_term(config, env_params)
+
+    if cfg.anneal_lr:
+        steps_per_update = cfg.n_epochs * cfg.n_minibatches
+
+        def lr_schedule(count):
+            return cfg.learning_rate_at(count // steps_per_update)
+
+        learning_rate = lr_schedule
+    else:
+        learning_rate = cfg.learning_rate
+    tx = optax.chain(
+        optax.clip_by_global_norm(cfg.max_grad_norm),
+        optax.adam(learning_rate=learning_rate, eps=cfg.adam_eps),
+    )
+
+    v_reset = jax.vmap(env.reset, in_axes=(0, None))
+    v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+    # Which info keys does the env report? Trace one step abstractly (no compute).
+    def _probe(key):
+        obs, st = env.reset(key, env_params)
+        return env.step(key, st, jnp.int32(0), env_params)[-1]
+
+    probe_info = jax.eval_shape(_probe, jax.random.PRNGKey(0))
+    present_keys = _info_keys_present(probe_info, tuple(info_keys))
+
+    # ---- init ----------------------------------------------------------------------------------
+    def _init(key):
+        key, k_net, k_env = jax.random.split(key, 3)
+        obs, env_state = v_reset(jax.random.split(k_env, cfg.n_envs), env_params)
+        params = network.init(k_net, jax.tree.map(lambda x: x[0], obs))
+        train_state = TrainState.create(apply_fn=network.apply, params=params, tx=tx)
+        return RunnerState(
+            train_state=train_state,
+            env_state=env_state,
+            last_obs=obs,
+            rng=key,
+            traj_log_weight=jnp.zeros((cfg.n_envs,), jnp.float32),
+            ep_return=jnp.zeros((cfg.n_envs,), jnp.float32),
+            ep_length=jnp.zeros((cfg.n_envs,), jnp.int32),
+            update_step=jnp.zeros((), jnp.int32),
+            env_steps=jnp.zeros((), jnp.int64),
+        )
+
+    # ---- rollout -------------------------------------------------------------------------------
+    def _env_step(rs: RunnerState, _):
+        params = rs.train_state.params
+        rng, k_act, k_env = jax.random.split(rs.rng, 3)
+        logits, value = network.apply(params, rs.last_obs)
+        log_probs = log_probs_from_logits(logits)  # (N, K)
+        action = jax.random.categorical(k_act, log_probs).astype(jnp.int32)
+        log_prob = select_log_prob(log_probs, action)
+        ess = ess_ratio(log_probs).astype(jnp.float32)
+        step_lw = step_log_weight(log_probs, action).astype(jnp.float32)
+
+        obs, env_state, reward, terminated, truncated, info = v_step(
+            jax.random.split(k_env, cfg.n_envs), rs.env_state, action, env_params
+        )
+        _, next_value = network.apply(params, info["final_observation"])
+        terminated = jnp.asarray(terminated, bool)
+        done = jnp.logical_or(terminated, jnp.asarray(truncated, bool))
+        env_reward = jnp.asarray(reward, jnp.float32)
+        penalty = jnp.asarray(w_ess, jnp.float32) * jnp.maximum(
+            0.0, jnp.asarray(ess_target, jnp.float32) - ess
+        )
+
+        ep_return = rs.ep_return + env_reward
+        ep_length = rs.ep_length + 1
+        traj_lw = rs.traj_log_weight + step_lw
+        transition = Transition(
+            obs=rs.last_obs,
+            action=action,
+            log_prob=log_prob,
+            value=value,
+            next_value=jax.lax.stop_gradient(next_value),
+            reward=env_reward - penalty,
+            env_reward=env_reward,
+            ess_ratio=ess,
+            terminated=terminated,
+            done=done,
+        )
+        stats = {
+            "done": done,
+            "ep_return": ep_return,
+            "ep_length": ep_length,
+            "traj_log_weight": traj_lw,
+            "penalty": penalty,
+            **{k: jnp.asarray(info[k], jnp.float32) for k in present_keys},
+        }
+        zf, zi = jnp.float32(0.0), jnp.int32(0)
+        rs = rs.replace(
+            env_state=env_state,
+            last_obs=obs,
+            rng=rng,
+            traj_log_weight=jnp.where(done, zf, traj_lw),
+            ep_return=jnp.where(done, zf, ep_return),
+            ep_length=jnp.where(done, zi, ep_length),
+            env_steps=rs.env_steps + cfg.n_envs,
+        )
+        return rs, (transition, stats)
+
+    # ---- loss and minibatch step ---------------------------------------------------------------
+    def _loss(params, mb: Transition, advantages, returns):
+        logits, value = network.apply(params, mb.obs)
+        log_probs = log_probs_from_logits(logits)
+        new_log_prob = select_log_prob(log_probs, mb.action)
+        entropy = entropy_from_log_probs(log_probs).mean()
+
+        log_ratio = new_log_prob - mb.log_prob
+        ratio = jnp.exp(log_ratio)
+        adv = advantages
+        if cfg.normalize_advantage:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        surr = jnp.minimum(
+            ratio * adv, jnp.clip(ratio, 1.0 - cfg.clip_range, 1.0 + cfg.clip_range) * adv
+        )
+        policy_loss = -surr.mean()
+
+        if cfg.clip_range_vf is None:
+            v_pred = value
+        else:
+            v_pred = mb.value + jnp.clip(value - mb.value, -cfg.clip_range_vf, cfg.clip_range_vf)
+        value_loss = jnp.mean((returns - v_pred) ** 2)
+
+        loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+        aux = {
+            "loss": loss,
+            "policy_loss": policy_loss,
+            "value_loss": value_loss,
+            "entropy": entropy,
+            "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
+            "clip_fraction": jnp.mean(
+                (jnp.abs(ratio - 1.0) > cfg.clip_range).astype(jnp.float32)
+            ),
+        }
+        return loss, aux
+
+    def _minibatch_step(train_state: TrainState, mb):
+        transition, advantages, returns = mb
+        grads, aux = jax.grad(_loss, has_aux=True)(
+            train_state.params, transition, advantages, returns
+        )
+        return train_state.apply_gradients(grads=grads), aux
+
+    def _epoch(carry, _):
+        train_state, rng, batch = carry
+        rng, k_perm = jax.random.split(rng)
+        perm = jax.random.permutation(k_perm, cfg.rollout_size)
+        minibatches = jax.tree.map(
+            lambda x: jnp.take(x, perm, axis=0).reshape(
+                (cfg.n_minibatches, cfg.batch_size) + x.shape[1:]
+            ),
+            batch,
+        )
+        train_state, aux = jax.lax.scan(_minibatch_step, train_state, minibatches)
+        return (train_state, rng, batch), aux
+
+    def _rollout(rs: RunnerState):
+        return jax.lax.scan(_env_step, rs, None, length=cfg.n_steps)
+
+    # ---- one update ----------------------------------------------------------------------------
+    def _update(rs: RunnerState, _):
+        rs, (traj, stats) = _rollout(rs)
+        advantages, returns = compute_gae(
+            traj.reward, traj.value, traj.next_value, traj.terminated, traj.done,
+            cfg.gamma, cfg.gae_lambda,
+        )
+        flatten = lambda x: x.reshape((cfg.rollout_size,) + x.shape[2:])  # noqa: E731
+        batch = jax.tree.map(flatten, (traj, advantages, returns))
+        rng, k_epochs = jax.random.split(rs.rng)
+        (train_state, _, _), aux = jax.lax.scan(
+            _epoch, (rs.train_state, k_epochs, batch), None, length=cfg.n_epochs
+        )
+        lr = cfg.learning_rate_at(rs.update_step)
+        rs = rs.replace(train_state=train_state, rng=rng, update_step=rs.update_step + 1)
+
+        done = stats["done"]
+        donef = done.astype(jnp.float32)
+        lsw, lsw2, n_fin = _masked_log_sums(stats["traj_log_weight"], done)
+        per_update = {
+            "ep_return_sum": jnp.sum(stats["ep_return"] * donef),
+            "ep_length_sum": jnp.sum(stats["ep_length"].astype(jnp.float32) * donef),
+            "n_episodes": n_fin,
+            "log_sum_w": lsw,
+            "log_sum_w2": lsw2,
+            "ess_ratio": traj.ess_ratio.mean(),
+            "ess_penalty": stats["penalty"].mean(),
+            "reward": traj.env_reward.mean(),
+            "learning_rate": lr,
+            **{k: stats[k].mean() for k in present_keys},
+            **{k: v.mean() for k, v in aux.items()},
+        }
+        return rs, per_update
+
+    def _train_chunk(rs: RunnerState, n_updates: int):
+        rs, m = jax.lax.scan(_update, rs, None, length=n_updates)
+        n_ep = m["n_episodes"].sum()
+        log_sum_w = jax.nn.logsumexp(m["log_sum_w"])
+        log_sum_w2 = jax.nn.logsumexp(m["log_sum_w2"])
+        running = batch_ess(rs.traj_log_weight).astype(jnp.float32)
+        metrics = {
+            "ep_rew_mean": _safe_mean(m["ep_return_sum"].sum(), n_ep),
+            "ep_len_mean": _safe_mean(m["ep_length_sum"].sum(), n_ep),
+            "n_episodes": n_ep,
+            "batch_ess": jnp.where(
+                n_ep > 0, batch_ess_from_sums(log_sum_w, log_sum_w2, n_ep), running
+            ),
+            "batch_ess_running": running,
+            "learning_rate": m["learning_rate"][-1],
+            "env_steps": rs.env_steps.astype(jnp.float32),
+            "update_step": rs.update_step.astype(jnp.float32),
+        }
+        for k in ("ess_ratio", "ess_penalty", "reward", *present_keys, *aux_names):
+            metrics[k] = m[k].mean()
+        return rs, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+    aux_names = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+
+    return PPOTrainer(
+        config=config,
+        network_config=network_config,
+        network=network,
+        env=env,
+        env_params=env_params,
+        tx=tx,
+        info_keys=present_keys,
+        _chunk_fn=jax.jit(_train_chunk, static_argnums=(1,)),
+        _init_fn=jax.jit(_init),
+        _rollout_fn=jax.jit(lambda rs: (lambda out: (out[0], out[1][0]))(_rollout(rs))),
+    )
+
+
+# ---- evaluation --------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _make_evaluate(network, env, n_envs: int, n_steps: int, policy: str, info_keys: tuple):
+    """Jitted ``(params, env_params, key) -> metrics`` for one (network, env, sizes, policy)."""
+    if policy not in EVAL_POLICIES:
+        raise ValueError(f"policy must be one of {EVAL_POLICIES}, got {policy!r}")
+    v_reset = jax.vmap(env.reset, in_axes=(0, None))
+    v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    k_actions = int(env.num_actions)
+
+    def run(params, env_params, key):
+        k_reset, key = jax.random.split(key)
+        obs, env_state = v_reset(jax.random.split(k_reset, n_envs), env_params)
+        def step(carry, _):
+            obs, env_state, key, ep_ret, ep_len, traj_lw = carry
+            key, k_act, k_env = jax.random.split(key, 3)
+            if policy == "uniform":
+                log_probs = jnp.full((n_envs, k_actions), -math.log(k_actions), jnp.float32)
+                action = jax.random.randint(k_act, (n_envs,), 0, k_actions, dtype=jnp.int32)
+            else:
+                logits, _ = network.apply(params, obs)
+                if policy == "trained":
+                    log_probs = log_probs_from_logits(logits)
+                    action = jax.random.categorical(k_act, log_probs).astype(jnp.int32)
+                else:  # greedy: a point mass on the argmax
+                    action = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+                    log_probs = jnp.where(
+                        jnp.arange(logits.shape[-1]) == action[:, None], 0.0, -jnp.inf
+                    ).astype(jnp.float32)
+            ess = ess_ratio(log_probs).astype(jnp.float32)
+            step_lw = step_log_weight(log_probs, action).astype(jnp.float32)
+            obs, env_state, reward, terminated, truncated, info = v_step(
+                jax.random.split(k_env, n_envs), env_state, action, env_params
+            )
+            done = jnp.logical_or(jnp.asarray(terminated, bool), jnp.asarray(truncated, bool))
+            reward = jnp.asarray(reward, jnp.float32)
+            ep_ret, ep_len, traj_lw = ep_ret + reward, ep_len + 1, traj_lw + step_lw
+            out = {
+                "done": done, "ep_return": ep_ret, "ep_length": ep_len, "traj_lw": traj_lw,
+                "ess": ess, "reward": reward,
+                **{k: jnp.asarray(info[k], jnp.float32) for k in _info_keys_present(info, info_keys)},
+            }
+            carry = (
+                obs, env_state, key,
+                jnp.where(done, 0.0, ep_ret), jnp.where(done, 0, ep_len),
+                jnp.where(done, 0.0, traj_lw),
+            )
+            return carry, out
+
+        init = (
+            obs, env_state, key, jnp.zeros((n_envs,), jnp.float32),
+            jnp.zeros((n_envs,), jnp.int32), jnp.zeros((n_envs,), jnp.float32),
+        )
+        _, out = jax.lax.scan(step, init, None, length=n_steps)
+        keys_present = _info_keys_present(out, info_keys)
+        done = out["done"]
+        donef = done.astype(jnp.float32)
+        n_ep = donef.sum()
+        lsw, lsw2, _ = _masked_log_sums(out["traj_lw"], done)
+        res = {
+            "ep_rew_mean": _safe_mean(jnp.sum(out["ep_return"] * donef), n_ep),
+            "ep_len_mean": _safe_mean(jnp.sum(out["ep_length"] * donef), n_ep),
+            "n_episodes": n_ep,
+            "reward_per_step": out["reward"].mean(),
+            "ess_ratio": out["ess"].mean(),
+            "batch_ess": (
+                jnp.float32(jnp.nan) if policy == "greedy"
+                else batch_ess_from_sums(lsw, lsw2, n_ep)
+            ),
+        }
+        for k in keys_present:
+            res[k] = out[k].mean()
+            res["final_" + k] = _safe_mean(jnp.sum(out[k] * donef), n_ep)
+        return {k: jnp.asarray(v, jnp.float32) for k, v in res.items()}
+
+    return jax.jit(run)
+
+
+def evaluate(
+    params,
+    network: nn.Module,
+    env,
+    env_params,
+    key: Array,
+    n_envs: int,
+    n_steps: int,
+    policy: str = "trained",
+    info_keys: tuple[str, ...] = DEFAULT_INFO_KEYS,
+) -> dict[str, float]:
+    """Roll ``n_envs`` envs for ``n_steps`` steps from reset under a policy; no learning.
+
+    Args:
+        params: network parameters (ignored for ``policy="uniform"``; may be None then).
+        network: the actor-critic module (``PPOTrainer.network``).
+        env, env_params: the gymnax environment and its parameters (None: defaults).
+        key: PRNG key (same key ⇒ same env resets and env randomness across policies).
+        n_envs, n_steps: batch and horizon.
+        policy: ``"trained"`` samples ``π``; ``"uniform"`` picks a candidate uniformly (exactly
+            classical KMC); ``"greedy"`` takes ``argmax π`` (a point mass: ESS ratio 0, and the
+            importance estimator is invalid, so ``batch_ess`` is NaN).
+        info_keys: ``info`` entries to report.
+
+    Returns:
+        Python floats: ``ep_rew_mean``, ``ep_len_mean`` (episodes that finished within the
+        horizon; NaN if none), ``n_episodes``, ``reward_per_step`` (mean env reward per step),
+        ``ess_ratio`` (mean per step), ``batch_ess`` (over finished trajectories), and for each
+        info key ``k`` the env provides: ``k`` (mean over all steps and envs) and ``final_k``
+        (mean over the last step of the finished episodes).
+    """
+    if env_params is None:
+        env_params = env.default_params
+    fn = _make_evaluate(network, env, int(n_envs), int(n_steps), policy, tuple(info_keys))
+    out = fn(params, env_params, key)
+    return {k: float(v) for k, v in out.items()}

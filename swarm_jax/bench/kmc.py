@@ -1,0 +1,135 @@
+"""KMC engine throughput: events/s of the JAX engine vs the from-scratch NumPy reference.
+
+For each lattice size the engine first grows about one monolayer at 300 K (so the surface has
+steps, bonds, oxide units and reaction channels, not a bare substrate), then times further events
+at ``--temperature`` (default 600 K, where hops dominate, so long timed runs do not fill the box;
+the step is branch-free, so its cost does not depend on which kind of event is drawn) with the
+compile excluded. Batches are run with ``jax.vmap`` and, on CPU, sharded over
+the host devices (``--devices``; one per core by default) so both cores work. The NumPy reference
+(``tests/reference.py``: recomputes every rate of the lattice before each event, as the
+prototype this project replaces did) is timed on the same single lattices in the same run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from swarm_jax.bench.common import block
+from swarm_jax.physics import PhysicsParams, engine, estimate_state_bytes, init_flat, make_rate_tables
+
+DEFAULT_CASES = "8x8x40:1,1024;20x20x10:1,256;50x50x20:1,64;200x200x50:1"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--cases", default=DEFAULT_CASES,
+                        help="LXxLYxLZ:BATCH,BATCH;... (default: %(default)s)")
+    parser.add_argument("--events", type=int, default=200_000,
+                        help="timed events per lattice for batch 1 (batches use events/batch^0.5, at least 2000)")
+    parser.add_argument("--growth-events", type=int, default=None,
+                        help="events of film growth at 300 K before timing (default: 6 per column, about 1 ML)")
+    parser.add_argument("--temperature", type=float, default=600.0, help="K, for the timed events")
+    parser.add_argument("--deposition-rate", type=float, default=1.0)
+    parser.add_argument("--reference-seconds", type=float, default=10.0,
+                        help="wall-clock budget per lattice for the NumPy reference (0 skips it)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def parse_cases(text: str) -> list[tuple[tuple[int, int, int], list[int]]]:
+    cases = []
+    for item in text.split(";"):
+        size, batches = item.split(":")
+        lattice = tuple(int(v) for v in size.lower().split("x"))
+        cases.append((lattice, [int(b) for b in batches.split(",")]))
+    return cases
+
+
+def load_reference():
+    """The NumPy reference from the repository's tests/ (None when run outside a checkout)."""
+    path = Path(__file__).resolve().parents[2] / "tests" / "reference.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("swarm_jax_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reference_events_per_s(reference, state, params, budget_s: float, seed: int) -> float:
+    """Events/s of the NumPy reference started from the same grown film."""
+    ref = reference.ReferenceLattice.from_engine(state, params)
+    rng = np.random.default_rng(seed)
+    n = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < budget_s and ref.status == 0:
+        ref.step(rng)
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def _batched_runner(tables, n_events: int, batch: int):
+    devices = jax.devices()
+    n_dev = max(d for d in range(1, len(devices) + 1) if batch % d == 0)
+    mesh = Mesh(np.array(devices[:n_dev]), ("batch",))
+    sharding = NamedSharding(mesh, PartitionSpec("batch"))
+    fn = jax.jit(jax.vmap(lambda s, k: engine.run(s, tables, k, n_events)),
+                 in_shardings=(sharding, sharding), out_shardings=sharding)
+    return fn, sharding, n_dev
+
+
+def run(args) -> list[dict]:
+    params = PhysicsParams(temperature=args.temperature, deposition_rate=args.deposition_rate)
+    tables = make_rate_tables(params)
+    growth_params = params.replace(temperature=300.0)
+    growth_tables = make_rate_tables(growth_params)
+    reference = load_reference() if args.reference_seconds > 0 else None
+    rows = []
+    key = jax.random.key(args.seed)
+    for lattice, batches in parse_cases(args.cases):
+        lx, ly, lz = lattice
+        sites = lx * ly * lz
+        growth = args.growth_events if args.growth_events is not None else 6 * lx * ly
+        grown = engine.run(init_flat(lattice, params), growth_tables, jax.random.fold_in(key, 1), growth)
+        grown = block(engine.rebuild_rates(grown, tables))  # same film, rates at the timed temperature
+        ref_eps = None
+        if reference is not None:
+            ref_eps = reference_events_per_s(reference, grown, params, args.reference_seconds, args.seed)
+        for batch in batches:
+            n_events = args.events if batch == 1 else max(2000, int(args.events / batch ** 0.5))
+            if batch == 1:
+                fn = jax.jit(lambda s, k: engine.run(s, tables, k, n_events))
+                state, keys, n_dev = grown, jax.random.fold_in(key, 2), 1
+            else:
+                fn, sharding, n_dev = _batched_runner(tables, n_events, batch)
+                state = jax.device_put(jax.tree.map(lambda x: jnp.broadcast_to(x, (batch,) + x.shape), grown), sharding)
+                keys = jax.device_put(jax.random.split(jax.random.fold_in(key, 2), batch), sharding)
+            t0 = time.perf_counter()
+            out = block(fn(state, keys))
+            compile_s = time.perf_counter() - t0
+            best = float("inf")
+            for _ in range(2):
+                t0 = time.perf_counter()
+                out = block(fn(state, keys))
+                best = min(best, time.perf_counter() - t0)
+            executed = int(jnp.sum(out.n_events - state.n_events))
+            eps = executed / best
+            row = {
+                "lattice": f"{lx}x{ly}x{lz}",
+                "batch": batch,
+                "devices": n_dev,
+                "events_per_s": eps,
+                "us_per_event_per_lattice": 1e6 * best * batch / max(executed, 1),
+                "bytes_per_site": estimate_state_bytes(lattice) / sites,
+                "compile_s": compile_s + 0.0,
+                "numpy_ref_events_per_s": ref_eps if batch == 1 else None,
+                "speedup_vs_numpy": (eps / ref_eps) if (batch == 1 and ref_eps) else None,
+            }
+            rows.append(row)
+            print(f"  {row['lattice']} batch {batch}: {eps:,.0f} events/s", flush=True)
+    return rows
