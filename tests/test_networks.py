@@ -86,7 +86,7 @@ def test_initial_policy_near_uniform():
 def test_orthogonal_init_gains(swarm):
     _, params = swarm
     p = params["params"]
-    w = np.asarray(p["actor_mlp"]["Dense_1"]["kernel"])  # square 32x32, gain sqrt(2)
+    w = np.asarray(p["actor_mlp"]["Dense_0"]["kernel"])  # second actor layer: square 32x32, gain sqrt(2)
     np.testing.assert_allclose(w.T @ w, 2.0 * np.eye(32), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(p["actor_head"]["kernel"]), 0.01, rtol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(p["critic_head"]["kernel"]), 1.0, rtol=1e-5)

@@ -61,13 +61,14 @@ class NetworkConfig:
         kind: ``"swarm"`` (shared per-candidate actor + pooled critic, any K) or ``"flat_mlp"``
             (SB3 MlpPolicy parity over the flattened observation, one fixed K).
         hidden_sizes: widths of the hidden layers, used for every MLP of the network (actor,
-            critic embedding, critic head; or the flat pi and vf nets). Default ``(64, 64)``: the
-            actor and the critic embedding run once per candidate, i.e. ``n_envs × K`` times per
-            env step; with the TiO2 features (D = 116, G = 15) 2×64 costs ~24k multiply-adds per
-            candidate (2×128: ~66k), cheap on CPU next to the KMC step, and it already learns
-            the per-candidate scoring task of ``tests/mock_env.py`` in ~10k env steps. It is also
-            SB3's MlpPolicy default, so both families are compared at equal width. Use
-            ``(128, 128)`` on an accelerator or for richer feature sets.
+            critic head; or the flat pi and vf nets). Default ``(64, 64)``: the actor runs once per
+            candidate, i.e. ``n_envs × K`` times per env step and ``n_epochs`` more times per
+            transition in the update; with the TiO2 features (D = 116) 2×64 costs ~11k
+            multiply-adds per candidate (2×128: ~31k), and the update, not the KMC step, is what
+            bounds training throughput on a CPU (``python -m swarm_jax.bench train`` shows the
+            split). It learns the per-candidate scoring task of ``tests/mock_env.py`` in ~10k env
+            steps, and it is SB3's MlpPolicy default, so both families are compared at equal
+            width. Use ``(128, 128)`` on an accelerator or for richer feature sets.
         activation: one of ``"tanh"`` (default, as SB3/PureJaxRL), ``"relu"``, ``"gelu"``,
             ``"silu"``, ``"elu"``.
     """
@@ -132,8 +133,12 @@ class SwarmActorCritic(nn.Module):
 
     ``__call__(obs) -> (logits (..., K), value (...))``, both float32.
 
-    Actor: ``logit_j = f([c_j, g])`` with one MLP ``f`` for all j (permutation-equivariant).
-    Critic: ``e_j = φ(c_j)``; ``V = ψ([mean_j e_j, max_j e_j, g])`` (permutation-invariant).
+    Actor: ``logit_j = f([c_j, g])`` with one MLP ``f`` for all j (permutation-equivariant). Its
+    first layer is split as ``W_c c_j + W_g g + b`` (the same function as a Dense layer on the
+    concatenation), so the global part is computed once per observation, not once per candidate.
+    Critic: ``V = ψ([mean_j c_j, max_j c_j, g])`` on the pooled candidate features
+    (permutation-invariant). The actor is the only part that runs once per candidate, which
+    keeps the learning cost per transition at about one actor pass over the K candidates.
     """
 
     hidden_sizes: Sequence[int] = (64, 64)
@@ -142,17 +147,19 @@ class SwarmActorCritic(nn.Module):
     @nn.compact
     def __call__(self, obs: Observation) -> tuple[Array, Array]:
         candidates, global_ = _as_float32(obs)
-        g_rep = jnp.broadcast_to(global_[..., None, :], candidates.shape[:-1] + global_.shape[-1:])
+        act = _ACTIVATIONS[self.activation]
 
         # Actor: score every candidate with the same MLP.
-        h = MLP(self.hidden_sizes, self.activation, name="actor_mlp")(
-            jnp.concatenate([candidates, g_rep], axis=-1)
-        )
+        first = self.hidden_sizes[0]
+        h = _dense(first, np.sqrt(2.0), name="actor_in_candidate")(candidates)
+        g = nn.Dense(first, use_bias=False, kernel_init=nn.initializers.orthogonal(np.sqrt(2.0)),
+                     dtype=jnp.float32, param_dtype=jnp.float32, name="actor_in_global")(global_)
+        h = act(h + g[..., None, :])
+        h = MLP(self.hidden_sizes[1:], self.activation, name="actor_mlp")(h)
         logits = _dense(1, 0.01, name="actor_head")(h)[..., 0]
 
-        # Critic: pooled candidate embeddings + global context.
-        emb = MLP(self.hidden_sizes, self.activation, name="critic_embed")(candidates)
-        pooled = jnp.concatenate([emb.mean(axis=-2), emb.max(axis=-2), global_], axis=-1)
+        # Critic: pooled candidate features + global context.
+        pooled = jnp.concatenate([candidates.mean(axis=-2), candidates.max(axis=-2), global_], axis=-1)
         v = MLP(self.hidden_sizes, self.activation, name="critic_mlp")(pooled)
         value = _dense(1, 1.0, name="critic_head")(v)[..., 0]
         return logits, value

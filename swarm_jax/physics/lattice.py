@@ -242,7 +242,7 @@ def observables(state: LatticeState) -> dict:
     return dict(
         mean_height=mean_h,
         roughness=roughness,
-        coverage=jnp.mean(h > 0),
+        coverage=jnp.mean((h > 0).astype(jnp.float64)),
         n_ti=n_ti,
         n_o=n_o,
         o_ti_ratio=jnp.where(n_ti > 0, n_o / jnp.maximum(n_ti, 1), 0.0),

@@ -1,0 +1,113 @@
+"""Reward of the growth environment: morphology, stoichiometry and sampling fidelity.
+
+Level mode (the reward of a state)::
+
+    r = − w_roughness · W + w_coverage · mean(h) − w_ratio · |O/Ti − target_o_ti|
+        − w_ess · max(0, ess_target − ESS)
+
+Delta mode: the change of the first three terms over the step (new state minus the state before
+the event) plus the same ESS term.
+
+Units: ``W`` (roughness, RMS height deviation) and ``mean(h)`` are in layers = monolayers (ML;
+one layer is the lattice constant a = 4.59 Å, multiply by a for Å); ``O/Ti`` (atom-count ratio
+of the film, 0 while there is no Ti) and ``ESS`` (per-step ESS ratio, in [0, 1]) are
+dimensionless. The weights are dimensionless, so the reward is in "layers". Default weights
+follow the seed project: 1.0, 0.5, 0.2, 0.3.
+
+The ESS term needs the policy's distribution over the candidates, which only the trainer knows:
+the environment alone calls :func:`compute_reward` with ``ess_ratio=None`` (term = 0) and the
+trainer adds :func:`ess_penalty` of :func:`swarm_jax.swarm.weights.ess_ratio`.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import struct
+
+from swarm_jax.physics.lattice import LatticeState, observables
+
+REWARD_MODES = ("level", "delta")
+# Order of the stored "previous metrics" vector (see EnvState.prev_metrics).
+METRIC_NAMES = ("roughness", "mean_height", "o_ti_ratio")
+
+
+@struct.dataclass
+class RewardConfig:
+    """Reward weights (dimensionless) and mode. ``mode`` is static ("level" or "delta")."""
+
+    w_roughness: float = 1.0
+    w_coverage: float = 0.5
+    w_ratio: float = 0.2
+    w_ess: float = 0.3
+    mode: str = struct.field(pytree_node=False, default="level")
+    target_o_ti: float = 2.0  # stoichiometric O/Ti of TiO2
+    ess_target: float = 0.5  # per-step ESS ratio below which the ESS penalty starts
+
+    def __post_init__(self):
+        if self.mode not in REWARD_MODES:
+            raise ValueError(f"RewardConfig.mode must be one of {REWARD_MODES}, got {self.mode!r}")
+
+
+def _lattice_of(state) -> LatticeState:
+    return state if isinstance(state, LatticeState) else state.lattice
+
+
+def reward_metrics(lattice: LatticeState) -> jnp.ndarray:
+    """(3,) float64 [roughness W (layers), mean height (ML), O/Ti] of a lattice (O(C) over heights)."""
+    h = lattice.heights[: lattice.n_columns].astype(jnp.float64)
+    mean_h = h.mean()
+    roughness = jnp.sqrt(jnp.mean((h - mean_h) ** 2))
+    n = (lattice.deposited - lattice.desorbed).astype(jnp.float64)
+    o_ti = jnp.where(n[0] > 0, n[1] / jnp.maximum(n[0], 1.0), 0.0)
+    return jnp.stack([roughness, mean_h, o_ti])
+
+
+def morphology_terms(metrics: jnp.ndarray, config: RewardConfig) -> jnp.ndarray:
+    """(3,) signed reward terms [−w_r W, w_c mean(h), −w_ratio |O/Ti − target|] from metrics (..., 3)."""
+    w, h, ratio = metrics[..., 0], metrics[..., 1], metrics[..., 2]
+    return jnp.stack(
+        [-config.w_roughness * w, config.w_coverage * h, -config.w_ratio * jnp.abs(ratio - config.target_o_ti)],
+        axis=-1,
+    )
+
+
+def ess_penalty(ess_ratio, config: RewardConfig) -> jnp.ndarray:
+    """The ESS term ``−w_ess · max(0, ess_target − ESS)`` (≤ 0) for a per-step ESS ratio."""
+    return -config.w_ess * jnp.maximum(0.0, config.ess_target - jnp.asarray(ess_ratio))
+
+
+def compute_reward(state, config: RewardConfig, ess_ratio=None, prev_state=None):
+    """Reward of ``state`` under ``config``; returns ``(reward float64 scalar, info dict)``.
+
+    Args:
+      state: a :class:`LatticeState` or an environment state (anything with ``.lattice``).
+      config: the reward configuration.
+      ess_ratio: per-step ESS ratio of the policy's choice, or None (the ESS term is then 0).
+      prev_state: delta mode only: the state before the step (LatticeState or env state). If
+        omitted, an environment state's ``prev_metrics`` (metrics before its last step) are used.
+
+    Returns:
+      reward and ``info`` with the observables of :func:`swarm_jax.physics.observables`
+      (``roughness``, ``coverage``, ``mean_height``, ``n_ti``, ``n_o``, ``o_ti_ratio``,
+      ``oxide_fraction``, ``fill_fraction``, ``time``) and the terms ``reward_roughness``,
+      ``reward_coverage``, ``reward_ratio``, ``reward_ess`` (their sum is the reward).
+    """
+    lattice = _lattice_of(state)
+    obs = observables(lattice)
+    metrics = reward_metrics(lattice)
+    terms = morphology_terms(metrics, config)
+    if config.mode == "delta":
+        if prev_state is not None:
+            prev_metrics = reward_metrics(_lattice_of(prev_state))
+        elif hasattr(state, "prev_metrics"):
+            prev_metrics = state.prev_metrics
+        else:
+            raise ValueError("delta mode needs prev_state (or an env state carrying prev_metrics)")
+        terms = terms - morphology_terms(prev_metrics, config)
+    ess_term = jnp.zeros((), jnp.float64) if ess_ratio is None else ess_penalty(ess_ratio, config)
+    reward = terms.sum() + ess_term
+    info = dict(obs)
+    info.update(
+        reward_roughness=terms[0], reward_coverage=terms[1], reward_ratio=terms[2], reward_ess=ess_term
+    )
+    return reward, info

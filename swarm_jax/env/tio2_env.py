@@ -1,0 +1,253 @@
+"""``TiO2GrowthEnv``: the SwarmThinkers decision process as a gymnax environment.
+
+One environment step is one KMC event. The state holds the film and the ``K = n_swarm``
+candidate events drawn i.i.d. from ``Γ_e / Γ_tot``; the observation describes them; the action
+``a ∈ [0, K)`` picks one; the chosen event is executed, the physical clock advances by
+``−ln(1 − u) / Γ_tot`` (total before the event), and K fresh candidates are drawn from the new
+state. Choosing uniformly is classical KMC (PHYSICS.md §4). The importance weight of a choice
+needs the policy's distribution and lives with the trainer (:mod:`swarm_jax.swarm.weights`).
+
+gymnax API (1.0): ``reset(key, params) -> (obs, state)``,
+``step(key, state, action, params) -> (obs, state, reward, terminated, truncated, info)``;
+``step`` auto-resets when ``terminated | truncated`` and returns the pre-reset observation in
+``info["final_observation"]``. ``terminated``: the film stopped (status CEILING: a column
+reached the top layer, or NO_EVENTS: Γ_tot = 0), ``info["termination_reason"]`` = 1 / 2 (0
+when running). ``truncated``: the episode's step counter reached ``max_steps_in_episode``.
+
+Observation: ``{"candidates": float32 (K, CANDIDATE_FEATURE_DIM), "global": float32
+(GLOBAL_FEATURE_DIM,)}``, identical shapes for every lattice size (:mod:`swarm_jax.swarm.features`).
+
+``info`` (jnp scalars, pre-reset values of the step): roughness (layers), coverage, mean_height
+(ML), fill_fraction, n_ti, n_o, o_ti_ratio, oxide_fraction, time (s, physical clock), dt (s),
+event_kind (0..4, −1 if nothing happened), termination_reason, total_rate (Hz, after the step),
+reward terms; gymnax adds terminated, truncated, final_observation.
+
+The reward returned by the environment is float32 (``ess_ratio=None``: no ESS term).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from gymnax.environments import environment, spaces
+
+from swarm_jax.env.reward import RewardConfig, compute_reward, reward_metrics
+from swarm_jax.physics.engine import Event
+from swarm_jax.physics.lattice import RUNNING, LatticeState, init_flat, validate_lattice_size
+from swarm_jax.physics.params import PhysicsParams, make_rate_tables
+from swarm_jax.swarm import features as F
+from swarm_jax.swarm.candidates import draw_candidates, execute_candidate
+
+_PHYSICS_FIELDS = tuple(f.name for f in dataclasses.fields(PhysicsParams))
+_REWARD_FIELDS = tuple(f.name for f in dataclasses.fields(RewardConfig))
+
+
+@struct.dataclass
+class EnvParams:
+    """Environment parameters: physics, episode length and reward (all traceable but ``reward.mode``).
+
+    Build with :meth:`create` to set physics fields by name, e.g.
+    ``EnvParams.create(temperature=600.0, max_steps_in_episode=500, w_roughness=2.0)``.
+    """
+
+    physics: PhysicsParams = struct.field(default_factory=PhysicsParams)
+    max_steps_in_episode: int = 1000
+    reward: RewardConfig = struct.field(default_factory=RewardConfig)
+
+    @classmethod
+    def create(cls, *, max_steps_in_episode: int = 1000, max_steps: int | None = None, physics=None,
+               reward=None, **overrides) -> "EnvParams":
+        """Builds params from keyword overrides of PhysicsParams and RewardConfig fields."""
+        physics = physics if physics is not None else PhysicsParams()
+        reward = reward if reward is not None else RewardConfig()
+        phys_kw = {k: v for k, v in overrides.items() if k in _PHYSICS_FIELDS}
+        rew_kw = {k: v for k, v in overrides.items() if k in _REWARD_FIELDS}
+        unknown = set(overrides) - set(phys_kw) - set(rew_kw)
+        if unknown:
+            raise TypeError(f"unknown environment parameter(s): {sorted(unknown)}")
+        if max_steps is not None:
+            max_steps_in_episode = max_steps
+        return cls(
+            physics=physics.replace(**phys_kw),
+            max_steps_in_episode=max_steps_in_episode,
+            reward=RewardConfig(**{**{k: getattr(reward, k) for k in _REWARD_FIELDS}, **rew_kw}),
+        )
+
+    @property
+    def temperature(self):
+        """Substrate temperature, K."""
+        return self.physics.temperature
+
+    @property
+    def deposition_rate(self):
+        """Total deposition flux F, ML/s."""
+        return self.physics.deposition_rate
+
+    @property
+    def o_ti_flux_ratio(self):
+        """O/Ti flux ratio r (F_O = r F_Ti)."""
+        return self.physics.o_ti_flux_ratio
+
+    @property
+    def max_steps(self):
+        return self.max_steps_in_episode
+
+
+@struct.dataclass
+class EnvState:
+    """Environment state.
+
+    Attributes:
+      lattice: the film (its ``time`` is the physical clock, s).
+      candidates: (K,) Event, the candidates the current observation describes.
+      step_count: int32 steps taken in this episode (drives truncation; not the physical clock).
+      metrics: (3,) float64 [roughness, mean height, O/Ti] of ``lattice``
+        (:func:`swarm_jax.env.reward.reward_metrics`).
+      prev_metrics: (3,) the same before the last step (for the delta reward; = metrics at reset).
+    """
+
+    lattice: LatticeState
+    candidates: Event
+    step_count: jnp.ndarray
+    metrics: jnp.ndarray
+    prev_metrics: jnp.ndarray
+
+
+class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
+    """SOS TiO2 growth with SwarmThinkers candidates (see the module docstring).
+
+    Args:
+      lattice_size: (Lx, Ly, Lz) sites; the observation shapes do not depend on it.
+      n_swarm: K, the number of candidates per decision (= number of actions).
+      **overrides: defaults for :attr:`default_params` (PhysicsParams fields such as
+        ``temperature``, RewardConfig fields such as ``w_roughness``, ``max_steps_in_episode``
+        or ``max_steps``, or whole ``physics=``/``reward=`` objects).
+    """
+
+    def __init__(self, lattice_size=(8, 8, 5), n_swarm: int = 32, **overrides):
+        super().__init__()
+        self.lattice_size = validate_lattice_size(lattice_size)
+        if int(n_swarm) < 1:
+            raise ValueError(f"n_swarm must be >= 1, got {n_swarm!r}")
+        self.n_swarm = int(n_swarm)
+        self._default_params = EnvParams.create(**overrides)
+
+    # ------------------------------------------------------------------ gymnax interface
+
+    @property
+    def default_params(self) -> EnvParams:
+        return self._default_params
+
+    @property
+    def name(self) -> str:
+        lx, ly, lz = self.lattice_size
+        return f"TiO2Growth-{lx}x{ly}x{lz}-K{self.n_swarm}"
+
+    @property
+    def num_actions(self) -> int:
+        return self.n_swarm
+
+    @property
+    def obs_shapes(self) -> dict:
+        """Shapes of the observation's arrays (independent of the lattice size)."""
+        return {"candidates": (self.n_swarm, F.CANDIDATE_FEATURE_DIM), "global": (F.GLOBAL_FEATURE_DIM,)}
+
+    def action_space(self, params: EnvParams | None = None) -> spaces.Discrete:
+        return spaces.Discrete(self.n_swarm)
+
+    def observation_space(self, params: EnvParams | None = None) -> spaces.Dict:
+        k = self.n_swarm
+        return spaces.Dict({
+            "candidates": spaces.Box(
+                jnp.broadcast_to(jnp.asarray(F.CANDIDATE_FEATURE_LOW), (k, F.CANDIDATE_FEATURE_DIM)),
+                jnp.broadcast_to(jnp.asarray(F.CANDIDATE_FEATURE_HIGH), (k, F.CANDIDATE_FEATURE_DIM)),
+                (k, F.CANDIDATE_FEATURE_DIM), jnp.float32,
+            ),
+            "global": spaces.Box(
+                jnp.asarray(F.GLOBAL_FEATURE_LOW), jnp.asarray(F.GLOBAL_FEATURE_HIGH),
+                (F.GLOBAL_FEATURE_DIM,), jnp.float32,
+            ),
+        })
+
+    def reset_env(self, key: jax.Array, params: EnvParams):
+        """A bare flat substrate (closed form, cheap: gymnax evaluates this on every step)."""
+        tables = make_rate_tables(params.physics)
+        lattice = init_flat(self.lattice_size, params.physics)
+        metrics = reward_metrics(lattice)
+        state = EnvState(
+            lattice=lattice,
+            candidates=draw_candidates(lattice, tables, key, self.n_swarm),
+            step_count=jnp.zeros((), jnp.int32),
+            metrics=metrics,
+            prev_metrics=metrics,
+        )
+        return self._observe(state, params, tables), state
+
+    @partial(jax.jit, static_argnames=("self",))
+    def step(self, key: jax.Array, state: EnvState, action, params: EnvParams | None = None):
+        """gymnax's ``step`` (same keys, same outputs), with the auto-reset under ``lax.cond``.
+
+        Unbatched, the reset is then only evaluated when the episode ends; under ``vmap`` the
+        cond becomes a select and costs what gymnax's select does (O(N) per step: at 50×50×20
+        this auto-reset is most of the step).
+        """
+        if params is None:
+            params = self.default_params
+        key_step, key_reset = jax.random.split(key)
+        obs_st, state_st, reward, terminated, info = self.step_env(key_step, state, action, params)
+        truncated = self.is_truncated(state_st, params)
+        done = jnp.logical_or(terminated, truncated)
+        obs, state = jax.lax.cond(
+            done, lambda: self.reset_env(key_reset, params), lambda: (obs_st, state_st)
+        )
+        info = {**info, "terminated": terminated, "truncated": truncated, "final_observation": obs_st}
+        return obs, state, reward, terminated, truncated, info
+
+    def step_env(self, key: jax.Array, state: EnvState, action, params: EnvParams):
+        tables = make_rate_tables(params.physics)
+        key_clock, key_cand = jax.random.split(key)
+        u_clock = jax.random.uniform(key_clock, (), jnp.float64)
+        # Nothing below reads the old lattice after the event (its buffers are updated in place).
+        lattice, step_info = execute_candidate(state.lattice, tables, state.candidates, action, u_clock)
+        new_state = EnvState(
+            lattice=lattice,
+            candidates=draw_candidates(lattice, tables, key_cand, self.n_swarm),
+            step_count=state.step_count + 1,
+            metrics=reward_metrics(lattice),
+            prev_metrics=state.metrics,
+        )
+        reward, rinfo = compute_reward(new_state, params.reward)
+        terminated = self.is_terminated(new_state, params)
+        info = dict(rinfo)
+        info.update(
+            dt=step_info.dt,
+            event_kind=step_info.kind,
+            termination_reason=lattice.status,
+            total_rate=lattice.total,
+        )
+        obs = self._observe(new_state, params, tables)
+        return obs, new_state, reward.astype(jnp.float32), terminated, info
+
+    def is_terminated(self, state: EnvState, params: EnvParams) -> jax.Array:
+        """The film stopped: a column is full (ceiling) or no event is possible."""
+        return state.lattice.status != RUNNING
+
+    def is_truncated(self, state: EnvState, params: EnvParams) -> jax.Array:
+        return state.step_count >= params.max_steps_in_episode
+
+    def get_obs(self, state: EnvState, params: EnvParams | None = None, key=None):
+        params = self.default_params if params is None else params
+        return self._observe(state, params, make_rate_tables(params.physics))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _observe(self, state: EnvState, params: EnvParams, tables):
+        progress = state.step_count / jnp.maximum(jnp.asarray(params.max_steps_in_episode), 1)
+        return {
+            "candidates": F.candidate_features(state.lattice, state.candidates),
+            "global": F.global_features(state.lattice, tables, params.physics, progress),
+        }
