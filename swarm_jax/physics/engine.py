@@ -16,7 +16,8 @@ One sum-tree leaf per column holds the column's total rate. A step:
 4. advances the clock by ``-ln(u) / Gamma_tot`` with ``Gamma_tot`` from *before* the event.
 
 Every rate is recomputed from state and *set*, never adjusted by deltas. A stopped state
-(status != RUNNING) is left unchanged by further steps, so batched runs need no ``cond``.
+(status != RUNNING) is physically unchanged by further steps (only the dummy column's scratch
+rows receive writes), so batched runs need no ``cond``.
 
 In-place discipline (XLA keeps a scatter in place only when every read of the old buffer feeds
 it): ``Gamma_tot`` is its own state field, heights are written first and all later positions are
@@ -156,6 +157,7 @@ def column_event_rates(state: LatticeState, tables: RateTables, cols: jnp.ndarra
     return rates, top_sp, top_ox
 
 
+@jax.jit
 def rebuild_rates(state: LatticeState, tables: RateTables) -> LatticeState:
     """Recomputes every reaction class, leaf and the whole tree from scratch (O(N)).
 
