@@ -11,9 +11,27 @@ One *update* (all inside one jitted function):
    ``δ_t = r_t + γ V(s'_t) (1 − terminated_t) − V(s_t)``,
    ``A_t = δ_t + γ λ (1 − done_t) A_{t+1}``, ``done = terminated ∨ truncated``,
    where ``s'_t`` is the pre-reset next observation. Returns ``R_t = A_t + V(s_t)``.
-3. **Optimisation**: ``n_epochs`` × ``n_minibatches`` nested ``lax.scan``: permute, clipped
+3. **Optimisation**: ``n_epochs`` × ``n_minibatches`` nested ``lax.scan``: shuffle, clipped
    surrogate, value loss (optionally clipped, as SB3's ``clip_range_vf``), entropy bonus,
    ``optax.chain(clip_by_global_norm, adam(eps))`` with optional linear LR annealing.
+
+**Minibatches** (:func:`shuffle_into_minibatches`). Each epoch shuffles the ``n_steps`` transitions of
+every environment independently, lays the rollout out env-major (flat index ``i = e·n_steps + t'``,
+``t'`` the shuffled position) and puts ``i`` into minibatch ``i mod n_minibatches``: every
+transition is used once per epoch, minibatch membership is random, and each minibatch draws an
+(almost) equal share from every environment. The layout does not depend on how the environments
+are spread over devices, which is what makes a sharded run equal a single-device one.
+
+**Multi-device** (``make_train(..., mesh=...)`` or ``n_devices=``). The same program is jitted
+with its inputs laid out on a 1-D ``"data"`` mesh (:mod:`swarm_jax.distributed`): env states,
+observations and per-env counters are split over the devices along the env axis; parameters,
+optimiser state, PRNG key and global counters are replicated. Each device steps its own
+environments; the minibatch of the layout above is itself split evenly over the devices (when
+``batch_size`` is a multiple of the device count) without moving transitions between devices,
+and since the loss is a mean over the global minibatch XLA inserts the all-reduce of the
+gradients (and of the advantage statistics). Random numbers do not depend on the layout
+(``jax_threefry_partitionable``), so for the same config and seed a sharded run gives the
+parameters of the single-device run up to floating-point summation order.
 
 **Learning reward.** The reward PPO optimises is the environment's reward plus the ESS term of the
 seed project's reward (``RewardConfig.w_ess``), which needs the policy and so is added here:
@@ -51,6 +69,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 from flax.training.train_state import TrainState
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from swarm_jax import distributed as _dist
 
 from swarm_jax.agents.networks import (
     NetworkConfig,
@@ -324,22 +345,61 @@ class PPOTrainer:
     _chunk_fn: Callable = dataclasses.field(repr=False)
     _init_fn: Callable = dataclasses.field(repr=False)
     _rollout_fn: Callable = dataclasses.field(repr=False)
+    _abstract_init_fn: Callable = dataclasses.field(repr=False)
+    mesh: Optional[Mesh] = None
+    state_sharding: Any = dataclasses.field(default=None, repr=False)
+
+    @property
+    def n_devices(self) -> int:
+        """Devices the env batch is split over (1 without a mesh)."""
+        return 1 if self.mesh is None else int(self.mesh.size)
 
     def init(self, key: Array) -> RunnerState:
-        """Fresh :class:`RunnerState`: network params, optimiser state, ``n_envs`` reset envs."""
+        """Fresh :class:`RunnerState`: network params, optimiser state, ``n_envs`` reset envs
+        (laid out on the mesh, if any)."""
         return self._init_fn(key)
+
+    def shard_state(self, runner_state: RunnerState) -> RunnerState:
+        """Lay a runner state out as this trainer's jitted functions expect it.
+
+        With a mesh: per-env fields split over ``"data"``, the rest replicated (use it on a
+        state restored from a checkpoint onto one device). Without a mesh: returned unchanged.
+        """
+        if self.mesh is None:
+            return runner_state
+        leaves = jax.tree.leaves(runner_state)
+        target = jax.tree.structure(self.state_sharding)
+        shardings = jax.tree.leaves(self.state_sharding)
+        if len(leaves) != len(shardings):
+            raise ValueError(
+                f"runner state has {len(leaves)} leaves, this trainer's has {len(shardings)}"
+            )
+        if all(getattr(x, "sharding", None) == s for x, s in zip(leaves, shardings)):
+            return runner_state
+        # Rebuilt on this trainer's tree (its own apply_fn/tx static fields: a state restored
+        # into another trainer's template does not trigger a recompile).
+        return jax.tree.unflatten(
+            target,
+            [x if getattr(x, "sharding", None) == s else _dist.put(x, s)
+             for x, s in zip(leaves, shardings)],
+        )
+
+    def abstract_state(self, key: Array) -> RunnerState:
+        """Shapes and dtypes of ``init(key)`` (``jax.ShapeDtypeStruct`` leaves, nothing computed):
+        the template for restoring a checkpoint (``restore_checkpoint(path, target=...)``)."""
+        return jax.eval_shape(self._abstract_init_fn, key)
 
     def train_chunk(self, runner_state: RunnerState, n_updates: int) -> tuple[RunnerState, dict]:
         """Run ``n_updates`` PPO updates (jitted; compiled once per ``n_updates``).
 
         Returns the new runner state and a dict of float32 scalars (see :func:`make_train`).
         """
-        return self._chunk_fn(runner_state, int(n_updates))
+        return self._chunk_fn(self.shard_state(runner_state), int(n_updates))
 
     def collect_rollout(self, runner_state: RunnerState) -> tuple[RunnerState, Transition]:
         """One rollout without learning (jitted): the new state and the ``(n_steps, n_envs)``
         :class:`Transition` batch an update would learn from. For inspection and tests."""
-        return self._rollout_fn(runner_state)
+        return self._rollout_fn(self.shard_state(runner_state))
 
     def train(self, key: Array) -> tuple[RunnerState, dict]:
         """PureJaxRL-style whole run: ``train_chunk(init(key), config.num_updates)``."""
@@ -349,12 +409,67 @@ class PPOTrainer:
         return self.config.learning_rate_at(update)
 
 
+def shuffle_into_minibatches(
+    batch: Any, key: Array, n_minibatches: int, constrain: Callable[[Any, P], Any] = lambda t, _: t
+) -> Any:
+    """One epoch's minibatches from an env-major rollout (see the module docstring).
+
+    The steps of each env are permuted independently (``permutation(key, ..., axis=1,
+    independent=True)`` of an ``(n_envs, n_steps)`` arange); the result, flattened env-major, puts
+    flat position ``i`` into minibatch ``i mod n_minibatches``, slot ``i // n_minibatches``.
+    With the envs split over D devices and D dividing the minibatch size, every gather and
+    reshape here stays within a device's block of envs.
+
+    Args:
+        batch: pytree of ``(n_envs, n_steps, ...)`` arrays.
+        key: PRNG key of the epoch.
+        n_minibatches: M; must divide ``n_envs * n_steps``.
+        constrain: ``(tree, PartitionSpec) -> tree`` layout pin (identity without a mesh).
+
+    Returns:
+        The same pytree with leaves ``(M, n_envs * n_steps // M, ...)``.
+    """
+    n_envs, n_steps = jax.tree.leaves(batch)[0].shape[:2]
+    batch_size = n_envs * n_steps // n_minibatches
+    steps = jax.random.permutation(
+        key, jnp.broadcast_to(jnp.arange(n_steps), (n_envs, n_steps)), axis=1, independent=True
+    )
+    steps = constrain(steps, P(_dist.DATA_AXIS))
+
+    def one(x):
+        x = jax.vmap(lambda xe, se: jnp.take(xe, se, axis=0))(x, steps)
+        x = x.reshape((batch_size, n_minibatches) + x.shape[2:])
+        return constrain(jnp.swapaxes(x, 0, 1), P(None, _dist.DATA_AXIS))
+
+    return jax.tree.map(one, batch)
+
+
+def minibatch_indices(key: Array, n_envs: int, n_steps: int, n_minibatches: int) -> Array:
+    """``(env, step)`` of every slot of the epoch's minibatches: ``(M, batch_size, 2)`` int32,
+    the layout :func:`shuffle_into_minibatches` produces for this key (for inspection and tests)."""
+    envs, steps = jnp.meshgrid(jnp.arange(n_envs), jnp.arange(n_steps), indexing="ij")
+    return shuffle_into_minibatches(jnp.stack([envs, steps], axis=-1), key, n_minibatches)
+
+
+def _runner_state_sharding(abstract: RunnerState, mesh: Mesh) -> RunnerState:
+    """A :class:`RunnerState` of shardings: per-env fields over ``"data"``, the rest replicated."""
+    data, repl = _dist.data_sharding(mesh), _dist.replicated_sharding(mesh)
+    per_env = {"env_state", "last_obs", "traj_log_weight", "ep_return", "ep_length"}
+    return abstract.replace(**{
+        f.name: jax.tree.map(lambda _, s=(data if f.name in per_env else repl): s,
+                             getattr(abstract, f.name))
+        for f in dataclasses.fields(abstract)
+    })
+
+
 def make_train(
     config: PPOConfig,
     network_config: NetworkConfig,
     env,
     env_params=None,
     info_keys: tuple[str, ...] = DEFAULT_INFO_KEYS,
+    mesh: Optional[Mesh] = None,
+    n_devices: Optional[int] = None,
 ) -> PPOTrainer:
     """Build a PPO trainer for a gymnax ``env`` with dict observations and ``Discrete(K)`` actions.
 
@@ -366,6 +481,16 @@ def make_train(
         env_params: env parameters (default: ``env.default_params``); closed over, so a change
             means a new trainer (and a recompile).
         info_keys: ``info`` entries to average over rollouts (reported when present).
+        mesh: a 1-D mesh with axis ``"data"`` (:func:`swarm_jax.distributed.make_data_mesh`):
+            the env batch and rollout are split over its devices, parameters replicated, and
+            ``init``/``train_chunk``/``collect_rollout`` take and return states laid out so
+            (:attr:`PPOTrainer.state_sharding`). ``None`` (default): plain single-device jit.
+        n_devices: shorthand for ``mesh=make_data_mesh(n_devices, config.n_envs)``; ignored if
+            ``mesh`` is given.
+
+    Raises:
+        ValueError: ``n_envs`` or ``batch_size`` is not a multiple of the mesh size (every
+            device must hold the same number of environments and of minibatch transitions).
 
     Returns:
         A :class:`PPOTrainer`. ``train_chunk(runner_state, n)`` returns metrics, all float32
@@ -387,6 +512,17 @@ def make_train(
     """
     if env_params is None:
         env_params = env.default_params
+    if mesh is None and n_devices is not None:
+        mesh = _dist.make_data_mesh(n_devices, config.n_envs)
+    if mesh is not None:
+        if tuple(mesh.axis_names) != (_dist.DATA_AXIS,):
+            raise ValueError(f"mesh axes {mesh.axis_names}: expected one axis {_dist.DATA_AXIS!r}")
+        for name in ("n_envs", "batch_size"):
+            if int(getattr(config, name)) % mesh.size:
+                raise ValueError(
+                    f"PPOConfig.{name}={getattr(config, name)} must be a multiple of the "
+                    f"{mesh.size} devices of the mesh"
+                )
     num_actions = int(env.num_actions)
     network = make_network(network_config, num_actions)
     cfg = config
@@ -416,6 +552,12 @@ def make_train(
 
     probe_info = jax.eval_shape(_probe, jax.random.PRNGKey(0))
     present_keys = _info_keys_present(probe_info, tuple(info_keys))
+
+    def constrain(tree, spec: P):
+        """Pin ``tree``'s layout on the mesh (a no-op without one)."""
+        if mesh is None:
+            return tree
+        return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, spec))
 
     # ---- init ----------------------------------------------------------------------------------
     def _init(key):
@@ -536,15 +678,10 @@ def make_train(
         return train_state.apply_gradients(grads=grads), aux
 
     def _epoch(carry, _):
+        """One pass over the rollout; ``batch`` leaves are env-major ``(n_envs, n_steps, ...)``."""
         train_state, rng, batch = carry
         rng, k_perm = jax.random.split(rng)
-        perm = jax.random.permutation(k_perm, cfg.rollout_size)
-        minibatches = jax.tree.map(
-            lambda x: jnp.take(x, perm, axis=0).reshape(
-                (cfg.n_minibatches, cfg.batch_size) + x.shape[1:]
-            ),
-            batch,
-        )
+        minibatches = shuffle_into_minibatches(batch, k_perm, cfg.n_minibatches, constrain)
         train_state, aux = jax.lax.scan(_minibatch_step, train_state, minibatches)
         return (train_state, rng, batch), aux
 
@@ -558,8 +695,8 @@ def make_train(
             traj.reward, traj.value, traj.next_value, traj.terminated, traj.done,
             cfg.gamma, cfg.gae_lambda,
         )
-        flatten = lambda x: x.reshape((cfg.rollout_size,) + x.shape[2:])  # noqa: E731
-        batch = jax.tree.map(flatten, (traj, advantages, returns))
+        env_major = lambda x: constrain(jnp.swapaxes(x, 0, 1), P(_dist.DATA_AXIS))  # noqa: E731
+        batch = jax.tree.map(env_major, (traj, advantages, returns))
         rng, k_epochs = jax.random.split(rs.rng)
         (train_state, _, _), aux = jax.lax.scan(
             _epoch, (rs.train_state, k_epochs, batch), None, length=cfg.n_epochs
@@ -609,6 +746,30 @@ def make_train(
 
     aux_names = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
 
+    def _collect(rs):
+        rs, (traj, _) = _rollout(rs)
+        return rs, traj
+
+    if mesh is None:
+        state_sharding = None
+        init_fn = jax.jit(_init)
+        chunk_fn = jax.jit(_train_chunk, static_argnums=(1,))
+        rollout_fn = jax.jit(_collect)
+    else:
+        abstract = jax.eval_shape(_init, jax.random.PRNGKey(0))
+        state_sharding = _runner_state_sharding(abstract, mesh)
+        repl = _dist.replicated_sharding(mesh)
+        traj_sharding = NamedSharding(mesh, P(None, _dist.DATA_AXIS))  # (n_steps, n_envs, ...)
+        init_jit = jax.jit(_init, in_shardings=repl, out_shardings=state_sharding)
+        init_fn = lambda key: init_jit(_dist.put(key, repl))  # noqa: E731
+        chunk_fn = jax.jit(
+            _train_chunk, static_argnums=(1,), in_shardings=(state_sharding,),
+            out_shardings=(state_sharding, repl),
+        )
+        rollout_fn = jax.jit(
+            _collect, in_shardings=(state_sharding,), out_shardings=(state_sharding, traj_sharding)
+        )
+
     return PPOTrainer(
         config=config,
         network_config=network_config,
@@ -617,9 +778,12 @@ def make_train(
         env_params=env_params,
         tx=tx,
         info_keys=present_keys,
-        _chunk_fn=jax.jit(_train_chunk, static_argnums=(1,)),
-        _init_fn=jax.jit(_init),
-        _rollout_fn=jax.jit(lambda rs: (lambda out: (out[0], out[1][0]))(_rollout(rs))),
+        _chunk_fn=chunk_fn,
+        _init_fn=init_fn,
+        _rollout_fn=rollout_fn,
+        _abstract_init_fn=_init,
+        mesh=mesh,
+        state_sharding=state_sharding,
     )
 
 

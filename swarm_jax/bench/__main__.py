@@ -10,6 +10,7 @@ SUITES = {
     "kmc": "swarm_jax.bench.kmc",
     "env": "swarm_jax.bench.env",
     "train": "swarm_jax.bench.train",
+    "scaling": "swarm_jax.bench.scaling",
 }
 
 

@@ -34,6 +34,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from swarm_jax.physics import sumtree
@@ -44,8 +45,8 @@ from swarm_jax.physics.params import DIRECTIONS, O, TI, VACANT, RateTables
 
 N_SURFACE_EVENTS = 7  # deposit Ti, deposit O, 4 hops, desorb
 K_DEP_TI, K_DEP_O, K_HOP0, K_DESORB, K_REACT0 = 0, 1, 2, 6, 7
-_DX = jnp.array([d[0] for d in DIRECTIONS], jnp.int32)
-_DY = jnp.array([d[1] for d in DIRECTIONS], jnp.int32)
+_DX = np.array([d[0] for d in DIRECTIONS], np.int32)  # numpy: importing must not start a backend
+_DY = np.array([d[1] for d in DIRECTIONS], np.int32)
 
 
 def events_per_column(lz: int) -> int:

@@ -1,0 +1,280 @@
+"""Multi-device and multi-host plumbing on JAX's own machinery (``jax.distributed``, ``jax.sharding``).
+
+The data-parallel layout used throughout the package is one 1-D :class:`~jax.sharding.Mesh` with
+the axis :data:`DATA_AXIS` (``"data"``):
+
+* per-environment (per-replica) arrays — env states, observations, per-env counters, lattices of
+  a batched simulation — are split along their leading axis over the mesh
+  (``NamedSharding(mesh, P("data"))``, :func:`shard_batch`);
+* everything else — network parameters, optimiser state, PRNG keys, global counters — is
+  replicated on every device (``NamedSharding(mesh, P())``, :func:`replicate`).
+
+A ``jax.jit`` function fed such arrays is compiled once for the whole mesh (SPMD): XLA runs each
+device's share of the batch locally and inserts the collectives a global reduction needs (e.g. the
+all-reduce of gradients when a loss is a mean over a sharded minibatch). The results are those of
+the same program on one device up to floating-point summation order.
+
+Multi-host: call :func:`initialize_distributed` first thing in the program (before any JAX
+computation), on every host. Afterwards ``jax.devices()`` lists the devices of all hosts and a
+mesh from :func:`make_data_mesh` spans them; every process runs the same program on the same
+inputs (same seed), writes logs only if :func:`is_main_process`, and takes part in every
+checkpoint save (orbax coordinates the hosts).
+
+Example (2 hosts × 4 GPUs; host 0 is reachable as ``node0``)::
+
+    # on node0
+    SWARM_JAX_COORDINATOR=node0:12345 SWARM_JAX_NUM_PROCESSES=2 SWARM_JAX_PROCESS_ID=0 python train.py ...
+    # on node1
+    SWARM_JAX_COORDINATOR=node0:12345 SWARM_JAX_NUM_PROCESSES=2 SWARM_JAX_PROCESS_ID=1 python train.py ...
+
+Under SLURM (``srun -N 2 --ntasks-per-node=1 python train.py ...``) or Open MPI (``mpirun -np 2``)
+no address is needed: JAX detects the cluster itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+__all__ = [
+    "DATA_AXIS",
+    "ENV_COORDINATOR",
+    "ENV_NUM_PROCESSES",
+    "ENV_PROCESS_ID",
+    "DistributedError",
+    "initialize_distributed",
+    "is_main_process",
+    "make_data_mesh",
+    "data_sharding",
+    "replicated_sharding",
+    "shard_batch",
+    "replicate",
+    "put",
+]
+
+#: Name of the mesh axis the batch (environments, replicas) is split over.
+DATA_AXIS = "data"
+
+ENV_COORDINATOR = "SWARM_JAX_COORDINATOR"
+ENV_NUM_PROCESSES = "SWARM_JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "SWARM_JAX_PROCESS_ID"
+
+_initialized = False
+
+
+class DistributedError(ValueError):
+    """Invalid multi-process settings or an impossible device layout."""
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-host start-up
+# --------------------------------------------------------------------------------------------
+
+
+def _int_setting(value: Any, name: str) -> Optional[int]:
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DistributedError(f"{name} = {value!r}: must be an integer") from None
+
+
+def _cluster_detected() -> bool:
+    """Whether a multi-task launcher JAX can read by itself started this process (SLURM, Open MPI)."""
+    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        try:
+            if int(os.environ.get(var, "1")) > 1:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def initialize_distributed(
+    coordinator_address: Optional[str] = None,
+    num_processes: Optional[int] = None,
+    process_id: Optional[int] = None,
+    local_device_ids: Optional[Sequence[int]] = None,
+    auto_detect: bool = True,
+) -> bool:
+    """Start JAX's multi-process runtime (``jax.distributed.initialize``) if this is a multi-host run.
+
+    Settings come from the arguments, else from the environment variables
+    ``SWARM_JAX_COORDINATOR`` (``host:port`` of process 0), ``SWARM_JAX_NUM_PROCESSES`` and
+    ``SWARM_JAX_PROCESS_ID``. When none is set and ``auto_detect``, a SLURM or Open MPI job with
+    more than one task is handed to JAX's own cluster detection (``jax.distributed.initialize()``
+    with no arguments). Otherwise, or with ``num_processes == 1``, nothing is done: a single
+    process uses its local devices.
+
+    Must run before any JAX computation (JAX raises otherwise). Calling it again is a no-op.
+
+    Args:
+        coordinator_address: ``"host:port"`` on which process 0 listens (every process passes the
+            same value).
+        num_processes: total number of processes (typically one per host).
+        process_id: this process's rank in ``[0, num_processes)``.
+        local_device_ids: restrict this process to these local devices (default: all).
+        auto_detect: allow JAX's cluster auto-detection when nothing is given.
+
+    Returns:
+        True if the multi-process runtime is (now) running, False for a single-process run.
+
+    Raises:
+        DistributedError: incomplete or inconsistent settings (e.g. a process count without a
+            coordinator address, a process id out of range, an address without a port).
+    """
+    global _initialized
+    if _initialized:
+        return True
+    address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
+    n_proc = _int_setting(
+        num_processes if num_processes is not None else os.environ.get(ENV_NUM_PROCESSES),
+        "num_processes",
+    )
+    proc_id = _int_setting(
+        process_id if process_id is not None else os.environ.get(ENV_PROCESS_ID), "process_id"
+    )
+
+    if address is None and n_proc is None and proc_id is None:
+        if auto_detect and _cluster_detected():
+            jax.distributed.initialize(local_device_ids=local_device_ids)
+            _initialized = True
+            return True
+        return False
+    if n_proc is not None and n_proc < 1:
+        raise DistributedError(f"num_processes = {n_proc}: must be >= 1")
+    if n_proc == 1 and proc_id in (None, 0):
+        return False
+    missing = [name for name, v in (("coordinator address", address),
+                                    ("number of processes", n_proc),
+                                    ("process id", proc_id)) if v is None]
+    if missing:
+        raise DistributedError(
+            "incomplete multi-process settings: missing " + ", ".join(missing) + f" (pass them, or "
+            f"set {ENV_COORDINATOR}, {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} on every host)"
+        )
+    if not re.fullmatch(r"\[?[^\s\[\]]+\]?:\d+", address):
+        raise DistributedError(f"coordinator address {address!r}: expected host:port, e.g. node0:12345")
+    if not 0 <= proc_id < n_proc:
+        raise DistributedError(f"process id {proc_id} is outside [0, {n_proc})")
+    jax.distributed.initialize(
+        coordinator_address=address,
+        num_processes=n_proc,
+        process_id=proc_id,
+        local_device_ids=local_device_ids,
+    )
+    _initialized = True
+    return True
+
+
+def is_main_process() -> bool:
+    """True on process 0 (the one that logs and writes files other than checkpoints)."""
+    return jax.process_index() == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Mesh and shardings
+# --------------------------------------------------------------------------------------------
+
+
+def make_data_mesh(
+    n_devices: Optional[int] = None, n_envs: Optional[int] = None, platform: Optional[str] = None
+) -> Mesh:
+    """A 1-D mesh with axis ``"data"`` over ``n_devices`` devices per process.
+
+    Args:
+        n_devices: devices to use on each process (default: all local devices). In a multi-host
+            run the mesh holds ``n_devices × jax.process_count()`` devices, process by process.
+        n_envs: global batch (environments, replicas) that will be split over the mesh; if
+            given, it must be a multiple of the mesh size.
+        platform: device platform (``"cpu"``, ``"gpu"``, ...); default: JAX's default backend.
+
+    Raises:
+        DistributedError: ``n_devices`` < 1 or more than the devices available on a process, or
+            ``n_envs`` not a multiple of the mesh size.
+    """
+    devices = jax.devices(platform) if platform else jax.devices()
+    per_process: dict[int, list] = {}
+    for d in devices:
+        per_process.setdefault(d.process_index, []).append(d)
+    available = min(len(v) for v in per_process.values())
+    if n_devices is None:
+        n_devices = available
+    n_devices = int(n_devices)
+    if n_devices < 1:
+        raise DistributedError(f"n_devices = {n_devices}: must be >= 1")
+    if n_devices > available:
+        kind = devices[0].platform
+        hint = (
+            " (for several CPU devices set XLA_FLAGS=--xla_force_host_platform_device_count=N "
+            "before JAX starts)" if kind == "cpu" else ""
+        )
+        raise DistributedError(
+            f"n_devices = {n_devices} but only {available} {kind} device(s) are available "
+            f"per process{hint}"
+        )
+    chosen = [d for p in sorted(per_process) for d in per_process[p][:n_devices]]
+    if n_envs is not None and int(n_envs) % len(chosen):
+        raise DistributedError(
+            f"n_envs = {n_envs} is not divisible by the {len(chosen)} devices of the mesh: each "
+            "device must hold the same number of environments (choose n_envs as a multiple)"
+        )
+    return Mesh(np.asarray(chosen), (DATA_AXIS,))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading axis split over ``"data"``, other axes whole."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of the mesh."""
+    return NamedSharding(mesh, P())
+
+
+def put(x: Any, sharding: NamedSharding) -> jax.Array:
+    """Place one array (jax or numpy, typed PRNG keys included) with ``sharding``.
+
+    Single-process: ``jax.device_put``. Multi-process: built from this process's copy of the full
+    value with ``jax.make_array_from_callback`` (every process must pass the same value).
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        impl = jax.random.key_impl(x)
+        return jax.random.wrap_key_data(put(jax.random.key_data(x), sharding), impl=impl)
+    arr = np.asarray(x)
+    return jax.make_array_from_callback(arr.shape, sharding, lambda index: arr[index])
+
+
+def shard_batch(tree: Any, mesh: Mesh) -> Any:
+    """Every leaf of ``tree`` split along its leading (batch) axis over the mesh's ``"data"`` axis.
+
+    Raises:
+        DistributedError: a leaf is a scalar or its leading axis is not a multiple of the mesh size.
+    """
+    sharding = data_sharding(mesh)
+    size = mesh.size
+
+    def one(path, x):
+        shape = np.shape(x)
+        if len(shape) == 0 or shape[0] % size:
+            raise DistributedError(
+                f"leaf {jax.tree_util.keystr(path)} with shape {tuple(shape)} cannot be split over "
+                f"{size} devices along its leading axis"
+            )
+        return put(x, sharding)
+
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Every leaf of ``tree`` copied whole onto each device of the mesh."""
+    sharding = replicated_sharding(mesh)
+    return jax.tree.map(lambda x: put(x, sharding), tree)
