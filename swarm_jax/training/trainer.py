@@ -1,0 +1,724 @@
+"""The training loop of one curriculum stage: config -> env + PPO -> chunks -> logs/checkpoints.
+
+:func:`run_stage` is the library-level entry point behind ``train.py``. Given a validated
+:class:`~swarm_jax.training.config.TrainConfig` it builds the :class:`TiO2GrowthEnv`, the PPO
+trainer (:func:`make_trainer`) and either a fresh :class:`~swarm_jax.agents.ppo.RunnerState`
+(optionally starting from transferred network parameters) or the one restored from the latest
+checkpoint (``resume=True``), then runs the host loop::
+
+    while update < num_updates:
+        runner_state, metrics = trainer.train_chunk(runner_state, n)   # jitted, n <= log_every
+        check finite -> log (TensorBoard, CSV, progress bar) -> ESS monitor -> checkpoint?
+
+**Deterministic chunks.** Chunk boundaries sit at the multiples of ``training.log_every``
+updates (counted from update 0; the last chunk may be shorter), checkpoints are written only at
+chunk boundaries (the first one at or after each multiple of ``training.checkpoint_freq`` env
+steps) and the whole random state lives in the runner state, so a run that is interrupted and
+resumed ends with bitwise the same parameters and the same metric rows as an uninterrupted one.
+
+**Outputs** under ``out`` for stage ``N`` (:class:`StagePaths`)::
+
+    tensorboard/stageN/        TensorBoard scalars (SB3 tags: rollout/*, train/*, custom/*, time/fps)
+    checkpoints/stageN/<step>/ periodic checkpoints (whole RunnerState + config + meta), step =
+                               env steps; the newest ``training.keep_checkpoints`` are kept
+    stageN_final/              the final checkpoint (also written after an ESS early stop)
+    config_stageN.yaml         the effective configuration (re-runnable with --config)
+    metrics_stageN.csv         one row per log (per chunk)
+    learning_curve_stageN.png  learning curves, written at the end
+
+**Stops.** SIGINT/SIGTERM (:class:`~swarm_jax.training.safety.GracefulInterrupt`): the current
+chunk finishes, a checkpoint is saved, status ``interrupted``, exit code ``128 + signal``
+(130 for SIGINT). NaN/inf in the metrics or the network/optimiser state after a chunk: nothing
+is saved (the last good checkpoint stays), status ``numerical_fault``, exit code 3. ESS ratio
+below ``training.ess_threshold`` for ``training.ess_patience`` consecutive logs
+(:class:`~swarm_jax.training.logging.ESSMonitor`): checkpoint + final, status
+``stopped_early``, exit code 0.
+
+Units: every step count is in environment steps summed over the parallel environments; times in
+seconds; ``sps``/``fps`` = environment steps per second of training (compilation excluded).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import yaml
+
+from swarm_jax.agents.networks import NetworkConfig
+from swarm_jax.agents.ppo import PPOConfig, PPOTrainer, RunnerState, make_train
+from swarm_jax.env.reward import RewardConfig
+from swarm_jax.env.tio2_env import TiO2GrowthEnv
+from swarm_jax.training.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    is_complete_checkpoint,
+    read_config,
+    save_final,
+)
+from swarm_jax.training.config import TrainConfig, config_to_dict
+from swarm_jax.training.logging import ESSMonitor, TensorBoardLogger, plot_learning_curves
+from swarm_jax.training.safety import GracefulInterrupt, check_finite
+
+__all__ = [
+    "EXIT_NUMERICAL_FAULT",
+    "STATUSES",
+    "ChunkReport",
+    "StagePaths",
+    "TrainError",
+    "TrainResult",
+    "chunk_sizes",
+    "complete_steps",
+    "initial_runner_state",
+    "make_env",
+    "make_trainer",
+    "network_config",
+    "ppo_config",
+    "resume_differences",
+    "run_stage",
+    "write_config_yaml",
+]
+
+COMPLETED = "completed"
+STOPPED_EARLY = "stopped_early"
+INTERRUPTED = "interrupted"
+NUMERICAL_FAULT = "numerical_fault"
+ALREADY_COMPLETE = "already_complete"
+STATUSES = (COMPLETED, STOPPED_EARLY, INTERRUPTED, NUMERICAL_FAULT, ALREADY_COMPLETE)
+
+EXIT_NUMERICAL_FAULT = 3
+
+#: Config entries a resumed run may change (they steer the run, not what it computes).
+RUN_CONTROL_KEYS = (
+    "name",
+    "training.total_timesteps",
+    "training.checkpoint_freq",
+    "training.keep_checkpoints",
+    "training.log_every",
+    "training.ess_threshold",
+    "training.ess_patience",
+    "training.cpu_overrides",
+)
+
+# Metric keys of PPOTrainer.train_chunk that are not already mapped by logging.METRIC_TAGS.
+_EXTRA_TAGS = {
+    "n_episodes": "rollout/n_episodes",
+    "reward": "rollout/reward_mean",
+    "loss": "train/loss",
+    "learning_rate": "train/learning_rate",
+}
+_COUNTER_KEYS = ("env_steps", "update_step")  # float32 copies; exact values are in the state
+# NaN by design when no episode finished within the chunk.
+_EPISODE_KEYS = ("ep_rew_mean", "ep_len_mean")
+_CSV_FIRST = ("env_steps", "update", "time_s", "fps")
+_CSV_ORDER = (
+    "ep_rew_mean", "ep_len_mean", "n_episodes", "reward", "policy_loss", "value_loss", "entropy",
+    "approx_kl", "clip_fraction", "loss", "learning_rate", "ess_ratio", "ess_penalty", "batch_ess",
+    "batch_ess_running", "roughness", "coverage", "o_ti_ratio", "mean_height",
+)
+
+
+def log_line(message: str) -> None:
+    """Default ``log`` of the loop: a line on stdout, flushed (progress stays visible in pipes)."""
+    print(message, flush=True)
+
+
+class TrainError(ValueError):
+    """A run cannot start as asked (nothing to resume, results would be overwritten, a checkpoint
+    that does not fit the config, ...). The message is one line meant for the user."""
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks from a TrainConfig
+
+
+def make_env(cfg: TrainConfig) -> TiO2GrowthEnv:
+    """The gymnax environment of ``cfg.environment`` with ``cfg.reward`` as default params."""
+    e, r = cfg.environment, cfg.reward
+    reward = RewardConfig(w_roughness=r.w_roughness, w_coverage=r.w_coverage, w_ratio=r.w_ratio,
+                          w_ess=r.w_ess, mode=r.mode)
+    return TiO2GrowthEnv(e.lattice_size, n_swarm=e.n_swarm, physics=e.physics_params(),
+                         max_steps_in_episode=e.max_steps, reward=reward)
+
+
+def ppo_config(cfg: TrainConfig) -> PPOConfig:
+    """:class:`PPOConfig` of ``cfg`` (the ESS reward term comes from the env's RewardConfig)."""
+    p = cfg.ppo
+    return PPOConfig(
+        n_envs=cfg.training.n_envs, n_steps=p.n_steps, batch_size=p.batch_size,
+        n_epochs=p.n_epochs, learning_rate=p.learning_rate, anneal_lr=p.anneal_lr,
+        gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range, ent_coef=p.ent_coef,
+        vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
+        total_timesteps=cfg.training.total_timesteps,
+    )
+
+
+def network_config(cfg: TrainConfig) -> NetworkConfig:
+    n = cfg.network
+    return NetworkConfig(kind=n.kind, hidden_sizes=tuple(n.hidden_sizes), activation=n.activation)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_trainer(environment, reward, ppo, network, n_envs: int, total_timesteps: int):
+    cfg = TrainConfig(environment=environment, reward=reward, ppo=ppo, network=network,
+                      training={"n_envs": n_envs, "total_timesteps": total_timesteps})
+    return make_train(ppo_config(cfg), network_config(cfg), make_env(cfg))
+
+
+def make_trainer(cfg: TrainConfig) -> PPOTrainer:
+    """The :class:`PPOTrainer` of ``cfg``.
+
+    Trainers are cached on the parts of the config that define the computation (environment,
+    reward, ppo, network, n_envs, total_timesteps), so runs of the same setup in one process
+    (a resumed run, tests, notebooks) reuse the compiled chunk functions.
+    """
+    return _cached_trainer(cfg.environment, cfg.reward, cfg.ppo, cfg.network,
+                           cfg.training.n_envs, cfg.training.total_timesteps)
+
+
+def chunk_sizes(start_update: int, num_updates: int, log_every: int) -> list[int]:
+    """Updates per chunk from ``start_update`` to ``num_updates``: chunks end at the multiples of
+    ``log_every`` (counted from update 0) and at ``num_updates``, whatever the start."""
+    sizes, u = [], int(start_update)
+    while u < num_updates:
+        n = min(log_every - u % log_every, num_updates - u)
+        sizes.append(n)
+        u += n
+    return sizes
+
+
+def _default_device() -> jax.Device:
+    """The device a run lives on (JAX's default device, as checkpoint restores use)."""
+    default = jax.config.jax_default_device
+    if isinstance(default, jax.Device):
+        return default
+    if isinstance(default, str):
+        return jax.devices(default)[0]
+    return jax.devices()[0]
+
+
+def initial_runner_state(trainer: PPOTrainer, cfg: TrainConfig, init_params: Any = None
+                         ) -> RunnerState:
+    """The runner state a fresh run starts from: ``trainer.init(PRNGKey(seed))``, with the
+    network parameters replaced by ``init_params`` if given and then a *fresh* optimiser state
+    for them (Adam moments zero, step counts zero)."""
+    runner_state = trainer.init(jax.random.PRNGKey(cfg.training.seed))
+    if init_params is not None:
+        runner_state = runner_state.replace(train_state=runner_state.train_state.replace(
+            params=init_params, opt_state=trainer.tx.init(init_params)))
+    return _canonical(runner_state)
+
+
+def _canonical(runner_state: RunnerState) -> RunnerState:
+    """The state committed to the run's device without weak types: fresh and restored states
+    must look alike to jit, or a resumed run would compile its chunk function a second time."""
+    return jax.device_put(_drop_weak_types(runner_state), _default_device())
+
+
+def _drop_weak_types(tree: Any) -> Any:
+    """``tree`` with weakly typed leaves made strong: a state restored from a checkpoint has no
+    weak types, so this keeps fresh and restored states on one compiled chunk function."""
+    return jax.tree.map(lambda x: x.astype(x.dtype) if getattr(x, "weak_type", False) else x, tree)
+
+
+# --------------------------------------------------------------------------------------------
+# Paths, config files, CSV
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePaths:
+    """Where stage ``stage`` of a run rooted at ``root`` writes (see the module docstring)."""
+
+    root: Path
+    stage: int
+
+    @property
+    def label(self) -> str:
+        return f"stage{self.stage}"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard" / self.label
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints" / self.label
+
+    @property
+    def final(self) -> Path:
+        return self.root / f"{self.label}_final"
+
+    @property
+    def config_yaml(self) -> Path:
+        return self.root / f"config_{self.label}.yaml"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.root / f"metrics_{self.label}.csv"
+
+    @property
+    def learning_curve(self) -> Path:
+        return self.root / f"learning_curve_{self.label}.png"
+
+
+def complete_steps(directory: Path) -> list[int]:
+    """Steps of the complete checkpoints in a store directory, ascending (read-only)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir()
+                  if p.name.isdigit() and is_complete_checkpoint(p))
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Block-style mappings, flow-style lists (``lattice_size: [8, 8, 5]``)."""
+
+
+_ConfigDumper.add_representer(
+    list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+def write_config_yaml(cfg: TrainConfig, path: Path, header: str = "") -> Path:
+    """Write ``cfg`` as YAML (loadable with ``load_config`` / ``train.py --config``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.dump(config_to_dict(cfg), Dumper=_ConfigDumper, sort_keys=False)
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    path.write_text(comment + text, encoding="utf-8")
+    return path
+
+
+def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and k not in ("physics", "cpu_overrides"):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = dict(v) if isinstance(v, Mapping) else v
+    return out
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_norm(x) for x in v]
+    if isinstance(v, Mapping):
+        return {k: _norm(x) for k, x in v.items()}
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    return v
+
+
+def resume_differences(cfg: TrainConfig, saved: Mapping) -> list[str]:
+    """Entries (``"key: checkpoint value -> config value"``) where ``cfg`` differs from a
+    checkpoint's saved config in something a resumed run may not change (anything but
+    :data:`RUN_CONTROL_KEYS`; ``total_timesteps`` neither when the LR is annealed)."""
+    now, then = _flatten(config_to_dict(cfg)), _flatten(saved)
+    allowed = set(RUN_CONTROL_KEYS)
+    if cfg.ppo.anneal_lr:
+        allowed.discard("training.total_timesteps")  # the LR schedule depends on it
+    diffs = []
+    for key in sorted(set(now) | set(then)):
+        if key in allowed or key == "stage":
+            continue
+        a, b = then.get(key, "<missing>"), now.get(key, "<missing>")
+        if _norm(a) != _norm(b):
+            diffs.append(f"{key}: {a!r} -> {b!r}")
+    return diffs
+
+
+class _MetricsCSV:
+    """``metrics_stageN.csv``: one row per log; on resume, rows after the checkpoint are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = Path(path)
+        self.columns: list[str] | None = None
+        kept: list[dict] = []
+        if resume_step is not None and self.path.is_file():
+            with self.path.open(newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                self.columns = list(reader.fieldnames or []) or None
+                kept = [row for row in reader if int(float(row["env_steps"])) <= resume_step]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("w", newline="", encoding="utf-8") as f:
+            if self.columns:
+                writer = csv.DictWriter(f, self.columns)
+                writer.writeheader()
+                writer.writerows(kept)
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        if self.columns is None:
+            rest = [k for k in row if k not in _CSV_FIRST]
+            ordered = [k for k in _CSV_ORDER if k in rest]
+            self.columns = list(_CSV_FIRST) + ordered + sorted(set(rest) - set(ordered))
+            with self.path.open("w", newline="", encoding="utf-8") as f:
+                csv.DictWriter(f, self.columns).writeheader()
+        with self.path.open("a", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, self.columns, extrasaction="ignore", restval="")
+            writer.writerow({k: _csv_value(v) for k, v in row.items()})
+
+
+def _csv_value(v: Any) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return str(int(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return "nan" if math.isnan(v) else repr(float(v))
+    return str(v)
+
+
+# --------------------------------------------------------------------------------------------
+# Results and per-chunk reports
+
+
+@dataclasses.dataclass
+class ChunkReport:
+    """What a callback of :func:`run_stage` receives after every chunk (before any checkpoint)."""
+
+    stage: int
+    update: int
+    num_updates: int
+    env_steps: int
+    metrics: dict[str, float]
+    runner_state: RunnerState
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Outcome of :func:`run_stage`.
+
+    Attributes:
+        stage, status (one of :data:`STATUSES`), message (a line for the user).
+        env_steps, updates, num_updates: where the run stands / was heading.
+        paths: the :class:`StagePaths`; ``final_dir``: the final checkpoint if one was written;
+        last_checkpoint: the newest complete periodic checkpoint (None if none).
+        metrics: the metrics of the last good log (Python floats).
+        timings: seconds — ``wall`` (this session), ``compile`` (JIT tracing + compilation),
+            ``train`` (chunks minus compilation), ``checkpoint``, and ``sps`` = env steps of
+            this session / ``train``.
+        signal_number: the signal that interrupted the run, if any.
+    """
+
+    stage: int
+    status: str
+    message: str
+    env_steps: int
+    updates: int
+    num_updates: int
+    paths: StagePaths
+    final_dir: Path | None = None
+    last_checkpoint: Path | None = None
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    signal_number: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.status == INTERRUPTED:
+            return 128 + int(self.signal_number or signal.SIGINT)
+        if self.status == NUMERICAL_FAULT:
+            return EXIT_NUMERICAL_FAULT
+        return 0
+
+    @property
+    def finished(self) -> bool:
+        """True when the stage has a final checkpoint (completed or stopped early)."""
+        return self.status in (COMPLETED, STOPPED_EARLY, ALREADY_COMPLETE)
+
+
+class _CompileClock:
+    """Seconds JAX spends tracing, lowering and compiling while active (jax.monitoring events)."""
+
+    _EVENTS = (
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "/jax/core/compile/backend_compile_duration",
+    )
+
+    def __init__(self):
+        self.total = 0.0
+
+    def _listener(self, event: str, duration: float, **_: Any) -> None:
+        if event in self._EVENTS:
+            self.total += float(duration)
+
+    def __enter__(self) -> _CompileClock:
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
+def _fmt(x: float, spec: str = ".3g") -> str:
+    return "n/a" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def _progress_bar(progress: bool, total: int, initial: int, desc: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    # No tqdm rate/ETA: they would count compilation; the postfix carries the measured SPS.
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", unit_scale=True,
+                dynamic_ncols=True, file=sys.stderr,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} env steps "
+                           "[{elapsed}{postfix}]")
+
+
+def _first_fault(runner_state: RunnerState, metrics: Mapping[str, float]) -> str | None:
+    """Where the first NaN/inf is: the metrics (episode means may be NaN when no episode
+    finished), the network parameters or the optimiser state."""
+    no_episodes = not metrics.get("n_episodes", 0) > 0
+    checked = {k: v for k, v in metrics.items() if not (no_episodes and k in _EPISODE_KEYS)}
+    # Checked on the host: the trees are small, and device-side checks would compile per tree.
+    host = jax.device_get((runner_state.train_state.params, runner_state.train_state.opt_state))
+    return (check_finite(checked, "metrics") or check_finite(host[0], "params")
+            or check_finite(host[1], "opt_state"))
+
+
+def _tb_scalars(metrics: Mapping[str, float], fps: float) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for k, v in metrics.items():
+        if k in _COUNTER_KEYS:
+            continue
+        out[_EXTRA_TAGS.get(k, k)] = None if not math.isfinite(v) else v
+    out["fps"] = fps
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The stage loop
+
+
+def run_stage(
+    cfg: TrainConfig,
+    out: str | Path,
+    stage: int,
+    *,
+    init_params: Any = None,
+    init_from: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    callbacks: Sequence[Callable[[ChunkReport], None]] = (),
+    trainer: PPOTrainer | None = None,
+    resume_hint: str | None = None,
+    log: Callable[[str], None] = log_line,
+) -> TrainResult:
+    """Train one stage (see the module docstring) and return a :class:`TrainResult`.
+
+    Args:
+        cfg: the effective configuration (CPU overrides already applied if wanted).
+        out: the run's output folder; this stage writes the paths of :class:`StagePaths`.
+        stage: curriculum stage number used in the output names.
+        init_params: network parameters to start from (same tree as the trainer's params, e.g.
+            from :func:`swarm_jax.training.curriculum.load_transfer_params`); the optimiser
+            state is fresh. Ignored when resuming.
+        init_from: where ``init_params`` came from (recorded in the checkpoint metadata).
+        resume: continue from the latest complete checkpoint of this stage (required to exist).
+        progress: show a tqdm bar (env steps) instead of one printed line per log.
+        callbacks: called after every good chunk with a :class:`ChunkReport`.
+        trainer: a prebuilt trainer (default :func:`make_trainer`).
+        resume_hint: the command that resumes this run (for the interruption message).
+        log: where progress lines and messages go.
+
+    Raises:
+        TrainError: ``resume`` without a checkpoint, a fresh start over existing results, or a
+            checkpoint that does not fit ``cfg``.
+    """
+    with _CompileClock() as clock:
+        return _run_stage(cfg, out, stage, clock, init_params=init_params, init_from=init_from,
+                          resume=resume, progress=progress, callbacks=callbacks,
+                          trainer=trainer, resume_hint=resume_hint, log=log)
+
+
+def _run_stage(cfg, out, stage, clock, *, init_params, init_from, resume, progress, callbacks,
+               trainer, resume_hint, log) -> TrainResult:
+    t_start = time.perf_counter()
+    paths = StagePaths(Path(out), int(stage))
+    trainer = trainer if trainer is not None else make_trainer(cfg)
+    cfg_dict = config_to_dict(cfg)
+    key = jax.random.PRNGKey(cfg.training.seed)
+    template = jax.eval_shape(trainer.init, key)
+    backend = jax.default_backend()
+    device = _default_device()
+    resume_hint = resume_hint or f"python train.py --stage {stage} --resume --out {paths.root}"
+
+    existing = complete_steps(paths.checkpoints)
+    if not resume and (existing or is_complete_checkpoint(paths.final)):
+        raise TrainError(f"{paths.root} already holds {paths.label} results "
+                         f"({paths.checkpoints if existing else paths.final}); pass --resume to "
+                         "continue that run, or choose another --out")
+    if resume and not existing:
+        raise TrainError(f"nothing to resume: no complete checkpoint in {paths.checkpoints}")
+
+    store = CheckpointStore(paths.checkpoints, max_to_keep=cfg.training.keep_checkpoints)
+    monitor = ESSMonitor(cfg.training.ess_threshold, cfg.training.ess_patience)
+    wall_before = 0.0
+    restored_step = None
+    if resume:
+        restored_step = store.latest_step()
+        saved_cfg = read_config(store.step_path(restored_step))[0]
+        diffs = resume_differences(cfg, saved_cfg)
+        if diffs:
+            raise TrainError(f"cannot resume {store.step_path(restored_step)} with a different "
+                             f"setup ({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''})")
+        try:
+            runner_state, _, meta = store.restore(restored_step, target=template, device=device)
+        except CheckpointError as err:
+            raise TrainError(f"cannot resume: {err}") from None
+        monitor.below_count = int(meta.get("ess_below_count", 0))
+        wall_before = float(meta.get("wall_time_s", 0.0))
+        init_from = meta.get("init_from")
+        log(f"[{paths.label}] resuming from {store.step_path(restored_step)} "
+            f"(update {int(runner_state.update_step)}, {int(runner_state.env_steps)} env steps)")
+    else:
+        runner_state = initial_runner_state(trainer, cfg, init_params)
+    runner_state = _canonical(runner_state)
+
+    write_config_yaml(cfg, paths.config_yaml,
+                      header=f"Effective configuration of {paths.label} (jax backend: {backend}).\n"
+                             "Re-run with: python train.py --config <this file>")
+    metrics_csv = _MetricsCSV(paths.metrics_csv, restored_step)
+    purge = None
+    if restored_step is not None:
+        purge = restored_step + 1  # drop events logged after the checkpoint by the lost session
+    elif paths.tensorboard.is_dir() and any(paths.tensorboard.glob("*tfevents*")):
+        purge = 0  # an earlier attempt that never checkpointed: start the curves afresh
+
+    num_updates, rollout = cfg.num_updates, cfg.rollout_size
+    freq = cfg.training.checkpoint_freq
+    update, env_steps = int(runner_state.update_step), int(runner_state.env_steps)
+    start_steps = env_steps
+    sizes = chunk_sizes(update, num_updates, cfg.training.log_every)
+    timings = {"train": 0.0, "checkpoint": 0.0}
+    status, message, last_metrics = COMPLETED, "", {}
+    signal_number = None
+    last_ckpt = store.step_path(restored_step) if restored_step is not None else None
+    if not resume:
+        log(f"[{paths.label}] {cfg.name}: lattice {'x'.join(map(str, cfg.environment.lattice_size))}"
+            f", {cfg.training.n_envs} envs x {cfg.ppo.n_steps} steps = {rollout} per update, "
+            f"{num_updates} updates ({num_updates * rollout} env steps), backend {backend}"
+            + (f", from {init_from}" if init_from else ""))
+
+    def meta(state_status: str) -> dict:
+        return {
+            "stage": paths.stage, "status": state_status, "env_steps": env_steps,
+            "update": update, "num_updates": num_updates,
+            "ess_below_count": monitor.below_count,
+            "wall_time_s": wall_before + time.perf_counter() - t_start,
+            "jax_backend": backend, "jax_version": jax.__version__, "init_from": init_from,
+        }
+
+    def checkpoint(state_status: str) -> Path:
+        t0 = time.perf_counter()
+        path = store.save(env_steps, runner_state, cfg_dict, meta(state_status), force=True)
+        timings["checkpoint"] += time.perf_counter() - t0
+        return path
+
+    bar = _progress_bar(progress, num_updates * rollout, env_steps, paths.label)
+    try:
+        with GracefulInterrupt() as interrupt, \
+                TensorBoardLogger(paths.tensorboard, purge_step=purge) as tb:
+            for n in sizes:
+                t0, c0 = time.perf_counter(), clock.total
+                new_state, metrics = trainer.train_chunk(runner_state, n)
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                compile_s = clock.total - c0
+                train_s = max(time.perf_counter() - t0 - compile_s, 1e-9)
+                timings["train"] += train_s
+
+                fault = _first_fault(new_state, metrics)
+                if fault is not None:
+                    status = NUMERICAL_FAULT
+                    where = (f"the last good checkpoint is {last_ckpt}" if last_ckpt
+                             else "no checkpoint was written before it")
+                    message = (f"{paths.label}: {fault} after update {update + n} "
+                               f"(env steps {env_steps + n * rollout}); stopped, {where}")
+                    break
+                runner_state = new_state
+                prev_steps = env_steps
+                update, env_steps = int(runner_state.update_step), int(runner_state.env_steps)
+                fps = (env_steps - prev_steps) / train_s
+                last_metrics = metrics
+
+                tb.log_scalars(env_steps, _tb_scalars(metrics, fps))
+                metrics_csv.append({"env_steps": env_steps, "update": update,
+                                    "time_s": wall_before + time.perf_counter() - t_start,
+                                    "fps": fps, **{k: v for k, v in metrics.items()
+                                                   if k not in _COUNTER_KEYS}})
+                postfix = dict(sps=_fmt(fps, ".0f"), ep_rew=_fmt(metrics.get("ep_rew_mean")),
+                               ess=_fmt(metrics.get("ess_ratio")),
+                               rough=_fmt(metrics.get("roughness")))
+                if bar is not None:
+                    bar.update(env_steps - prev_steps)
+                    bar.set_postfix(postfix, refresh=True)
+                else:
+                    log(f"[{paths.label}] update {update}/{num_updates} | env steps {env_steps} | "
+                        + " | ".join(f"{k} {v}" for k, v in postfix.items())
+                        + (f" | compile {compile_s:.1f}s" if compile_s > 0.5 else ""))
+                for cb in callbacks:
+                    cb(ChunkReport(paths.stage, update, num_updates, env_steps, metrics,
+                                   runner_state))
+
+                due = env_steps // freq > prev_steps // freq
+                if monitor.update(metrics["ess_ratio"]):
+                    status, message = STOPPED_EARLY, f"{paths.label}: {monitor.reason}"
+                    last_ckpt = checkpoint(STOPPED_EARLY)
+                    break
+                if interrupt.requested:
+                    signal_number = int(signal.Signals[interrupt.signal_name])
+                    last_ckpt = checkpoint(INTERRUPTED)
+                    status = INTERRUPTED
+                    message = (f"{paths.label}: {interrupt.signal_name} received; saved "
+                               f"{last_ckpt} at update {update}/{num_updates}; resume with: "
+                               f"{resume_hint}")
+                    break
+                if due:
+                    last_ckpt = checkpoint("running")
+    finally:
+        if bar is not None:
+            bar.close()
+
+    final_dir = None
+    if status in (COMPLETED, STOPPED_EARLY):
+        t0 = time.perf_counter()
+        final_dir = save_final(paths.final, runner_state, cfg_dict, meta(status))
+        timings["checkpoint"] += time.perf_counter() - t0
+        if status == COMPLETED:
+            message = (f"{paths.label}: completed {update} updates, {env_steps} env steps; "
+                       f"final checkpoint {final_dir}")
+        else:
+            message += f"; final checkpoint {final_dir}"
+    store.close()
+    _plot(paths, log)
+    timings["wall"] = time.perf_counter() - t_start
+    timings["compile"] = clock.total
+    timings["sps"] = (env_steps - start_steps) / timings["train"] if timings["train"] else 0.0
+    return TrainResult(stage=paths.stage, status=status, message=message, env_steps=env_steps,
+                       updates=update, num_updates=num_updates, paths=paths,
+                       final_dir=final_dir, last_checkpoint=last_ckpt, metrics=last_metrics,
+                       timings=timings, signal_number=signal_number)
+
+
+def _plot(paths: StagePaths, log: Callable[[str], None]) -> None:
+    """Learning curves of the stage, if anything was logged (a plotting problem is reported,
+    not raised: the checkpoints matter more)."""
+    if not paths.tensorboard.is_dir() or not any(paths.tensorboard.glob("*tfevents*")):
+        return
+    try:
+        plot_learning_curves(paths.tensorboard, paths.learning_curve,
+                             title=f"{paths.label} ({paths.root})")
+    except (ValueError, OSError) as err:
+        log(f"[{paths.label}] warning: no learning-curve plot: {err}")

@@ -1,0 +1,229 @@
+#!/usr/bin/env python
+"""Train the SwarmThinkers policy: one curriculum stage, or all three in a row.
+
+Examples::
+
+    python train.py --stage 1                                # configs/stage1_small.yaml
+    python train.py --stage 2 --pretrained runs/train/stage1_final
+    python train.py --stage all --out runs/curriculum        # 1 -> 2 -> 3 with transfer
+    python train.py --config configs/tiny_test.yaml --out /tmp/tiny
+    python train.py --stage 1 --resume                       # after Ctrl-C or a crash
+
+Configuration: the stage's YAML (or ``--config``), then the CPU overrides of its
+``training.cpu_overrides`` when JAX runs on CPU, then the flags given here (which therefore
+always win). The result is validated before anything is compiled and written to
+``OUT/config_stageN.yaml``. ``--resume`` continues from the latest complete checkpoint in
+``OUT/checkpoints/stageN`` with the configuration saved in it (flags may still change the
+budget, logging, checkpointing and the ESS stop); with ``--stage all`` it skips finished stages.
+
+Outputs (under ``--out``, default ``runs/train``): ``tensorboard/stageN/``,
+``checkpoints/stageN/``, ``stageN_final/``, ``config_stageN.yaml``, ``metrics_stageN.csv``,
+``learning_curve_stageN.png`` (see ``swarm_jax.training.trainer``).
+
+Exit status: 0 done (or stopped early by the ESS monitor, or nothing left to do), 2 bad input
+(one ``train.py: error: ...`` line on stderr), 3 NaN/inf during training (the last good
+checkpoint is kept), 130 interrupted by SIGINT (143 for SIGTERM) after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+PROG = "train.py"
+
+
+class _UsageError(Exception):
+    """A bad command line (raised instead of argparse's print-usage-and-exit)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block, no SystemExit from inside main()
+        raise _UsageError(message)
+
+
+def _count(text: str) -> int:
+    """An integer count; also accepts ``1e5`` and ``100_000``."""
+    try:
+        return int(text.replace("_", ""))
+    except ValueError:
+        pass
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}")
+    return int(value)
+
+
+def _stage(text: str) -> str:
+    if text not in ("1", "2", "3", "all"):
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from 1, 2, 3, all)")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Train the SwarmThinkers policy with PPO (JAX).",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--stage", type=_stage, default=None, metavar="{1,2,3,all}",
+                   help="curriculum stage (default 1, or the config's stage); 'all' runs "
+                        "1 -> 2 -> 3, each from the previous stage's final parameters")
+    p.add_argument("--config", default=None, metavar="PATH",
+                   help="YAML config used instead of the stage's file (a bare name is looked up "
+                        "in configs/); not with --stage all")
+    p.add_argument("--pretrained", default=None, metavar="CKPT",
+                   help="start from the network parameters of this checkpoint (stageN_final, a "
+                        "step directory, or a checkpoint folder), with a fresh optimiser")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest complete checkpoint in OUT/checkpoints/stageN")
+    p.add_argument("--total-timesteps", type=_count, default=None, metavar="N",
+                   help="env-step budget of the stage (summed over environments)")
+    p.add_argument("--n-envs", type=_count, default=None, metavar="N",
+                   help="parallel environments")
+    p.add_argument("--seed", type=_count, default=None, metavar="N", help="PRNG seed")
+    p.add_argument("--out", default="runs/train", metavar="DIR", help="output folder")
+    p.add_argument("--ess-threshold", type=float, default=None, metavar="X",
+                   help="stop early when the ESS ratio stays below X (in (0, 1])")
+    p.add_argument("--ess-patience", type=_count, default=None, metavar="N",
+                   help="consecutive logs below --ess-threshold before stopping")
+    p.add_argument("--log-every", type=_count, default=None, metavar="N",
+                   help="PPO updates per jitted chunk (one log line / TensorBoard point each)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="print one line per log instead of a progress bar")
+    return p
+
+
+_FLAG_KEYS = {
+    "total_timesteps": "training.total_timesteps",
+    "n_envs": "training.n_envs",
+    "seed": "training.seed",
+    "ess_threshold": "training.ess_threshold",
+    "ess_patience": "training.ess_patience",
+    "log_every": "training.log_every",
+}
+
+
+def _flag_overrides(args) -> dict:
+    return {key: getattr(args, name) for name, key in _FLAG_KEYS.items()
+            if getattr(args, name) is not None}
+
+
+def _resume_hint(args) -> str:
+    parts = ["python", PROG] + (["--stage", args.stage] if args.stage else [])
+    if args.config:
+        parts += ["--config", args.config]
+    parts += ["--resume", "--out", args.out]
+    for name in _FLAG_KEYS:
+        value = getattr(args, name)
+        if value is not None:
+            parts += [f"--{name.replace('_', '-')}", str(value)]
+    if args.no_progress:
+        parts.append("--no-progress")
+    return shlex.join(parts)
+
+
+def _stage_configs(args, backend: str) -> list[tuple[int, object]]:
+    """The effective config of every stage to run (validated; nothing compiled)."""
+    from swarm_jax.training.checkpoint import read_config
+    from swarm_jax.training.config import (
+        config_from_dict,
+        for_backend,
+        load_config,
+        resolve_config_path,
+        stage_config_path,
+        with_overrides,
+    )
+    from swarm_jax.training.trainer import StagePaths, complete_steps
+
+    flags = _flag_overrides(args)
+    if args.stage == "all":
+        wanted: list[tuple[int, Path]] = [(n, stage_config_path(n)) for n in (1, 2, 3)]
+    elif args.config is not None:
+        path = resolve_config_path(args.config)
+        base = load_config(path)
+        if args.stage is not None and base.stage is not None and int(args.stage) != base.stage:
+            raise _UsageError(f"--stage {args.stage} contradicts {path}, which is a stage "
+                              f"{base.stage} config")
+        wanted = [(int(args.stage) if args.stage else (base.stage or 1), path)]
+    else:
+        n = int(args.stage or 1)
+        wanted = [(n, stage_config_path(n))]
+
+    out = []
+    for stage, path in wanted:
+        steps = complete_steps(StagePaths(Path(args.out), stage).checkpoints)
+        if args.resume and steps and args.config is None:
+            # Continue with the configuration the run was started with.
+            latest = StagePaths(Path(args.out), stage).checkpoints / str(steps[-1])
+            cfg = config_from_dict(read_config(latest)[0])
+        else:
+            cfg = for_backend(load_config(path), backend)
+            # The effective config is self-contained: the CPU overrides are applied, not kept.
+            cfg = with_overrides(cfg, {"training.cpu_overrides": {}})
+        cfg = with_overrides(cfg, {**flags, "stage": stage})
+        out.append((stage, cfg))
+    return out
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.stage == "all" and args.config is not None:
+            raise _UsageError("--config cannot be combined with --stage all (each stage uses "
+                              "its own configs/stageN_*.yaml)")
+        if args.resume and args.pretrained is not None:
+            raise _UsageError("--pretrained and --resume exclude each other: a resumed run "
+                              "continues from its own checkpoint")
+    except _UsageError as err:
+        return _error(str(err))
+
+    import jax
+
+    import swarm_jax  # noqa: F401  (64-bit JAX before any array exists)
+    from swarm_jax.training.checkpoint import CheckpointError
+    from swarm_jax.training.config import ConfigError
+    from swarm_jax.training.curriculum import plan_stages, run_curriculum
+    from swarm_jax.training.trainer import ALREADY_COMPLETE, COMPLETED, StagePaths, TrainError
+
+    try:
+        backend = jax.default_backend()
+        stages = _stage_configs(args, backend)
+        plans = plan_stages(stages, args.out, resume=args.resume, pretrained=args.pretrained)
+        if not args.resume and args.pretrained is None and stages[0][0] > 1:
+            prev = StagePaths(Path(args.out), stages[0][0] - 1).final
+            if prev.is_dir():
+                print(f"note: stage {stages[0][0]} starts from freshly initialised parameters; "
+                      f"pass --pretrained {prev} to start from stage {stages[0][0] - 1}'s")
+        if all(p.action == "skip" for p in plans):
+            print(f"nothing to do: {', '.join(f'stage {p.stage}' for p in plans)} already "
+                  f"complete in {args.out}")
+            return 0
+        results = run_curriculum(plans, args.out, progress=not args.no_progress,
+                                 resume_hint=_resume_hint(args))
+    except (_UsageError, ConfigError, TrainError, CheckpointError) as err:
+        return _error(str(err))
+
+    for r in results:
+        if r.status == ALREADY_COMPLETE:
+            continue
+        t = r.timings
+        print(f"{r.paths.label}: {r.status}; {r.env_steps} env steps, {r.updates}/{r.num_updates} "
+              f"updates; wall {t.get('wall', 0):.1f} s (compile {t.get('compile', 0):.1f} s, "
+              f"train {t.get('train', 0):.1f} s = {t.get('sps', 0):.0f} env-steps/s, "
+              f"checkpoints {t.get('checkpoint', 0):.1f} s)")
+    last = results[-1]
+    print(last.message, file=sys.stdout if last.status == COMPLETED else sys.stderr)
+    return last.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
