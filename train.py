@@ -91,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="consecutive logs below --ess-threshold before stopping")
     p.add_argument("--log-every", type=_count, default=None, metavar="N",
                    help="PPO updates per jitted chunk (one log line / TensorBoard point each)")
+    p.add_argument("--devices", type=_count, default=None, metavar="N",
+                   help="local devices to shard the environments over (default: all local "
+                        "devices that divide n_envs; 1 = no sharding)")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-host: address of process 0 (or SWARM_JAX_COORDINATOR)")
+    p.add_argument("--num-processes", type=_count, default=None, metavar="N",
+                   help="multi-host: number of processes (or SWARM_JAX_NUM_PROCESSES)")
+    p.add_argument("--process-id", type=_count, default=None, metavar="I",
+                   help="multi-host: this process's index (or SWARM_JAX_PROCESS_ID)")
     p.add_argument("--no-progress", action="store_true",
                    help="print one line per log instead of a progress bar")
     return p
@@ -186,6 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as err:
         return _error(str(err))
 
+    if args.devices is not None and args.devices < 1:
+        return _error(f"--devices {args.devices}: must be >= 1")
+    try:  # multi-host start-up must come before any JAX computation
+        from swarm_jax.distributed import initialize_distributed
+
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    except (ValueError, RuntimeError) as err:
+        return _error(f"distributed start-up failed: {err}")
+
     import jax
 
     import swarm_jax  # noqa: F401  (64-bit JAX before any array exists)
@@ -207,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nothing to do: {', '.join(f'stage {p.stage}' for p in plans)} already "
                   f"complete in {args.out}")
             return 0
+        if args.devices is not None and args.devices > jax.local_device_count():
+            raise _UsageError(f"--devices {args.devices}: only {jax.local_device_count()} local "
+                              f"{jax.default_backend()} device(s) available")
         results = run_curriculum(plans, args.out, progress=not args.no_progress,
-                                 resume_hint=_resume_hint(args))
+                                 resume_hint=_resume_hint(args), n_devices=args.devices)
     except (_UsageError, ConfigError, TrainError, CheckpointError) as err:
         return _error(str(err))
 

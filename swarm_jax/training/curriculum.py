@@ -248,6 +248,7 @@ def run_curriculum(
     resume_hint: str | None = None,
     callbacks: Sequence[Callable[[ChunkReport], None]] = (),
     log: Callable[[str], None] = log_line,
+    n_devices: int | None = None,
 ) -> list[TrainResult]:
     """Run planned stages in order; stop after the first that does not complete.
 
@@ -272,7 +273,7 @@ def run_curriculum(
             init_params=init_params if plan.action == "run" else None,
             init_from=str(plan.init_from) if plan.action == "run" and plan.init_from else None,
             resume=plan.action == "resume", progress=progress, callbacks=callbacks,
-            resume_hint=resume_hint, log=log,
+            resume_hint=resume_hint, log=log, n_devices=n_devices,
         )
         results.append(result)
         if result.status == COMPLETED and i + 1 < len(plans):

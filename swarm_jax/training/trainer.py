@@ -169,13 +169,31 @@ def network_config(cfg: TrainConfig) -> NetworkConfig:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_trainer(environment, reward, ppo, network, n_envs: int, total_timesteps: int):
+def _cached_trainer(environment, reward, ppo, network, n_envs: int, total_timesteps: int,
+                    n_devices: int | None):
     cfg = TrainConfig(environment=environment, reward=reward, ppo=ppo, network=network,
                       training={"n_envs": n_envs, "total_timesteps": total_timesteps})
-    return make_train(ppo_config(cfg), network_config(cfg), make_env(cfg))
+    mesh = None
+    if n_devices is not None and n_devices * jax.process_count() > 1:
+        from swarm_jax.distributed import make_data_mesh
+
+        mesh = make_data_mesh(n_devices, n_envs=n_envs)
+    return make_train(ppo_config(cfg), network_config(cfg), make_env(cfg), mesh=mesh)
 
 
-def make_trainer(cfg: TrainConfig) -> PPOTrainer:
+def resolve_devices(n_devices: int | None, cfg: TrainConfig) -> int | None:
+    """Devices per process to shard the env batch over: ``n_devices`` (``None`` = every local
+    device, reduced to the largest count that divides ``n_envs`` and the minibatch size)."""
+    if n_devices is not None:
+        return int(n_devices)
+    local = jax.local_device_count()
+    n = max(d for d in range(1, local + 1)
+            if cfg.training.n_envs % (d * jax.process_count()) == 0
+            and cfg.ppo.batch_size % (d * jax.process_count()) == 0)
+    return n if n * jax.process_count() > 1 else None
+
+
+def make_trainer(cfg: TrainConfig, n_devices: int | None = None) -> PPOTrainer:
     """The :class:`PPOTrainer` of ``cfg``.
 
     Trainers are cached on the parts of the config that define the computation (environment,
@@ -183,7 +201,8 @@ def make_trainer(cfg: TrainConfig) -> PPOTrainer:
     (a resumed run, tests, notebooks) reuse the compiled chunk functions.
     """
     return _cached_trainer(cfg.environment, cfg.reward, cfg.ppo, cfg.network,
-                           cfg.training.n_envs, cfg.training.total_timesteps)
+                           cfg.training.n_envs, cfg.training.total_timesteps,
+                           resolve_devices(n_devices, cfg))
 
 
 def chunk_sizes(start_update: int, num_updates: int, log_every: int) -> list[int]:
@@ -513,6 +532,7 @@ def run_stage(
     progress: bool = True,
     callbacks: Sequence[Callable[[ChunkReport], None]] = (),
     trainer: PPOTrainer | None = None,
+    n_devices: int | None = None,
     resume_hint: str | None = None,
     log: Callable[[str], None] = log_line,
 ) -> TrainResult:
@@ -530,6 +550,8 @@ def run_stage(
         progress: show a tqdm bar (env steps) instead of one printed line per log.
         callbacks: called after every good chunk with a :class:`ChunkReport`.
         trainer: a prebuilt trainer (default :func:`make_trainer`).
+        n_devices: local devices to shard the environments over (default: all that divide
+            ``n_envs``; see :func:`resolve_devices`). Ignored with ``trainer``.
         resume_hint: the command that resumes this run (for the interruption message).
         log: where progress lines and messages go.
 
@@ -540,14 +562,14 @@ def run_stage(
     with _CompileClock() as clock:
         return _run_stage(cfg, out, stage, clock, init_params=init_params, init_from=init_from,
                           resume=resume, progress=progress, callbacks=callbacks,
-                          trainer=trainer, resume_hint=resume_hint, log=log)
+                          trainer=trainer, n_devices=n_devices, resume_hint=resume_hint, log=log)
 
 
 def _run_stage(cfg, out, stage, clock, *, init_params, init_from, resume, progress, callbacks,
-               trainer, resume_hint, log) -> TrainResult:
+               trainer, n_devices, resume_hint, log) -> TrainResult:
     t_start = time.perf_counter()
     paths = StagePaths(Path(out), int(stage))
-    trainer = trainer if trainer is not None else make_trainer(cfg)
+    trainer = trainer if trainer is not None else make_trainer(cfg, n_devices)
     cfg_dict = config_to_dict(cfg)
     key = jax.random.PRNGKey(cfg.training.seed)
     template = jax.eval_shape(trainer.init, key)
