@@ -1,0 +1,81 @@
+"""The Colab notebooks run top to bottom without errors (tiny ``ci`` budget, CPU).
+
+Each notebook is executed with nbclient in a fresh ``python3`` (ipykernel) kernel, from the
+``notebooks/`` folder, with ``SWARM_JAX_NOTEBOOK_BUDGET=ci`` and ``SWARM_JAX_NOTEBOOK_OUT`` set to
+a temporary folder shared by the three runs, in order, so notebook 02 reloads the checkpoint
+written by notebook 01, as a user would. The notebooks assert their own physics (``check`` cells
+at 5 standard errors, checkpoint round trips, GSF round trips), so "no cell raised" is a real
+test. A second test checks that the committed notebooks are what ``_build_notebooks.py`` generates
+and carry no outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO / "notebooks"
+NOTEBOOKS = ("01_quickstart.ipynb", "02_reload_and_simulate.ipynb", "03_physics_checks.ipynb")
+CELL_TIMEOUT_S = 600
+
+
+def _builder():
+    sys.path.insert(0, str(NOTEBOOK_DIR))
+    try:
+        import _build_notebooks
+    finally:
+        sys.path.remove(str(NOTEBOOK_DIR))
+    return _build_notebooks
+
+
+def test_committed_notebooks_are_generated_and_clean():
+    builder = _builder()
+    for name in NOTEBOOKS:
+        committed = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+        generated = builder.build(name, builder.NOTEBOOKS[name])
+        assert [c.source for c in committed.cells] == [c.source for c in generated.cells], (
+            f"{name} differs from notebooks/_build_notebooks.py: regenerate it")
+        for cell in committed.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, (
+                    f"{name}: commit notebooks without outputs")
+
+
+@pytest.fixture(scope="module")
+def notebook_out(tmp_path_factory):
+    return tmp_path_factory.mktemp("notebooks_out")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs(name, notebook_out, monkeypatch):
+    # The kernel inherits this process's environment.
+    monkeypatch.setenv("SWARM_JAX_NOTEBOOK_BUDGET", "ci")
+    monkeypatch.setenv("SWARM_JAX_NOTEBOOK_OUT", str(notebook_out))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=CELL_TIMEOUT_S,
+        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
+    )
+    t0 = time.perf_counter()
+    try:
+        client.execute()
+    except nbclient.exceptions.CellExecutionError as err:
+        pytest.fail(f"{name}: a cell failed:\n{err}")
+    print(f"{name}: {time.perf_counter() - t0:.1f} s")
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors, f"{name}: error outputs {errors}"
+    assert list(notebook_out.iterdir()), "the notebook wrote nothing under SWARM_JAX_NOTEBOOK_OUT"
