@@ -40,8 +40,31 @@ Every invalid input gives one line ``swarm_jax.simulate: error: ...`` on stderr 
 SIGINT/SIGTERM: the chunk in progress finishes, every output is written (status
 ``interrupted``) and the exit status is 130.
 
-Policies: ``classical`` is the rejection-free BKL engine (:func:`swarm_jax.physics.run`). A
-policy is plugged in through :data:`POLICY_FACTORIES`: a factory builds a :class:`PolicyRunner`
+Policies: ``classical`` is the rejection-free BKL engine (:func:`swarm_jax.physics.run`).
+``trained`` (``--checkpoint CKPT``: a ``stageN_final`` directory, a step directory of
+``checkpoints/stageN/`` or that store directory, meaning its latest step; saved on any device)
+runs the actor of a training checkpoint (architecture and K from the checkpoint's config,
+:mod:`swarm_jax.swarm.policy`) on any lattice size, in one of two modes (PHYSICS.md §4):
+
+``--mode candidates`` (default)
+    per event, K candidates drawn i.i.d. from ``Γ_e / Γ_tot`` (the environment's path), scored by
+    the actor, ``j ~ softmax``, executed; step log-weight ``−log(K π_j)``. The global "progress"
+    feature is the fraction of ``--events`` done.
+``--mode full``
+    every event weighted by ``exp(f_e) Γ_e`` (:mod:`swarm_jax.swarm.full_lattice`): cached scores
+    refreshed in the 21 columns around each event, exact draws from a second float64 sum tree,
+    step log-weight ``log Z − f_e − log Γ_tot``. The policy's global context is refreshed (a full
+    rescoring) every ``--context-refresh`` events (default Lx·Ly); ``--react-slots`` reactive
+    sites per column are scored by the network (default 4; see
+    :func:`~swarm_jax.swarm.full_lattice.score_columns`).
+
+Both modes use the physical clock. ``log_weight`` in the time series is each replica's trajectory
+log importance weight; ``ess`` is the batch ESS ratio ``(Σ W)² / (R Σ W²)`` across replicas at that
+log point (same value on every replica's row). summary.json adds ``importance_weighted``:
+self-normalised estimates ``Σ W A / Σ W`` of the final roughness, coverage, O/Ti and mean height
+with delta-method standard errors, and the batch ESS; ``trained_policy`` describes the checkpoint.
+
+Other policies plug in through :data:`POLICY_FACTORIES`: a factory builds a :class:`PolicyRunner`
 whose ``chunk_fn(carry, keys, n_events, *operands) -> carry`` advances a batch of lattices.
 """
 
@@ -64,6 +87,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from tqdm.auto import tqdm
 
 import swarm_jax
@@ -72,6 +96,12 @@ from swarm_jax.physics import (
     CEILING, RUNNING, STATUS_NAMES, LatticeState, PhysicsParams, estimate_state_bytes,
     film_arrays, init_flat, make_rate_tables, observables, run,
 )
+from swarm_jax.swarm import full_lattice
+from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM
+from swarm_jax.swarm.policy import (
+    FilmStats, PolicyLoadError, TrainedPolicy, candidates_step, film_stats, load_policy,
+)
+from swarm_jax.swarm.weights import batch_ess, weighted_mean
 from swarm_jax.training.safety import GracefulInterrupt
 
 __all__ = [
@@ -144,7 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="PATH",
                    help="trained policy checkpoint (--policy trained)")
     p.add_argument("--mode", choices=("candidates", "full"),
-                   help="trained policy mode: K candidates or the full lattice (--policy trained)")
+                   help="trained policy mode: K candidates per event (default) or the full "
+                        "lattice (--policy trained)")
+    p.add_argument("--context-refresh", type=_count, default=None, metavar="N",
+                   help="full mode: events between refreshes of the policy's global context "
+                        "(a full rescoring of the lattice; default Lx*Ly)")
+    p.add_argument("--react-slots", type=_count, default=None, metavar="R",
+                   help="full mode: reactive sites per column scored by the network (default "
+                        f"{full_lattice.DEFAULT_REACT_SLOTS}; >= LZ scores every slot)")
     p.add_argument("--lattice-size", nargs=3, type=_count, metavar=("LX", "LY", "LZ"),
                    default=[20, 20, 10], help="lattice sites (default 20 20 10)")
     p.add_argument("--temperature", type=_real, default=300.0, metavar="K",
@@ -186,6 +223,8 @@ class SimulationConfig:
     policy: str = "classical"
     checkpoint: Optional[str] = None
     mode: Optional[str] = None
+    context_refresh: Optional[int] = None
+    react_slots: Optional[int] = None
     physics: tuple[tuple[str, float], ...] = ()
     max_memory_gb: Optional[float] = None
     quiet: bool = False
@@ -267,7 +306,8 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> None:
 
 
 def parse_config(argv: Optional[Sequence[str]] = None) -> SimulationConfig:
-    """Parses and validates the command line (no JAX work). Raises :class:`UsageError`."""
+    """Parses and validates the command line (no JAX work; a trained policy's checkpoint is read
+    here, so a bad one is refused before anything runs). Raises :class:`UsageError`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
 
@@ -298,16 +338,39 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> SimulationConfig:
         raise _bad("--max-memory-gb", args.max_memory_gb, "a finite number > 0 (GB)")
     physics = _parse_physics(args.physics)
 
+    mode, context_refresh, react_slots = args.mode, args.context_refresh, args.react_slots
     if args.policy == "classical":
-        if args.mode is not None:
-            raise UsageError(f"--mode {args.mode}: only used with --policy trained")
-        if args.checkpoint is not None:
-            raise UsageError(f"--checkpoint {args.checkpoint}: only used with --policy trained")
+        for flag, value in (("--mode", args.mode), ("--checkpoint", args.checkpoint),
+                            ("--context-refresh", context_refresh), ("--react-slots", react_slots)):
+            if value is not None:
+                raise UsageError(f"{flag} {value}: only used with --policy trained")
     else:
         if args.checkpoint is None:
             raise UsageError("--policy trained needs --checkpoint PATH")
         if not os.path.exists(args.checkpoint):
             raise UsageError(f"--checkpoint {args.checkpoint}: no such file or directory")
+        mode = mode or "candidates"
+        if mode == "candidates":
+            for flag, value in (("--context-refresh", context_refresh),
+                                ("--react-slots", react_slots)):
+                if value is not None:
+                    raise UsageError(f"{flag} {value}: only used with --mode full")
+        else:
+            context_refresh = lx * ly if context_refresh is None else context_refresh
+            if not 1 <= context_refresh <= _MAX_INT:
+                raise _bad("--context-refresh", context_refresh, "an integer in [1, 2^62]")
+            react_slots = full_lattice.DEFAULT_REACT_SLOTS if react_slots is None else react_slots
+            if not 0 <= react_slots <= 1024:
+                raise _bad("--react-slots", react_slots, "an integer in [0, 1024]")
+            react_slots = min(react_slots, lz)
+        try:
+            trained = load_trained_policy(args.checkpoint)
+        except PolicyLoadError as exc:
+            raise UsageError(f"--checkpoint {args.checkpoint}: {exc}") from None
+        if mode == "full" and not trained.per_candidate:
+            raise UsageError(
+                f"--mode full: the checkpoint's network (kind {trained.network_config.kind!r}) "
+                "scores a whole K-set at once, not single events; use --mode candidates")
     if args.policy not in POLICY_FACTORIES:
         raise UsageError(f"--policy {args.policy}: not available yet in this version "
                          f"(available: {', '.join(POLICY_FACTORIES)})")
@@ -317,7 +380,8 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> SimulationConfig:
         lattice_size=(lx, ly, lz), temperature=args.temperature,
         deposition_rate=args.deposition_rate, o_ti_flux_ratio=args.o_ti_ratio,
         events=args.events, log_every=log_every, replicas=args.replicas, seed=args.seed,
-        out_dir=args.out, policy=args.policy, checkpoint=args.checkpoint, mode=args.mode,
+        out_dir=args.out, policy=args.policy, checkpoint=args.checkpoint, mode=mode,
+        context_refresh=context_refresh, react_slots=react_slots,
         physics=physics, max_memory_gb=args.max_memory_gb, quiet=args.quiet,
         overwrite=args.overwrite, command=shlex.join(["python", "-m", PROG, *argv]),
     )
@@ -326,18 +390,27 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> SimulationConfig:
 # =========================================================================== memory
 
 
-def estimate_run_bytes(lattice_size, replicas: int, log_every: int) -> int:
+def estimate_run_bytes(lattice_size, replicas: int, log_every: int, mode: Optional[str] = None) -> int:
     """Bytes a run needs beyond the JAX runtime itself.
 
     Per replica: the state three times (chunk input and output on the device, the final host
     copy), the chunk's uniforms (3 float64 per event, drawn in blocks of at most 1024 events) and
-    the 15-column rate recomputation of one event (a few KiB).
+    the 15-column rate recomputation of one event (a few KiB). ``mode="full"`` (trained policy,
+    full lattice) adds, three times, the score cache ((C + 1) x (7 + Lz) float32) and the weight
+    tree, plus the feature and activation buffers of one rescoring block.
     """
-    lz = int(lattice_size[2])
-    state = estimate_state_bytes(tuple(int(v) for v in lattice_size))
+    lx, ly, lz = (int(v) for v in lattice_size)
+    state = estimate_state_bytes((lx, ly, lz))
     uniforms = 24 * min(int(log_every), 1024)
     per_event = 15 * 5 * lz * 2 + 15 * (7 + lz) * 8 * 3
-    return int(replicas) * (3 * state + uniforms + per_event)
+    extra = 0
+    if mode == "full":
+        c = lx * ly
+        cache = 4 * (c + 1) * (7 + lz) + 16 * (1 << max(0, (c - 1).bit_length()))
+        rows = full_lattice.ROWS_PER_BLOCK
+        block = rows * (CANDIDATE_FEATURE_DIM + GLOBAL_FEATURE_DIM + 4 * 256) * 4 * 2
+        extra = 3 * cache + block
+    return int(replicas) * (3 * state + uniforms + per_event + extra)
 
 
 def available_memory_bytes() -> Optional[int]:
@@ -354,7 +427,8 @@ def available_memory_bytes() -> Optional[int]:
 
 def check_memory(config: SimulationConfig) -> int:
     """Returns the estimated bytes; raises :class:`UsageError` if they exceed the limit."""
-    need = estimate_run_bytes(config.lattice_size, config.replicas, config.log_every)
+    need = estimate_run_bytes(config.lattice_size, config.replicas, config.log_every,
+                              config.mode if config.policy == "trained" else None)
     if config.max_memory_gb is not None:
         limit, source = int(config.max_memory_gb * 1e9), "--max-memory-gb"
     else:
@@ -420,9 +494,126 @@ def make_classical_runner(config: SimulationConfig, tables) -> PolicyRunner:
     return PolicyRunner(chunk_fn=classical_chunk, operands=(tables,), weights=_classical_weights)
 
 
-# Policy name -> factory(config, tables) -> PolicyRunner. A trained policy registers here.
+# ---------------------------------------------------------------- trained policy
+
+
+@functools.lru_cache(maxsize=4)
+def load_trained_policy(path: str) -> TrainedPolicy:
+    """:func:`swarm_jax.swarm.policy.load_policy`, cached per path within a process (the command
+    line is validated, then run, from the same loaded checkpoint)."""
+    return load_policy(path)
+
+
+def _actor_logits(network, params, features, global_):
+    """Actor logits (M,) of ``network`` for features (M, D) and global features (G,)."""
+    return network.apply(params, {"candidates": features, "global": global_})[0]
+
+
+@struct.dataclass
+class CandidateCarry:
+    """Candidate-mode carry, every leaf with a leading (R,) replica axis.
+
+    Attributes:
+      lattice: the films.
+      log_weight: (R,) float64 trajectory log importance weights ``Σ_t −log(K π_j)``.
+      step_ess_sum: (R,) float64 sum over executed events of the per-step ESS ratio.
+      stats: per-replica :class:`~swarm_jax.swarm.policy.FilmStats` (global features in O(Lz)).
+    """
+
+    lattice: LatticeState
+    log_weight: jnp.ndarray
+    step_ess_sum: jnp.ndarray
+    stats: FilmStats
+
+
+def candidates_chunk(carry: CandidateCarry, keys, n_events: int, tables, physics, params, progress_scale,
+                     *, logits_fn, n_swarm: int):
+    """Candidate mode on every replica: ``n_events`` decisions of K candidates each.
+
+    Event ``i`` of replica ``r`` uses the key ``fold_in(keys[r], i)``; progress (global feature) is
+    ``n_events done x progress_scale``.
+    """
+
+    def one(c, key):
+        def body(i, c):
+            lat = c.lattice
+            progress = lat.n_events.astype(jnp.float64) * progress_scale
+            new, stats, step_lw, step_ess = candidates_step(
+                lat, c.stats, tables, physics, logits_fn, params, jax.random.fold_in(key, i), n_swarm,
+                progress)
+            executed = new.n_events > lat.n_events
+            return CandidateCarry(lattice=new, log_weight=c.log_weight + step_lw,
+                                  step_ess_sum=c.step_ess_sum + jnp.where(executed, step_ess, 0.0),
+                                  stats=stats)
+
+        return jax.lax.fori_loop(0, n_events, body, c)
+
+    return jax.vmap(one)(carry, keys)
+
+
+def full_chunk(carry, keys, n_events: int, tables, physics, params, progress_scale, refresh_every,
+               *, score_fn, react_slots: int):
+    """Full-lattice mode on every replica (:func:`swarm_jax.swarm.full_lattice.run_batch`)."""
+    return full_lattice.run_batch(carry, tables, physics, score_fn, params, keys, n_events,
+                                  refresh_every, progress_scale, react_slots=react_slots)
+
+
+@functools.lru_cache(maxsize=8)
+def _trained_chunk_fn(network_config, n_swarm: int, mode: str, react_slots: Optional[int]) -> ChunkFn:
+    """One chunk function per architecture and mode, so compiled code is reused within a process."""
+    from swarm_jax.agents.networks import make_network
+
+    logits_fn = functools.partial(_actor_logits, make_network(network_config, n_swarm))
+    if mode == "full":
+        return functools.partial(full_chunk, score_fn=logits_fn, react_slots=react_slots)
+    return functools.partial(candidates_chunk, logits_fn=logits_fn, n_swarm=n_swarm)
+
+
+def _batch_weights(log_weight):
+    """(log_weight (R,), batch ESS ratio repeated (R,)) as host arrays."""
+    log_w = np.asarray(jax.device_get(log_weight), np.float64)
+    ess = float(batch_ess(jnp.asarray(log_w))) if log_w.size > 1 else 1.0
+    return log_w, np.full(log_w.shape, ess)
+
+
+def make_trained_runner(config: SimulationConfig, tables) -> PolicyRunner:
+    """A trained policy (``--checkpoint``) in candidate or full-lattice mode (PHYSICS.md §4)."""
+    policy = load_trained_policy(config.checkpoint)
+    physics = config.physics_params()
+    mode = config.mode or "candidates"
+    chunk_fn = _trained_chunk_fn(policy.network_config, policy.n_swarm, mode, config.react_slots)
+    progress_scale = jnp.float64(1.0 / config.events)
+    if mode == "full":
+        score_fn = chunk_fn.keywords["score_fn"]
+        react_slots = config.react_slots
+
+        @jax.jit
+        def v_init(state, tables, physics, params):
+            return jax.vmap(lambda s: full_lattice.init(s, tables, physics, score_fn, params,
+                                                        react_slots=react_slots))(state)
+
+        def init(state):
+            return v_init(state, tables, physics, policy.params)
+
+        operands = (tables, physics, policy.params, progress_scale,
+                    jnp.int64(config.context_refresh))
+    else:
+        def init(state):
+            r = state.status.shape[0]
+            return CandidateCarry(lattice=state, log_weight=jnp.zeros((r,), jnp.float64),
+                                  step_ess_sum=jnp.zeros((r,), jnp.float64),
+                                  stats=jax.jit(jax.vmap(film_stats))(state))
+
+        operands = (tables, physics, policy.params, progress_scale)
+    return PolicyRunner(chunk_fn=chunk_fn, operands=operands,
+                        weights=lambda carry: _batch_weights(carry.log_weight), init=init,
+                        lattice=lambda carry: carry.lattice)
+
+
+# Policy name -> factory(config, tables) -> PolicyRunner.
 POLICY_FACTORIES: dict[str, Callable[[SimulationConfig, object], PolicyRunner]] = {
     "classical": make_classical_runner,
+    "trained": make_trained_runner,
 }
 
 
@@ -586,6 +777,9 @@ def simulate(config: SimulationConfig, runner: Optional[PolicyRunner] = None,
     final["n_events"] = np.asarray(values["n_events"])
     final["status"] = [_status_name(s) for s in values["status"]]
     final["log_weight"], final["ess"] = runner.weights(carry)
+    if isinstance(carry, CandidateCarry):  # mean per-step ESS ratio of the K-candidate choices
+        n_ev = np.maximum(np.asarray(final["n_events"]), 1)
+        final["step_ess_mean"] = np.asarray(jax.device_get(carry.step_ess_sum)) / n_ev
     return SimulationResult(
         rows=rows, heights=heights, species=species, oxide=oxide, final=final, status=status,
         message=message, engine_seconds=engine_seconds, loop_seconds=loop_seconds,
@@ -617,6 +811,24 @@ def write_final_state(path: str, result: SimulationResult) -> None:
                         oxide=squeeze(result.oxide).astype(np.int8))
 
 
+WEIGHTED_OBSERVABLES = ("roughness", "coverage", "o_ti_ratio", "mean_height")
+
+
+def importance_estimates(final: dict, log_weight) -> dict:
+    """Self-normalised importance estimates ``Σ W A / Σ W`` over replicas of the final
+    roughness, coverage, O/Ti and mean height, each with its delta-method standard error
+    (:func:`swarm_jax.swarm.weights.weighted_mean`; ``None`` for one replica), and the batch ESS."""
+    log_w = jnp.asarray(np.asarray(log_weight, np.float64))
+    n = int(log_w.shape[0])
+    out = {}
+    for name in WEIGHTED_OBSERVABLES:
+        est, se = weighted_mean(jnp.asarray(np.asarray(final[name], np.float64)), log_w)
+        out[name] = {"estimate": float(est), "stderr": float(se) if n > 1 else None}
+    out["batch_ess_ratio"] = float(batch_ess(log_w)) if n > 1 else 1.0
+    out["batch_ess"] = out["batch_ess_ratio"] * n
+    return out
+
+
 def build_summary(config: SimulationConfig, result: SimulationResult, state_bytes: int,
                   estimated_bytes: int) -> dict:
     executed = [int(n) for n in result.final["n_events"]]
@@ -624,6 +836,14 @@ def build_summary(config: SimulationConfig, result: SimulationResult, state_byte
     final = {k: _mean_stderr(result.final[k]) for k in FINAL_OBSERVABLES if k != "time"}
     final["roughness_angstrom"] = _mean_stderr(
         np.asarray(result.final["roughness"]) * LATTICE_CONSTANT_ANGSTROM)
+    policy = None
+    if config.policy == "trained":
+        policy = dict(load_trained_policy(config.checkpoint).summary(), mode=config.mode)
+        if config.mode == "full":
+            policy.update(context_refresh_events=config.context_refresh,
+                          react_slots=config.react_slots, score_clip=full_lattice.F_CLIP)
+        if "step_ess_mean" in result.final:
+            policy["step_ess_mean"] = np.asarray(result.final["step_ess_mean"], np.float64).tolist()
     return {
         "lattice_size": list(config.lattice_size),
         "lattice_constant_angstrom": LATTICE_CONSTANT_ANGSTROM,
@@ -632,6 +852,8 @@ def build_summary(config: SimulationConfig, result: SimulationResult, state_byte
         "o_ti_flux_ratio": config.o_ti_flux_ratio,
         "physics_overrides": dict(config.physics),
         "policy": config.policy,
+        "mode": config.mode,
+        "trained_policy": policy,
         "replicas": config.replicas,
         "seed": config.seed,
         "events_requested": config.events,
@@ -642,6 +864,7 @@ def build_summary(config: SimulationConfig, result: SimulationResult, state_byte
         "final": final,
         "log_weight": np.asarray(result.final["log_weight"], np.float64).tolist(),
         "ess": np.asarray(result.final["ess"], np.float64).tolist(),
+        "importance_weighted": importance_estimates(result.final, result.final["log_weight"]),
         "status": result.status,
         "replica_status": result.final["status"],
         "message": result.message,
@@ -690,6 +913,19 @@ def _warn_fillable(config: SimulationConfig) -> None:
              "events are depositions, so the film may reach the top of the box and stop the run")
 
 
+def _warn_training_conditions(config: SimulationConfig) -> None:
+    """A note on stderr when a trained policy runs at another temperature or flux than it saw."""
+    if config.policy != "trained":
+        return
+    env = load_trained_policy(config.checkpoint).summary()["trained_environment"]
+    for key, now, unit in (("temperature", config.temperature, "K"),
+                           ("deposition_rate", config.deposition_rate, "ML/s")):
+        then = env.get(key)
+        if isinstance(then, (int, float)) and not math.isclose(then, now, rel_tol=1e-9):
+            _say(f"note: the policy was trained at {key} {then:g} {unit}, this run uses {now:g} "
+                 f"{unit} (the importance weights stay exact; the proposal may be poorer)")
+
+
 def _final_line(config: SimulationConfig, result: SimulationResult, summary: dict) -> str:
     rate = summary["events_per_second"]
     final = summary["final"]
@@ -718,6 +954,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     _warn_fillable(config)
+    _warn_training_conditions(config)
 
     result = simulate(config, progress=not config.quiet)
     if result.status != "completed":

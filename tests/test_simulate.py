@@ -253,7 +253,7 @@ BAD_ARGUMENTS = [
     (["--physics", "e_es=0.1", "--physics", "e_es=0.2"], "--physics", "twice"),
     (["--policy", "quantum"], "--policy", "quantum"),
     (["--policy", "trained"], "--policy trained", "--checkpoint"),
-    (["--policy", "trained", "--checkpoint", "__CKPT__"], "--policy", "not available yet"),
+    (["--policy", "trained", "--checkpoint", "__CKPT__"], "--checkpoint", "not a readable training checkpoint"),
     (["--mode", "full"], "--mode", "--policy trained"),
     (["--checkpoint", "__CKPT__"], "--checkpoint", "--policy trained"),
     (["--max-memory-gb", "-1"], "--max-memory-gb", "> 0"),

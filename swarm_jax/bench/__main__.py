@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 SUITES = {
@@ -11,10 +12,18 @@ SUITES = {
     "env": "swarm_jax.bench.env",
     "train": "swarm_jax.bench.train",
     "scaling": "swarm_jax.bench.scaling",
+    "learning": "swarm_jax.bench.learning",
 }
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["kmc"] and "XLA_FLAGS" not in os.environ:
+        # One XLA thread per lattice and one host device per core (NOTES.md, "Threads"): XLA's
+        # intra-op threading slows the tiny ops of a KMC step, and batches use every core as
+        # shards. Set before any suite is imported: importing gymnax starts JAX's backend.
+        os.environ["XLA_FLAGS"] = (f"--xla_cpu_multi_thread_eigen=false "
+                                   f"--xla_force_host_platform_device_count={os.cpu_count() or 1}")
     parser = argparse.ArgumentParser(prog="python -m swarm_jax.bench", description=__doc__)
     sub = parser.add_subparsers(dest="suite", required=True)
     modules = {}

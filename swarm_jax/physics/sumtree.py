@@ -29,7 +29,10 @@ def build(leaves: jnp.ndarray) -> jnp.ndarray:
     level = jnp.zeros((p,), jnp.float64).at[: leaves.shape[0]].set(leaves.astype(jnp.float64))
     levels = [level]
     while level.shape[0] > 1:
-        level = level.reshape(-1, 2).sum(axis=1)
+        # Explicit pairwise adds, not a reduction: XLA may fuse nested reductions into one with
+        # another summation order, and then a parent would differ (by an ulp) from
+        # ``left + right`` as :func:`update` computes it.
+        level = level[0::2] + level[1::2]
         levels.append(level)
     # levels[-1] is the root; node numbering puts the root at index 1, then each level in order.
     return jnp.concatenate([jnp.zeros((1,), jnp.float64)] + levels[::-1])
@@ -54,8 +57,8 @@ def update(tree: jnp.ndarray, leaf_ids: jnp.ndarray, values: jnp.ndarray) -> jnp
         match = nodes[None, :] == sibling[:, None]  # (M, M): sibling i is updated node j
         sibling_new = jnp.max(jnp.where(match, vals[None, :], -jnp.inf), axis=1)
         sibling_val = jnp.where(match.any(axis=1), sibling_new, tree[sibling])
-        vals = jnp.where(nodes % 2 == 0, vals + sibling_val, sibling_val + vals)
-        nodes = nodes // 2
+        vals = vals + sibling_val  # IEEE addition is commutative: equals left + right exactly
+        nodes = nodes >> 1
         all_nodes.append(nodes)
         all_vals.append(vals)
     return tree.at[jnp.concatenate(all_nodes)].set(jnp.concatenate(all_vals))

@@ -31,6 +31,12 @@ rescores a fixed set of 21 columns around the event column (the **refresh neighb
   changed: the 5 × 5 block around ``c`` without its four corners (21 columns; duplicates on tiny
   lattices carry identical values, which the tree update allows). No full-lattice pass per event.
 
+**Reaction slots.** A column has ``Lz`` reaction slots but rarely more than one or two reactive
+sites (reactions are fast). The network scores the 7 surface slots plus the ``react_slots``
+topmost reactive sites of each column (static, default 4; ``>= Lz`` scores every slot); deeper
+reactive sites take the score of the deepest scored one (see :func:`score_columns`). This cuts
+network rows per event from ``21 (7 + Lz)`` to ``21 (7 + R)`` (1197 -> 231 at Lz = 50).
+
 **Score context.** Besides local information, a score reads global quantities that change with
 every event: the global feature vector ``g`` (mean height, roughness, progress, ...), ``Γ_tot``
 (feature ``log10 Γ_e / Γ_tot``) and the mean height (feature ``z − mean h``). Cached scores are
@@ -114,7 +120,8 @@ class FullLatticeState:
 
     Attributes:
       lattice: the film and the engine's rate tree.
-      scores: (C + 1, E) float32 cached clipped scores f (the dummy row is never used).
+      scores: (C + 1, E) float32 cached clipped scores f (the dummy row holds, in slot 0, the
+        score of the last executed event; it is never sampled).
       wtree: (2P,) float64 sum tree of Σ_k exp(f_ck) Γ_ck per column (Hz).
       z_total: () float64 Z, its root (Hz).
       log_weight: () float64 trajectory log importance weight log W.
@@ -292,14 +299,22 @@ def step_with_uniforms(carry: FullLatticeState, tables: RateTables, score_fn: Sc
     f_col = carry.scores[col]
     k = _select_slot(jnp.exp(f_col.astype(jnp.float64)) * rates[0], u[1])
     event = Event(column=col, slot=k, top_species=top_sp[0], top_oxide=top_ox[0], rate=rates[0, k])
-    step_log_w = jnp.log(carry.z_total) - f_col[k].astype(jnp.float64) - jnp.log(lat.total)
     dt = jnp.where(active, waiting_time(lat.total, u[2]), 0.0)
 
     new = apply_event(lat, tables, event, active)
     new = new.replace(time=lat.time + dt)
     cols = refresh_columns(col, lat.lx, lat.ly)
     f, new_rates, _, _ = score_columns(new, tables, carry.context, cols, score_fn, params, react_slots)
-    scores = carry.scores.at[cols].set(f)
+    # In-place discipline (see swarm_jax.physics.engine): the log weight needs f_e from the old
+    # score cache, and XLA duplicates small gathers (and the slot draw before them) into each
+    # consumer, so reading it for the weight would copy the cache, or the lattice, on every event
+    # (measured 5-9x slower at 200x200x50). Instead f_e rides along in the scatter, in the unused
+    # dummy row, and the weight reads it back from the new buffer.
+    rows = jnp.concatenate([cols, jnp.full((1,), lat.dummy_column, jnp.int32)])
+    f_e_row = jnp.zeros((1, f.shape[1]), jnp.float32).at[0, 0].set(f_col[k])
+    scores = carry.scores.at[rows].set(jnp.concatenate([f, f_e_row]))
+    f_e = scores[lat.dummy_column, 0].astype(jnp.float64)
+    step_log_w = jnp.log(carry.z_total) - f_e - jnp.log(lat.total)
     wtree = sumtree.update(carry.wtree, cols, _leaf_values(f, new_rates))
     info = StepInfo(event=event, kind=jnp.where(active, event.kind, -1), dt=dt, total_before=lat.total,
                     active=active)

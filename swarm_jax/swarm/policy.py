@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
+from flax import struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,14 +35,13 @@ from swarm_jax.agents.networks import NetworkConfig, make_network
 from swarm_jax.physics.engine import apply_event, waiting_time
 from swarm_jax.physics.lattice import RUNNING
 from swarm_jax.swarm.candidates import draw_candidates, select_candidate
-from swarm_jax.swarm.features import (
-    CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM, candidate_features, global_features,
-)
+from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM, _log10_ratio, candidate_features
 from swarm_jax.swarm.weights import ess_ratio, step_log_weight
 
 __all__ = [
     "PolicyLoadError", "TrainedPolicy", "load_policy", "network_config_from_dict",
-    "find_params", "policy_from_params", "candidates_step",
+    "find_params", "policy_from_params", "FilmStats", "film_stats", "update_film_stats",
+    "global_features_from_stats", "candidates_step",
 ]
 
 # Where the trainer's checkpoints keep the network parameters, tried in this order.
@@ -216,8 +216,94 @@ def load_policy(path: str | Path) -> TrainedPolicy:
 # --------------------------------------------------------------------------- candidate mode
 
 
-def candidates_step(lattice, tables, physics, logits_fn, params, key: jax.Array, n_swarm: int, progress,
-                    enabled=True):
+@struct.dataclass
+class FilmStats:
+    """What the global features need beyond the lattice's O(1) counters, kept up to date per event
+    so a decision costs O(Lz + K) instead of an O(N) pass over the lattice.
+
+    Attributes:
+      height_counts: (Lz,) int64 number of columns at each height h = 0 .. Lz - 1.
+      n_oxide: () int64 atoms carrying the oxide flag.
+    """
+
+    height_counts: jnp.ndarray
+    n_oxide: jnp.ndarray
+
+
+def film_stats(lattice) -> FilmStats:
+    """:class:`FilmStats` of ``lattice`` from scratch (O(N); at initialisation and in tests)."""
+    h = lattice.heights[: lattice.n_columns]
+    counts = jnp.zeros((lattice.lz,), jnp.int64).at[h].add(1)
+    return FilmStats(height_counts=counts, n_oxide=lattice.n_oxide)
+
+
+def update_film_stats(stats: FilmStats, event, new_lattice, active) -> FilmStats:
+    """Stats after ``event`` (drawn from the previous state, executed iff ``active``) from the new
+    lattice: heights of the event column (and hop target) change by ±1, a reaction flags 3 atoms,
+    a desorbing oxide atom takes its flag away. Only the new heights are read (in-place safe)."""
+    from swarm_jax.physics.engine import neighbour_columns
+    from swarm_jax.physics.lattice import DEPOSIT_O, DEPOSIT_TI, DESORB, HOP, REACT
+
+    kind = event.kind
+    is_dep = (kind == DEPOSIT_TI) | (kind == DEPOSIT_O)
+    is_hop = kind == HOP
+    is_des = kind == DESORB
+    target = neighbour_columns(event.column, new_lattice.lx, new_lattice.ly)[jnp.clip(event.slot - 2, 0, 3)]
+    dh_c = jnp.where(is_dep, 1, jnp.where(is_hop | is_des, -1, 0)) * active
+    dh_t = is_hop.astype(jnp.int32) * active
+    lz = new_lattice.lz
+    h_c, h_t = new_lattice.heights[event.column], new_lattice.heights[target]
+    counts = stats.height_counts
+    counts = counts.at[jnp.clip(h_c - dh_c, 0, lz - 1)].add(-jnp.abs(dh_c))
+    counts = counts.at[jnp.clip(h_c, 0, lz - 1)].add(jnp.abs(dh_c))
+    counts = counts.at[jnp.clip(h_t - dh_t, 0, lz - 1)].add(-dh_t)
+    counts = counts.at[jnp.clip(h_t, 0, lz - 1)].add(dh_t)
+    d_ox = jnp.where(kind == REACT, 3, jnp.where(is_des, -event.top_oxide.astype(jnp.int64), 0)) * active
+    return FilmStats(height_counts=counts, n_oxide=stats.n_oxide + d_ox)
+
+
+def global_features_from_stats(lattice, stats: FilmStats, tables, physics, progress) -> jnp.ndarray:
+    """:func:`swarm_jax.swarm.features.global_features` in O(Lz) from :class:`FilmStats` (same
+    layout and values up to float64 rounding; ``tests/test_simulate_trained.py`` checks it)."""
+    n_cols = lattice.n_columns
+    top = lattice.lz - 1
+    levels = jnp.arange(lattice.lz, dtype=jnp.float64)
+    counts = stats.height_counts.astype(jnp.float64)
+    mean_h = jnp.sum(levels * counts) / n_cols
+    roughness = jnp.sqrt(jnp.sum(counts * (levels - mean_h) ** 2) / n_cols)
+    present = stats.height_counts > 0
+    h_max = jnp.max(jnp.where(present, levels, 0.0))
+    h_min = jnp.min(jnp.where(present, levels, float(top)))
+    n = lattice.deposited - lattice.desorbed
+    n_ti, n_o = n[0].astype(jnp.float64), n[1].astype(jnp.float64)
+    n_atoms = n_ti + n_o
+    ti_fraction = jnp.where(n_atoms > 0, n_ti / jnp.maximum(n_atoms, 1.0), 0.0)
+    o_ti = jnp.where(n_ti > 0, n_o / jnp.maximum(n_ti, 1.0), 0.0)
+    n_oxide = stats.n_oxide.astype(jnp.float64)
+    oxide_fraction = jnp.where(n_atoms > 0, n_oxide / jnp.maximum(n_atoms, 1.0), 0.0)
+    r_dep = (n_cols - counts[top]) * tables.dep.sum()
+    feats = jnp.stack([
+        jnp.clip(mean_h / 10.0, 0.0, 10.0),
+        mean_h / top,
+        h_max / top,
+        h_min / top,
+        jnp.clip(roughness / 2.0, 0.0, 10.0),
+        1.0 - counts[0] / n_cols,
+        ti_fraction,
+        jnp.clip(o_ti / 2.0, 0.0, 5.0),
+        oxide_fraction,
+        _log10_ratio(lattice.total, jnp.float64(n_cols), -40.0, 20.0) / 10.0,
+        _log10_ratio(r_dep, lattice.total, -30.0, 0.0) / 10.0,
+        jnp.clip(jnp.asarray(physics.temperature, jnp.float64) / 1000.0, 0.0, 5.0),
+        _log10_ratio(jnp.asarray(physics.deposition_rate, jnp.float64), jnp.float64(1.0), -9.0, 9.0) / 3.0,
+        jnp.clip(jnp.asarray(physics.o_ti_flux_ratio, jnp.float64) / 2.0, 0.0, 5.0),
+        jnp.clip(jnp.asarray(progress, jnp.float64), 0.0, 1.0),
+    ])
+    return feats.astype(jnp.float32)
+
+
+def candidates_step(lattice, stats: FilmStats, tables, physics, logits_fn, params, key: jax.Array, n_swarm: int,
+                    progress, enabled=True):
     """One SwarmThinkers decision in candidate mode (the environment's path, PHYSICS.md §4).
 
     Draws ``n_swarm`` candidates i.i.d. from ``Γ_e / Γ_tot``
@@ -225,27 +311,29 @@ def candidates_step(lattice, tables, physics, logits_fn, params, key: jax.Array,
     ``logits_fn(params, features (K, D), global (G,)) -> (K,)``, samples ``j ~ softmax``, executes
     it (:func:`~swarm_jax.physics.engine.apply_event`) and advances the physical clock by
     ``−ln(1 − u) / Γ_tot`` (total before the event), as the environment's ``execute_candidate``.
+    The global features come from ``stats`` (:class:`FilmStats`, O(Lz)), which is updated too.
 
     Args:
       progress: the run's fraction done in [0, 1] (the global "progress" feature).
       enabled: False leaves everything unchanged (padding steps of a chunk).
 
     Returns:
-      ``(lattice, step_log_weight, step_ess)``: ``−log(K π_j)`` (0 when nothing happened) and the
-      per-step ESS ratio ``K² / Σ_j 1/π_j`` (1 when nothing happened).
+      ``(lattice, stats, step_log_weight, step_ess)``: ``−log(K π_j)`` (0 when nothing happened)
+      and the per-step ESS ratio ``K² / Σ_j 1/π_j`` (1 when nothing happened).
     """
-
     k_cand, k_choice, k_clock = jax.random.split(key, 3)
     active = jnp.asarray(enabled) & (lattice.status == RUNNING)
     candidates = draw_candidates(lattice, tables, k_cand, n_swarm)
     feats = candidate_features(lattice, candidates)
-    glob = global_features(lattice, tables, physics, progress)
+    glob = global_features_from_stats(lattice, stats, tables, physics, progress)
     logits = logits_fn(params, feats, glob).astype(jnp.float32)
-    log_probs = jax.nn.log_softmax(logits)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float64))  # float64: uniform gives log w = 0
     action = jax.random.categorical(k_choice, logits)
     u_clock = jax.random.uniform(k_clock, (), jnp.float64)
     dt = jnp.where(active, waiting_time(lattice.total, u_clock), 0.0)
-    new = apply_event(lattice, tables, select_candidate(candidates, action), active)
+    event = select_candidate(candidates, action)
+    new = apply_event(lattice, tables, event, active)
     new = new.replace(time=lattice.time + dt)
-    log_w = step_log_weight(log_probs.astype(jnp.float64), action)
-    return new, jnp.where(active, log_w, 0.0), jnp.where(active, ess_ratio(log_probs.astype(jnp.float64)), 1.0)
+    stats = update_film_stats(stats, event, new, active)
+    log_w = step_log_weight(log_probs, action)
+    return new, stats, jnp.where(active, log_w, 0.0), jnp.where(active, ess_ratio(log_probs), 1.0)
