@@ -199,24 +199,44 @@ def global_features(
     n_cols = lattice.n_columns
     h = lattice.heights[:n_cols].astype(jnp.float64)
     mean_h = h.mean()
-    roughness = jnp.sqrt(jnp.mean((h - mean_h) ** 2))
+    return assemble_global_features(
+        lattice, tables, physics, progress,
+        mean_h=mean_h,
+        roughness=jnp.sqrt(jnp.mean((h - mean_h) ** 2)),
+        h_max=h.max(),
+        h_min=h.min(),
+        coverage=jnp.mean((h > 0).astype(jnp.float64)),
+        n_oxide=jnp.sum(lattice.oxide[:n_cols], dtype=jnp.int64),
+        n_open=jnp.sum(h < lattice.lz - 1),
+    )
+
+
+def assemble_global_features(lattice: LatticeState, tables: RateTables, physics: PhysicsParams,
+                             progress, *, mean_h, roughness, h_max, h_min, coverage, n_oxide,
+                             n_open) -> jnp.ndarray:
+    """The global feature vector from film summary statistics (heights in layers, counts).
+
+    Shared by :func:`global_features` (statistics from the whole height map) and by production
+    runs that keep the statistics incrementally (:mod:`swarm_jax.swarm.policy`), so both give
+    the same layout and scaling.
+    """
+    n_cols = lattice.n_columns
     top = lattice.lz - 1
     n = lattice.deposited - lattice.desorbed
     n_ti, n_o = n[0].astype(jnp.float64), n[1].astype(jnp.float64)
     n_atoms = n_ti + n_o
     ti_fraction = jnp.where(n_atoms > 0, n_ti / jnp.maximum(n_atoms, 1.0), 0.0)
     o_ti = jnp.where(n_ti > 0, n_o / jnp.maximum(n_ti, 1.0), 0.0)
-    n_oxide = jnp.sum(lattice.oxide[:n_cols], dtype=jnp.int64).astype(jnp.float64)
+    n_oxide = jnp.asarray(n_oxide).astype(jnp.float64)
     oxide_fraction = jnp.where(n_atoms > 0, n_oxide / jnp.maximum(n_atoms, 1.0), 0.0)
-    n_open = jnp.sum(h < top)
     r_dep = n_open * tables.dep.sum()
     feats = jnp.stack([
         jnp.clip(mean_h / 10.0, 0.0, 10.0),
         mean_h / top,
-        h.max() / top,
-        h.min() / top,
+        h_max / top,
+        h_min / top,
         jnp.clip(roughness / 2.0, 0.0, 10.0),
-        jnp.mean(h > 0),
+        coverage,
         ti_fraction,
         jnp.clip(o_ti / 2.0, 0.0, 5.0),
         oxide_fraction,

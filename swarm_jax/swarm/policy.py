@@ -35,7 +35,9 @@ from swarm_jax.agents.networks import NetworkConfig, make_network
 from swarm_jax.physics.engine import apply_event, waiting_time
 from swarm_jax.physics.lattice import RUNNING
 from swarm_jax.swarm.candidates import draw_candidates, select_candidate
-from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM, _log10_ratio, candidate_features
+from swarm_jax.swarm.features import (
+    CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM, assemble_global_features, candidate_features,
+)
 from swarm_jax.swarm.weights import ess_ratio, step_log_weight
 
 __all__ = [
@@ -270,36 +272,17 @@ def global_features_from_stats(lattice, stats: FilmStats, tables, physics, progr
     levels = jnp.arange(lattice.lz, dtype=jnp.float64)
     counts = stats.height_counts.astype(jnp.float64)
     mean_h = jnp.sum(levels * counts) / n_cols
-    roughness = jnp.sqrt(jnp.sum(counts * (levels - mean_h) ** 2) / n_cols)
     present = stats.height_counts > 0
-    h_max = jnp.max(jnp.where(present, levels, 0.0))
-    h_min = jnp.min(jnp.where(present, levels, float(top)))
-    n = lattice.deposited - lattice.desorbed
-    n_ti, n_o = n[0].astype(jnp.float64), n[1].astype(jnp.float64)
-    n_atoms = n_ti + n_o
-    ti_fraction = jnp.where(n_atoms > 0, n_ti / jnp.maximum(n_atoms, 1.0), 0.0)
-    o_ti = jnp.where(n_ti > 0, n_o / jnp.maximum(n_ti, 1.0), 0.0)
-    n_oxide = stats.n_oxide.astype(jnp.float64)
-    oxide_fraction = jnp.where(n_atoms > 0, n_oxide / jnp.maximum(n_atoms, 1.0), 0.0)
-    r_dep = (n_cols - counts[top]) * tables.dep.sum()
-    feats = jnp.stack([
-        jnp.clip(mean_h / 10.0, 0.0, 10.0),
-        mean_h / top,
-        h_max / top,
-        h_min / top,
-        jnp.clip(roughness / 2.0, 0.0, 10.0),
-        1.0 - counts[0] / n_cols,
-        ti_fraction,
-        jnp.clip(o_ti / 2.0, 0.0, 5.0),
-        oxide_fraction,
-        _log10_ratio(lattice.total, jnp.float64(n_cols), -40.0, 20.0) / 10.0,
-        _log10_ratio(r_dep, lattice.total, -30.0, 0.0) / 10.0,
-        jnp.clip(jnp.asarray(physics.temperature, jnp.float64) / 1000.0, 0.0, 5.0),
-        _log10_ratio(jnp.asarray(physics.deposition_rate, jnp.float64), jnp.float64(1.0), -9.0, 9.0) / 3.0,
-        jnp.clip(jnp.asarray(physics.o_ti_flux_ratio, jnp.float64) / 2.0, 0.0, 5.0),
-        jnp.clip(jnp.asarray(progress, jnp.float64), 0.0, 1.0),
-    ])
-    return feats.astype(jnp.float32)
+    return assemble_global_features(
+        lattice, tables, physics, progress,
+        mean_h=mean_h,
+        roughness=jnp.sqrt(jnp.sum(counts * (levels - mean_h) ** 2) / n_cols),
+        h_max=jnp.max(jnp.where(present, levels, 0.0)),
+        h_min=jnp.min(jnp.where(present, levels, float(top))),
+        coverage=1.0 - counts[0] / n_cols,
+        n_oxide=stats.n_oxide,
+        n_open=n_cols - counts[top],
+    )
 
 
 def candidates_step(lattice, stats: FilmStats, tables, physics, logits_fn, params, key: jax.Array, n_swarm: int,

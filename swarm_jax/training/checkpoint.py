@@ -236,7 +236,7 @@ def _check_matches(template: Any, stored: Any, path: Path) -> None:
 
 def _resolve(path: str | Path) -> Path:
     """A checkpoint directory from ``path``: itself, or the latest complete step of a store."""
-    path = Path(path)
+    path = Path(path).absolute()  # orbax wants absolute paths; users give relative ones
     if is_complete_checkpoint(path):
         return path
     if path.is_dir():
