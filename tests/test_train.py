@@ -231,6 +231,50 @@ def test_interrupt_then_resume_gives_bitwise_identical_run(tiny_run, tmp_path, c
     assert "nothing to do" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_sigkill_at_a_random_moment_then_resume_gives_the_uninterrupted_result(tiny_run, tmp_path):
+    """``kill -9`` of a training process at a random moment (checkpoints are written after every
+    update, so the kill often lands inside a save) never leaves a checkpoint that restores
+    wrongly, and ``--resume`` ends with bitwise the uninterrupted run's parameters."""
+    import time
+
+    import yaml
+
+    ref_out, _ = tiny_run
+    cfg = yaml.safe_load((ref_out / "config_stage1.yaml").read_text())
+    cfg["training"]["checkpoint_freq"] = 32  # one rollout: a save after every update
+    cfg["training"]["keep_checkpoints"] = 2
+    config = tmp_path / "every_update.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--config", str(config),
+                             "--out", str(out), "--no-progress"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = out / "checkpoints" / "stage1"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not complete_steps(store):
+        time.sleep(0.05)
+    # A seeded random moment after the first complete checkpoint (saves every ~0.1-0.5 s).
+    time.sleep(float(np.random.default_rng(7).uniform(0.0, 0.8)))
+    killed = proc.poll() is None
+    proc.kill()
+    proc.wait(timeout=60)
+    steps = complete_steps(store)
+    assert steps, "the run was killed before its first checkpoint"
+    for step in steps:  # every listed checkpoint is whole
+        state, config_dict, meta = restore_checkpoint(store / str(step))
+        assert meta["env_steps"] == step
+    if not killed:
+        pytest.skip("the training process finished before the kill (machine too fast)")
+
+    assert train_cli.main(["--resume", "--out", str(out), "--no-progress"]) == 0
+    ref_params = load_params_only(ref_out / "stage1_final", "train_state.params")
+    new_params = load_params_only(out / "stage1_final", "train_state.params")
+    for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(new_params)):
+        assert a.dtype == b.dtype and np.array_equal(a, b)  # bitwise
+
+
 # ---- stops -------------------------------------------------------------------------------------
 
 

@@ -118,6 +118,13 @@ class PPOConfig:
         vf_coef: value-loss coefficient (loss = mean squared error, as SB3).
         max_grad_norm: global-norm gradient clip.
         adam_eps: Adam ε.
+        bootstrap_ceiling: treat an episode that ends because a column reached the top of the
+            box (``info["termination_reason"] == 1``) as truncated, not terminated: GAE
+            bootstraps it from the value of the final observation. The box's height is an
+            artefact of the simulation, not an end of the film's growth; cutting the return there
+            teaches a policy facing negative per-step rewards (level mode) to build a tower to
+            the ceiling to end the episode early (measured: it wins the episode return that way
+            while the film stays rough). ``True`` by default.
         w_ess: weight of the ESS term added to the reward: ``−w_ess · max(0, ess_target − ESS)``.
             ``None`` (default): take ``env_params.reward.w_ess`` (the env's ``RewardConfig``,
             seed default 0.3) so the reward weights have one home; 0.3 if the env has none.
@@ -142,6 +149,7 @@ class PPOConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     adam_eps: float = 1e-5
+    bootstrap_ceiling: bool = True
     w_ess: Optional[float] = None
     ess_target: Optional[float] = None
     total_timesteps: int = 1_000_000
@@ -185,6 +193,8 @@ class PPOConfig:
 
 # ---- state containers --------------------------------------------------------------------------
 
+
+CEILING_REASON = 1  # TiO2GrowthEnv's info['termination_reason'] when a column is full
 
 @struct.dataclass
 class RunnerState:
@@ -594,6 +604,10 @@ def make_train(
         _, next_value = network.apply(params, info["final_observation"])
         terminated = jnp.asarray(terminated, bool)
         done = jnp.logical_or(terminated, jnp.asarray(truncated, bool))
+        if cfg.bootstrap_ceiling and "termination_reason" in info:
+            # The box filling up ends the episode but not the film's growth: bootstrap it like
+            # a time limit (``done`` still cuts the advantage chain and resets the env).
+            terminated = terminated & (info["termination_reason"] != CEILING_REASON)
         env_reward = jnp.asarray(reward, jnp.float32)
         penalty = jnp.asarray(w_ess, jnp.float32) * jnp.maximum(
             0.0, jnp.asarray(ess_target, jnp.float32) - ess
