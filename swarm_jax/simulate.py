@@ -91,6 +91,7 @@ from flax import struct
 from tqdm.auto import tqdm
 
 import swarm_jax
+from swarm_jax.distributed import make_data_mesh, shard_batch
 from swarm_jax.analysis import plots
 from swarm_jax.physics import (
     CEILING, RUNNING, STATUS_NAMES, LatticeState, PhysicsParams, estimate_state_bytes,
@@ -714,6 +715,13 @@ def _log_values(state: LatticeState) -> dict:
 _fold_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
 
 
+def _replica_mesh(replicas: int):
+    """A data mesh over the largest number of local devices that divides ``replicas`` (None for
+    one device): batched replicas are sharded the same way as training environments."""
+    n = max(d for d in range(1, jax.local_device_count() + 1) if replicas % d == 0)
+    return make_data_mesh(n, n_envs=replicas) if n > 1 else None
+
+
 def initial_state(config: SimulationConfig, params: PhysicsParams) -> LatticeState:
     """R bare substrates, every leaf with a leading (R,) replica axis."""
     one = init_flat(config.lattice_size, params)
@@ -736,6 +744,9 @@ def simulate(config: SimulationConfig, runner: Optional[PolicyRunner] = None,
     chunks = _CompiledChunks(runner)
     carry = runner.init(initial_state(config, params))
     replica_keys = jax.random.split(jax.random.key(config.seed), config.replicas)
+    mesh = _replica_mesh(config.replicas)
+    if mesh is not None:  # replicas split over the local devices (jit follows the layout)
+        carry, replica_keys = shard_batch(carry, mesh), shard_batch(replica_keys, mesh)
 
     def record(carry):
         values = jax.device_get(_log_values(runner.lattice(carry)))
@@ -754,6 +765,8 @@ def simulate(config: SimulationConfig, runner: Optional[PolicyRunner] = None,
             keys = _fold_keys(replica_keys, chunk_index)
             t0, compile_before = time.perf_counter(), chunks.compile_seconds
             carry = jax.block_until_ready(chunks(carry, keys, n))
+            if mesh is not None:  # keep the compiled chunk's input layout (a no-op when it holds)
+                carry = shard_batch(carry, mesh)
             engine_seconds += time.perf_counter() - t0 - (chunks.compile_seconds - compile_before)
             values, new_rows = record(carry)
             rows.extend(new_rows)

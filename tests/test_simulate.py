@@ -310,3 +310,22 @@ def test_memory_estimate_scales_with_replicas_and_lattice():
     assert simulate.estimate_run_bytes((64, 64, 16), 1, 300) > small
     huge = simulate.estimate_run_bytes((40000, 40000, 100), 1, 1000)
     assert huge > 3 * 40000 * 40000 * 100  # at least 3 bytes per site, three copies
+
+
+@pytest.mark.slow
+def test_replicas_sharded_over_devices_match_one_device(tmp_path):
+    """``--replicas`` runs sharded over 2 forced host devices give exactly the 1-device run."""
+    common = ["--lattice-size", "6", "6", "8", "--events", "600", "--log-every", "300",
+              "--replicas", "4", "--temperature", "600", "--quiet"]
+    finals = []
+    for devices in (1, 2):
+        out = tmp_path / f"dev{devices}"
+        env = {**os.environ,
+               "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        proc = subprocess.run([sys.executable, "-m", "swarm_jax.simulate", *common, "--out", str(out)],
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        finals.append(np.load(out / "final_state.npz"))
+    for name in ("heights", "species", "oxide"):
+        assert np.array_equal(finals[0][name], finals[1][name]), name
