@@ -324,7 +324,9 @@ def test_sigkill_during_saves_never_leaves_a_wrong_checkpoint(tmp_path):
             steps = store.all_steps()
             assert store.quarantined == []  # orbax never left a step dir half-written
             assert last_reported in steps  # a save that returned is durable
-            assert len(steps) <= 3 and steps == sorted(steps)
+            # A kill between a save's commit and the pruning of the oldest step leaves one extra
+            # complete checkpoint (harmless: the next save prunes it); never more.
+            assert len(steps) <= 3 + 1 and steps == sorted(steps)
             for step in steps:
                 state, config, meta = store.restore(step, target=template)
                 assert config == {"step": step} and meta == {"step": step}
