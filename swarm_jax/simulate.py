@@ -103,7 +103,7 @@ from swarm_jax.swarm.policy import (
     FilmStats, PolicyLoadError, TrainedPolicy, candidates_step, film_stats, load_policy,
 )
 from swarm_jax.swarm.weights import batch_ess, weighted_mean
-from swarm_jax.training.safety import GracefulInterrupt
+from swarm_jax.training.safety import GracefulInterrupt, available_memory_bytes
 
 __all__ = [
     "PROG", "TIMESERIES_COLUMNS", "LATTICE_CONSTANT_ANGSTROM", "UsageError", "SimulationConfig",
@@ -412,18 +412,6 @@ def estimate_run_bytes(lattice_size, replicas: int, log_every: int, mode: Option
         block = rows * (CANDIDATE_FEATURE_DIM + GLOBAL_FEATURE_DIM + 4 * 256) * 4 * 2
         extra = 3 * cache + block
     return int(replicas) * (3 * state + uniforms + per_event + extra)
-
-
-def available_memory_bytes() -> Optional[int]:
-    """MemAvailable of /proc/meminfo in bytes, or None where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def check_memory(config: SimulationConfig) -> int:

@@ -440,3 +440,23 @@ def test_train_py_runs_as_a_script(tmp_path):
     assert "stage1: completed" in proc.stdout
     assert is_complete_checkpoint(out / "stage1_final")
     assert [int(r["env_steps"]) for r in _csv_rows(out / "metrics_stage1.csv")] == [64]
+
+
+def test_training_that_cannot_fit_in_memory_is_refused_before_allocation(tmp_path, capsys):
+    """A run whose lattices and rollout cannot fit is refused with one line, before compiling."""
+    from swarm_jax.training.trainer import TrainError, check_training_memory, estimate_training_bytes
+
+    cfg = load_config(TINY)
+    need = estimate_training_bytes(cfg)
+    assert need > 0
+    assert check_training_memory(cfg, available=need) == need
+    with pytest.raises(TrainError, match="training.n_envs = 4 lattices of 5x5x4"):
+        check_training_memory(cfg, available=need - 1)
+    big = tmp_path / "big.yaml"
+    big.write_text((REPO / "configs" / "tiny_test.yaml").read_text())
+    # 2**24 environments with 8-step rollouts of 8x116-feature observations need ~1 TB:
+    # refused by the CLI with one line.
+    code = train_cli.main(["--config", str(big), "--out", str(tmp_path / "out"),
+                           "--n-envs", str(2 ** 24), "--total-timesteps", str(2 ** 28)])
+    assert code == 2
+    assert "GB available" in _one_error_line(capsys)

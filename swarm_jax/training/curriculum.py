@@ -45,6 +45,7 @@ from swarm_jax.training.trainer import (
     StagePaths,
     TrainError,
     TrainResult,
+    check_training_memory,
     complete_steps,
     log_line,
     make_env,
@@ -200,6 +201,7 @@ def plan_stages(
     out = Path(out)
     plans: list[StagePlan] = []
     for i, (stage, cfg) in enumerate(stages):
+        check_training_memory(cfg)
         paths = StagePaths(out, int(stage))
         steps = complete_steps(paths.checkpoints)
         has_final = is_complete_checkpoint(paths.final)

@@ -147,3 +147,27 @@ class GracefulInterrupt:
 
     def __bool__(self) -> bool:
         return self.requested
+
+
+def available_memory_bytes() -> int | None:
+    """Memory a new allocation can get, in bytes: the accelerator's free memory (``bytes_limit -
+    bytes_in_use`` of device 0) when JAX runs on one that reports it, else ``MemAvailable`` of
+    ``/proc/meminfo``; None where neither can be read."""
+    try:
+        import jax
+
+        device = jax.devices()[0]
+        if device.platform != "cpu":
+            stats = device.memory_stats() or {}
+            if "bytes_limit" in stats:
+                return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    except Exception:  # noqa: BLE001  (no backend, or a backend without memory statistics)
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -205,6 +205,40 @@ def make_trainer(cfg: TrainConfig, n_devices: int | None = None) -> PPOTrainer:
                            resolve_devices(n_devices, cfg))
 
 
+def estimate_training_bytes(cfg: TrainConfig) -> int:
+    """Bytes a training run of ``cfg`` needs beyond the JAX runtime (an estimate, rounded up).
+
+    The ``n_envs`` lattice states four times (runner state, the step's output, gymnax's auto-reset
+    select, a checkpoint's host copy), and the rollout buffer twice (observations of
+    ``n_steps × n_envs`` transitions, float32 ``K × D + G`` each, and their minibatch shuffle).
+    """
+    from swarm_jax.physics import estimate_state_bytes
+    from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM
+
+    e, t = cfg.environment, cfg.training
+    states = 4 * t.n_envs * estimate_state_bytes(e.lattice_size)
+    obs = 4 * (e.n_swarm * CANDIDATE_FEATURE_DIM + GLOBAL_FEATURE_DIM)
+    rollout = 2 * cfg.ppo.n_steps * t.n_envs * (obs + 64)
+    return int(states + rollout)
+
+
+def check_training_memory(cfg: TrainConfig, available: int | None = None) -> int:
+    """The estimate of :func:`estimate_training_bytes`; raises :class:`TrainError` (before any
+    allocation) when it exceeds the memory available (device memory on an accelerator, else
+    MemAvailable)."""
+    from swarm_jax.training.safety import available_memory_bytes
+
+    need = estimate_training_bytes(cfg)
+    available = available_memory_bytes() if available is None else available
+    if available is not None and need > available:
+        lx, ly, lz = cfg.environment.lattice_size
+        raise TrainError(
+            f"training.n_envs = {cfg.training.n_envs} lattices of {lx}x{ly}x{lz} with ppo.n_steps = "
+            f"{cfg.ppo.n_steps} need about {need / 1e9:.3g} GB, more than the "
+            f"{available / 1e9:.3g} GB available; reduce training.n_envs or ppo.n_steps")
+    return need
+
+
 def chunk_sizes(start_update: int, num_updates: int, log_every: int) -> list[int]:
     """Updates per chunk from ``start_update`` to ``num_updates``: chunks end at the multiples of
     ``log_every`` (counted from update 0) and at ``num_updates``, whatever the start."""
