@@ -11,7 +11,8 @@ One sum-tree leaf per column holds the column's total rate. A step:
 1. draws a column from the tree (O(log C)), then an event inside it from the column's ``E``
    freshly computed rates (float64, exact hierarchical draw);
 2. applies it with fixed-shape scatters (unused write slots go to a dummy column);
-3. recomputes, from the new state, the leaves of the 15 columns that can have changed
+3. refreshes the cached reaction classes of the changed sites and their 6 NN (<= 21 sites),
+   then recomputes, from the new state, the leaves of the 15 columns that can have changed
    (the 5-column crosses around up to three changed columns) and their tree ancestors;
 4. advances the clock by ``-ln(u) / Gamma_tot`` with ``Gamma_tot`` from *before* the event.
 
