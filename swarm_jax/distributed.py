@@ -228,6 +228,13 @@ def make_data_mesh(
     return Mesh(np.asarray(chosen), (DATA_AXIS,))
 
 
+def batch_mesh(batch: int) -> Optional[Mesh]:
+    """A data mesh over the largest number of local devices that divides ``batch``, or None
+    when that is one device (batched replicas and benchmark batches are split this way)."""
+    n = max(d for d in range(1, jax.local_device_count() + 1) if batch % d == 0)
+    return make_data_mesh(n, n_envs=batch) if n > 1 else None
+
+
 def data_sharding(mesh: Mesh) -> NamedSharding:
     """Leading axis split over ``"data"``, other axes whole."""
     return NamedSharding(mesh, P(DATA_AXIS))

@@ -91,7 +91,7 @@ from flax import struct
 from tqdm.auto import tqdm
 
 import swarm_jax
-from swarm_jax.distributed import make_data_mesh, shard_batch
+from swarm_jax.distributed import batch_mesh, shard_batch
 from swarm_jax.analysis import plots
 from swarm_jax.physics import (
     CEILING, RUNNING, STATUS_NAMES, LatticeState, PhysicsParams, estimate_state_bytes,
@@ -703,13 +703,6 @@ def _log_values(state: LatticeState) -> dict:
 _fold_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
 
 
-def _replica_mesh(replicas: int):
-    """A data mesh over the largest number of local devices that divides ``replicas`` (None for
-    one device): batched replicas are sharded the same way as training environments."""
-    n = max(d for d in range(1, jax.local_device_count() + 1) if replicas % d == 0)
-    return make_data_mesh(n, n_envs=replicas) if n > 1 else None
-
-
 def initial_state(config: SimulationConfig, params: PhysicsParams) -> LatticeState:
     """R bare substrates, every leaf with a leading (R,) replica axis."""
     one = init_flat(config.lattice_size, params)
@@ -732,7 +725,7 @@ def simulate(config: SimulationConfig, runner: Optional[PolicyRunner] = None,
     chunks = _CompiledChunks(runner)
     carry = runner.init(initial_state(config, params))
     replica_keys = jax.random.split(jax.random.key(config.seed), config.replicas)
-    mesh = _replica_mesh(config.replicas)
+    mesh = batch_mesh(config.replicas)
     if mesh is not None:  # replicas split over the local devices (jit follows the layout)
         carry, replica_keys = shard_batch(carry, mesh), shard_batch(replica_keys, mesh)
 

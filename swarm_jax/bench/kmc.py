@@ -19,9 +19,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from swarm_jax.bench.common import block
+from swarm_jax.distributed import batch_mesh, data_sharding
 from swarm_jax.physics import PhysicsParams, engine, estimate_state_bytes, init_flat, make_rate_tables
 
 DEFAULT_CASES = "8x8x40:1,1024;20x20x10:1,256;50x50x20:1,64;200x200x50:1"
@@ -74,13 +74,14 @@ def reference_events_per_s(reference, state, params, budget_s: float, seed: int)
 
 
 def _batched_runner(tables, n_events: int, batch: int):
-    devices = jax.devices()
-    n_dev = max(d for d in range(1, len(devices) + 1) if batch % d == 0)
-    mesh = Mesh(np.array(devices[:n_dev]), ("batch",))
-    sharding = NamedSharding(mesh, PartitionSpec("batch"))
-    fn = jax.jit(jax.vmap(lambda s, k: engine.run(s, tables, k, n_events)),
-                 in_shardings=(sharding, sharding), out_shardings=sharding)
-    return fn, sharding, n_dev
+    """The jitted batched run, with the batch split over the local devices (see batch_mesh)."""
+    batched = jax.vmap(lambda s, k: engine.run(s, tables, k, n_events))
+    mesh = batch_mesh(batch)
+    if mesh is None:
+        return jax.jit(batched), None, 1
+    sharding = data_sharding(mesh)
+    fn = jax.jit(batched, in_shardings=(sharding, sharding), out_shardings=sharding)
+    return fn, sharding, mesh.size
 
 
 def run(args) -> list[dict]:
@@ -107,8 +108,10 @@ def run(args) -> list[dict]:
                 state, keys, n_dev = grown, jax.random.fold_in(key, 2), 1
             else:
                 fn, sharding, n_dev = _batched_runner(tables, n_events, batch)
-                state = jax.device_put(jax.tree.map(lambda x: jnp.broadcast_to(x, (batch,) + x.shape), grown), sharding)
-                keys = jax.device_put(jax.random.split(jax.random.fold_in(key, 2), batch), sharding)
+                state = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch,) + x.shape), grown)
+                keys = jax.random.split(jax.random.fold_in(key, 2), batch)
+                if sharding is not None:
+                    state, keys = jax.device_put((state, keys), sharding)
             t0 = time.perf_counter()
             out = block(fn(state, keys))
             compile_s = time.perf_counter() - t0
