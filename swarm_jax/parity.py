@@ -378,7 +378,9 @@ def main(argv=None) -> dict:
         learning_rate=args.learning_rate, anneal_lr=False, gamma=args.gamma, gae_lambda=args.gae_lambda,
         clip_range=args.clip_range, clip_range_vf=None, normalize_advantage=True, ent_coef=args.ent_coef,
         vf_coef=args.vf_coef, max_grad_norm=args.max_grad_norm, adam_eps=1e-5, w_ess=0.0,
-        total_timesteps=total_steps,
+        # SB3's PPO has none of these: no ESS constraint, no shaping, raw rewards, lockstep starts.
+        ess_constraint=False, reward_shaping="none", normalize_reward=False,
+        stagger_episodes=False, total_timesteps=total_steps,
     )
     net_cfg = NetworkConfig(kind="flat_mlp", hidden_sizes=(64, 64), activation="tanh")
     trainer = make_train(ppo_cfg, net_cfg, env, env_params)

@@ -163,7 +163,7 @@ def expected_max_of_normals(k):
 
 LEARN_CFG = PPOConfig(
     n_envs=8, n_steps=64, batch_size=128, n_epochs=4, learning_rate=1e-3, anneal_lr=True,
-    ent_coef=0.01, w_ess=0.0, total_timesteps=8 * 64 * 20,
+    ent_coef=0.01, w_ess=0.0, ess_constraint=False, total_timesteps=8 * 64 * 20,
 )
 
 
@@ -242,7 +242,7 @@ def test_rollout_wiring_reward_ess_and_final_observation_values():
     env = MockSwarmEnv(num_candidates=K)
     params = env.default_params.replace(max_steps_in_episode=4)
     cfg = PPOConfig(n_envs=4, n_steps=12, batch_size=48, n_epochs=1, w_ess=0.8, ess_target=0.999,
-                    total_timesteps=48)
+                    normalize_reward=False, total_timesteps=48)
     trainer = make_train(cfg, NetworkConfig(hidden_sizes=(16, 16)), env, params)
     rs = trainer.init(jax.random.PRNGKey(3))
     # Perturb the policy head so the ESS ratio is well below 1 and the penalty is active.
@@ -285,7 +285,8 @@ def test_truncated_episodes_are_bootstrapped():
     )
     cfg = PPOConfig(n_envs=8, n_steps=20, batch_size=80, n_epochs=8, learning_rate=3e-3,
                     anneal_lr=False, gamma=0.9, gae_lambda=0.95, ent_coef=0.0, vf_coef=1.0,
-                    max_grad_norm=10.0, w_ess=0.0, total_timesteps=8 * 20 * 40)
+                    max_grad_norm=10.0, w_ess=0.0, ess_constraint=False, normalize_reward=False,
+                    stagger_episodes=False, total_timesteps=8 * 20 * 40)
     trainer = make_train(cfg, NetworkConfig(hidden_sizes=(32, 32)), env, params)
     rs, metrics = trainer.train(jax.random.PRNGKey(0))
     assert np.isfinite(float(metrics["value_loss"]))

@@ -88,6 +88,14 @@ Array = jax.Array
 DEFAULT_INFO_KEYS = ("roughness", "coverage", "o_ti_ratio", "mean_height")
 
 EVAL_POLICIES = ("trained", "uniform", "greedy")
+REWARD_SHAPINGS = ("potential", "none")
+
+#: ``info`` keys of a level reward's level after and before the step, ``L(s')`` and ``L(s)``, that
+#: ``reward_shaping="potential"`` reads (TiO2GrowthEnv reports them; zeros in delta mode).
+LEVEL_KEYS = ("reward_level", "reward_level_before")
+
+#: Finished episodes kept for ``ep_rew_mean`` / ``ep_len_mean`` (SB3's ``stats_window_size``).
+EPISODE_WINDOW = 100
 
 
 # ---- configuration -----------------------------------------------------------------------------
@@ -129,8 +137,32 @@ class PPOConfig:
             ``None`` (default): take ``env_params.reward.w_ess`` (the env's ``RewardConfig``,
             seed default 0.3) so the reward weights have one home; 0.3 if the env has none.
             A number overrides it (0 disables the term).
-        ess_target: ESS-ratio threshold of that term; ``None``: ``env_params.reward.ess_target``
-            (0.5 if the env has none).
+        ess_target: the per-step ESS ratio the policy must keep on average: the target of the
+            ESS constraint below and the threshold of the reward term above; ``None``:
+            ``env_params.reward.ess_target`` (0.5 if the env has none).
+        ess_constraint: keep the mean per-step ESS ratio at or above ``ess_target`` with a
+            Lagrangian term in the loss (see "ESS constraint" in the module docstring).
+            ``True`` by default; ``False`` leaves PPO unconstrained (the seed's behaviour).
+        ess_lambda_init: the multiplier λ at the start of a run (≥ 0).
+        ess_lambda_lr: dual-ascent step size of λ per update (``λ ← max(0, λ + lr·(target −
+            mean ESS))``).
+        ess_penalty_coef: ρ of the augmented Lagrangian's quadratic term ``ρ/2 · max(0,
+            target − ESS)²``: it acts inside the update on the current parameters, so the
+            constraint holds without the oscillation of pure dual ascent (measured on the mock
+            task: ρ = 0 swings the ESS between 0.3 and 0.95; ρ ≥ 50 holds it at 0.49–0.51).
+        reward_shaping: ``"potential"`` (default): learn from the potential-based reshaping of
+            a level reward, ``r + (γ L(s') − L(s)) / (1 − γ)`` with ``L`` the env's
+            ``info["reward_level"]``/``info["reward_level_before"]`` (same optimal policy, far
+            smaller state-dependent return; see "Credit" in the module docstring); no effect if
+            the env does not report those keys (or reports zeros, as TiO2GrowthEnv in delta
+            mode). ``"none"``: learn from the env reward as it is.
+        normalize_reward: divide the learning reward by the running standard deviation of its
+            discounted return (PureJaxRL's ``NormalizeVecReward``, SB3's ``VecNormalize``):
+            value targets of order one at every lattice size. ``True`` by default.
+        stagger_episodes: start each environment at a uniformly random point of its episode
+            (a warm-up of ``U[0, max_steps)`` classical-KMC steps before training), so episode
+            ends do not come in lockstep. The first (partial) episode of each environment is
+            not counted in ``ep_rew_mean``. ``True`` by default.
         total_timesteps: env steps in total (all envs); ``num_updates`` is derived from it.
     """
 
@@ -152,9 +184,28 @@ class PPOConfig:
     bootstrap_ceiling: bool = True
     w_ess: Optional[float] = None
     ess_target: Optional[float] = None
+    ess_constraint: bool = True
+    ess_lambda_init: float = 0.0
+    ess_lambda_lr: float = 1.0
+    ess_penalty_coef: float = 100.0
+    reward_shaping: str = "potential"
+    normalize_reward: bool = True
+    stagger_episodes: bool = True
     total_timesteps: int = 1_000_000
 
     def __post_init__(self):
+        if self.reward_shaping not in REWARD_SHAPINGS:
+            raise ValueError(f"PPOConfig.reward_shaping must be one of {REWARD_SHAPINGS}, "
+                             f"got {self.reward_shaping!r}")
+        for name in ("ess_lambda_init", "ess_lambda_lr", "ess_penalty_coef"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"PPOConfig.{name} must be a finite number >= 0, got {value}")
+        if self.reward_shaping == "potential" and not float(self.gamma) < 1.0:
+            raise ValueError(f"PPOConfig.reward_shaping='potential' needs gamma < 1 (the level "
+                             f"potential is L/(1 - gamma)), got gamma={self.gamma}; use 'none'")
+        if self.ess_target is not None and not 0.0 <= float(self.ess_target) <= 1.0:
+            raise ValueError(f"PPOConfig.ess_target must be in [0, 1], got {self.ess_target}")
         for name in ("n_envs", "n_steps", "batch_size", "n_epochs", "total_timesteps"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"PPOConfig.{name} must be positive, got {getattr(self, name)}")
@@ -215,6 +266,11 @@ class RunnerState:
         ep_length: ``(n_envs,)`` int32, steps of the running episode.
         update_step: ``()`` int32, updates completed.
         env_steps: ``()`` int64, env steps taken over all envs.
+        ep_partial: ``(n_envs,)`` bool, the running episode began before training did (the
+            staggered first episode): it is not counted in the episode statistics.
+        episodes: the last :data:`EPISODE_WINDOW` finished episodes (``ep_rew_mean``).
+        ess_lambda: ``()`` float32, the Lagrange multiplier of the ESS constraint.
+        reward_norm: running statistics of the discounted learning return.
     """
 
     train_state: TrainState
@@ -226,6 +282,90 @@ class RunnerState:
     ep_length: Array
     update_step: Array
     env_steps: Array
+    ep_partial: Array
+    episodes: "EpisodeWindow"
+    ess_lambda: Array
+    reward_norm: "RewardNormState"
+
+
+@struct.dataclass
+class EpisodeWindow:
+    """The most recent finished episodes, oldest first (a fixed-size window, SB3's ``ep_info_buffer``).
+
+    Attributes:
+        returns: ``(EPISODE_WINDOW,)`` float32 undiscounted env returns.
+        lengths: ``(EPISODE_WINDOW,)`` float32 episode lengths (env steps).
+        valid: ``(EPISODE_WINDOW,)`` bool, the slot holds an episode (fewer have finished so far).
+    """
+
+    returns: Array
+    lengths: Array
+    valid: Array
+
+    @classmethod
+    def empty(cls, size: int = EPISODE_WINDOW) -> "EpisodeWindow":
+        return cls(returns=jnp.zeros((size,), jnp.float32), lengths=jnp.zeros((size,), jnp.float32),
+                   valid=jnp.zeros((size,), bool))
+
+    def push(self, returns: Array, lengths: Array, finished: Array) -> "EpisodeWindow":
+        """Append the entries of ``(T, N)`` arrays where ``finished``, in time-major order (step t,
+        then env n), dropping the oldest beyond the window. Static shapes: one ``top_k``."""
+        size = self.valid.shape[0]
+        new_prio = jnp.where(finished.reshape(-1), size + jnp.arange(finished.size, dtype=jnp.int32), -1)
+        old_prio = jnp.where(self.valid, jnp.arange(size, dtype=jnp.int32), -1)
+        prio = jnp.concatenate([old_prio, new_prio])
+        _, idx = jax.lax.top_k(prio, size)  # newest first
+        idx = idx[::-1]  # oldest first
+        pick = lambda old, new: jnp.concatenate([old, new.reshape(-1).astype(old.dtype)])[idx]  # noqa: E731
+        return EpisodeWindow(returns=pick(self.returns, returns), lengths=pick(self.lengths, lengths),
+                             valid=prio[idx] >= 0)
+
+    def mean(self, values: Array) -> Array:
+        """Mean of ``values`` over the valid slots; NaN while none is."""
+        n = self.valid.sum()
+        return _safe_mean(jnp.sum(jnp.where(self.valid, values, 0.0)), n.astype(jnp.float32))
+
+
+@struct.dataclass
+class RewardNormState:
+    """Running scale of the learning reward (PureJaxRL ``NormalizeVecReward``).
+
+    Each env accumulates its discounted learning return ``G ← γ G + r`` (restarted at 0 after an
+    episode's last step); the variance of
+    ``G`` over all envs and steps so far (Chan et al.'s parallel update) sets the scale, and the
+    reward PPO learns from is ``r / sqrt(var + 1e-8)`` (no mean shift: the optimum is unchanged).
+
+    Attributes:
+        returns: ``(n_envs,)`` float32 running discounted return of each env.
+        mean, var: ``()`` float32 running mean and variance of those returns.
+        count: ``()`` float32 number of samples behind them (starts at 1e-4, as PureJaxRL).
+    """
+
+    returns: Array
+    mean: Array
+    var: Array
+    count: Array
+
+    @classmethod
+    def create(cls, n_envs: int) -> "RewardNormState":
+        return cls(returns=jnp.zeros((n_envs,), jnp.float32), mean=jnp.zeros((), jnp.float32),
+                   var=jnp.ones((), jnp.float32), count=jnp.full((), 1e-4, jnp.float32))
+
+    def update(self, reward: Array, done: Array, gamma: float) -> "RewardNormState":
+        """Fold one step of ``(n_envs,)`` rewards in (``done``: this step ended the episode)."""
+        returns = self.returns * gamma + reward
+        b_mean, b_var, b_count = returns.mean(), returns.var(), jnp.float32(returns.shape[0])
+        delta = b_mean - self.mean
+        tot = self.count + b_count
+        mean = self.mean + delta * b_count / tot
+        m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / tot
+        return RewardNormState(returns=jnp.where(done, 0.0, returns), mean=mean, var=m2 / tot,
+                               count=tot)
+
+    @property
+    def scale(self) -> Array:
+        """The divisor of the learning reward, ``sqrt(var + 1e-8)``."""
+        return jnp.sqrt(self.var + 1e-8)
 
 
 @struct.dataclass
@@ -464,12 +604,13 @@ def minibatch_indices(key: Array, n_envs: int, n_steps: int, n_minibatches: int)
 def _runner_state_sharding(abstract: RunnerState, mesh: Mesh) -> RunnerState:
     """A :class:`RunnerState` of shardings: per-env fields over ``"data"``, the rest replicated."""
     data, repl = _dist.data_sharding(mesh), _dist.replicated_sharding(mesh)
-    per_env = {"env_state", "last_obs", "traj_log_weight", "ep_return", "ep_length"}
-    return abstract.replace(**{
+    per_env = {"env_state", "last_obs", "traj_log_weight", "ep_return", "ep_length", "ep_partial"}
+    out = abstract.replace(**{
         f.name: jax.tree.map(lambda _, s=(data if f.name in per_env else repl): s,
                              getattr(abstract, f.name))
         for f in dataclasses.fields(abstract)
     })
+    return out.replace(reward_norm=out.reward_norm.replace(returns=data))
 
 
 def make_train(
@@ -570,11 +711,42 @@ def make_train(
         return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, spec))
 
     # ---- init ----------------------------------------------------------------------------------
+    shaping = cfg.reward_shaping == "potential" and all(k in probe_info for k in LEVEL_KEYS)
+    max_steps = getattr(env_params, "max_steps_in_episode", None)
+    stagger = bool(cfg.stagger_episodes) and max_steps is not None and int(max_steps) > 1
+
+    def _stagger(env_state, obs, key):
+        """Step env i through ``u_i ~ U[0, max_steps)`` classical (uniform-choice) events, so the
+        envs sit at spread-out points of their episodes. Returns ``(env_state, obs, u > 0)``."""
+        k_len, key = jax.random.split(key)
+        n_warm = jax.random.randint(k_len, (cfg.n_envs,), 0, int(max_steps))
+
+        def body(carry, t):
+            env_state, obs, key = carry
+            key, k_act, k_env = jax.random.split(key, 3)
+            action = jax.random.randint(k_act, (cfg.n_envs,), 0, num_actions, dtype=jnp.int32)
+            new_obs, new_state, *_ = v_step(
+                jax.random.split(k_env, cfg.n_envs), env_state, action, env_params
+            )
+            live = t < n_warm
+            keep = lambda new, old: jnp.where(  # noqa: E731
+                live.reshape(live.shape + (1,) * (new.ndim - 1)), new, old)
+            return (jax.tree.map(keep, new_state, env_state), jax.tree.map(keep, new_obs, obs),
+                    key), None
+
+        (env_state, obs, _), _ = jax.lax.scan(
+            body, (env_state, obs, key), jnp.arange(int(max_steps), dtype=jnp.int32)
+        )
+        return env_state, obs, n_warm > 0
+
     def _init(key):
-        key, k_net, k_env = jax.random.split(key, 3)
+        key, k_net, k_env, k_stagger = jax.random.split(key, 4)
         obs, env_state = v_reset(jax.random.split(k_env, cfg.n_envs), env_params)
         params = network.init(k_net, jax.tree.map(lambda x: x[0], obs))
         train_state = TrainState.create(apply_fn=network.apply, params=params, tx=tx)
+        ep_partial = jnp.zeros((cfg.n_envs,), bool)
+        if stagger:
+            env_state, obs, ep_partial = _stagger(env_state, obs, k_stagger)
         return RunnerState(
             train_state=train_state,
             env_state=env_state,
@@ -585,6 +757,10 @@ def make_train(
             ep_length=jnp.zeros((cfg.n_envs,), jnp.int32),
             update_step=jnp.zeros((), jnp.int32),
             env_steps=jnp.zeros((), jnp.int64),
+            ep_partial=ep_partial,
+            episodes=EpisodeWindow.empty(),
+            ess_lambda=jnp.asarray(cfg.ess_lambda_init if cfg.ess_constraint else 0.0, jnp.float32),
+            reward_norm=RewardNormState.create(cfg.n_envs),
         )
 
     # ---- rollout -------------------------------------------------------------------------------
@@ -612,6 +788,17 @@ def make_train(
         penalty = jnp.asarray(w_ess, jnp.float32) * jnp.maximum(
             0.0, jnp.asarray(ess_target, jnp.float32) - ess
         )
+        learn_reward = env_reward
+        if shaping:  # r + (γ L(s') − L(s)) / (1 − γ), L(s') = 0 after a true termination
+            level = jnp.asarray(info[LEVEL_KEYS[0]], jnp.float32)
+            level_before = jnp.asarray(info[LEVEL_KEYS[1]], jnp.float32)
+            level = jnp.where(terminated, 0.0, level)
+            learn_reward = learn_reward + (cfg.gamma * level - level_before) / (1.0 - cfg.gamma)
+        learn_reward = learn_reward - penalty
+        reward_norm = rs.reward_norm
+        if cfg.normalize_reward:
+            reward_norm = reward_norm.update(learn_reward, done, cfg.gamma)
+            learn_reward = learn_reward / reward_norm.scale
 
         ep_return = rs.ep_return + env_reward
         ep_length = rs.ep_length + 1
@@ -622,7 +809,7 @@ def make_train(
             log_prob=log_prob,
             value=value,
             next_value=jax.lax.stop_gradient(next_value),
-            reward=env_reward - penalty,
+            reward=learn_reward,
             env_reward=env_reward,
             ess_ratio=ess,
             terminated=terminated,
@@ -630,6 +817,7 @@ def make_train(
         )
         stats = {
             "done": done,
+            "counted": done & ~rs.ep_partial,
             "ep_return": ep_return,
             "ep_length": ep_length,
             "traj_log_weight": traj_lw,
@@ -645,13 +833,19 @@ def make_train(
             ep_return=jnp.where(done, zf, ep_return),
             ep_length=jnp.where(done, zi, ep_length),
             env_steps=rs.env_steps + cfg.n_envs,
+            ep_partial=rs.ep_partial & ~done,
+            reward_norm=reward_norm,
         )
         return rs, (transition, stats)
 
     # ---- loss and minibatch step ---------------------------------------------------------------
-    def _loss(params, mb: Transition, advantages, returns):
+    def _loss(params, mb: Transition, advantages, returns, ess_lambda):
         logits, value = network.apply(params, mb.obs)
         log_probs = log_probs_from_logits(logits)
+        # The ESS constraint: λ · (target − mean per-step ESS ratio of the current policy).
+        violation = ess_target - ess_ratio(log_probs).mean()
+        ess_term = (jax.lax.stop_gradient(ess_lambda) * violation
+                    + 0.5 * cfg.ess_penalty_coef * jnp.maximum(violation, 0.0) ** 2)
         new_log_prob = select_log_prob(log_probs, mb.action)
         entropy = entropy_from_log_probs(log_probs).mean()
 
@@ -672,7 +866,10 @@ def make_train(
         value_loss = jnp.mean((returns - v_pred) ** 2)
 
         loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+        if cfg.ess_constraint:
+            loss = loss + ess_term
         aux = {
+            "ess_loss": ess_term,
             "loss": loss,
             "policy_loss": policy_loss,
             "value_loss": value_loss,
@@ -684,20 +881,21 @@ def make_train(
         }
         return loss, aux
 
-    def _minibatch_step(train_state: TrainState, mb):
+    def _minibatch_step(carry, mb):
+        train_state, ess_lambda = carry
         transition, advantages, returns = mb
         grads, aux = jax.grad(_loss, has_aux=True)(
-            train_state.params, transition, advantages, returns
+            train_state.params, transition, advantages, returns, ess_lambda
         )
-        return train_state.apply_gradients(grads=grads), aux
+        return (train_state.apply_gradients(grads=grads), ess_lambda), aux
 
     def _epoch(carry, _):
         """One pass over the rollout; ``batch`` leaves are env-major ``(n_envs, n_steps, ...)``."""
-        train_state, rng, batch = carry
+        train_state, ess_lambda, rng, batch = carry
         rng, k_perm = jax.random.split(rng)
         minibatches = shuffle_into_minibatches(batch, k_perm, cfg.n_minibatches, constrain)
-        train_state, aux = jax.lax.scan(_minibatch_step, train_state, minibatches)
-        return (train_state, rng, batch), aux
+        (train_state, _), aux = jax.lax.scan(_minibatch_step, (train_state, ess_lambda), minibatches)
+        return (train_state, ess_lambda, rng, batch), aux
 
     def _rollout(rs: RunnerState):
         return jax.lax.scan(_env_step, rs, None, length=cfg.n_steps)
@@ -712,22 +910,33 @@ def make_train(
         env_major = lambda x: constrain(jnp.swapaxes(x, 0, 1), P(_dist.DATA_AXIS))  # noqa: E731
         batch = jax.tree.map(env_major, (traj, advantages, returns))
         rng, k_epochs = jax.random.split(rs.rng)
-        (train_state, _, _), aux = jax.lax.scan(
-            _epoch, (rs.train_state, k_epochs, batch), None, length=cfg.n_epochs
+        (train_state, _, _, _), aux = jax.lax.scan(
+            _epoch, (rs.train_state, rs.ess_lambda, k_epochs, batch), None, length=cfg.n_epochs
         )
         lr = cfg.learning_rate_at(rs.update_step)
-        rs = rs.replace(train_state=train_state, rng=rng, update_step=rs.update_step + 1)
+        # Dual ascent on the ESS constraint, from this rollout's mean per-step ESS ratio.
+        rollout_ess = traj.ess_ratio.mean()
+        violation = jnp.asarray(ess_target, jnp.float32) - rollout_ess
+        ess_lambda = rs.ess_lambda
+        if cfg.ess_constraint:
+            ess_lambda = jnp.maximum(0.0, ess_lambda + cfg.ess_lambda_lr * violation)
+        counted = stats["counted"]
+        rs = rs.replace(
+            train_state=train_state, rng=rng, update_step=rs.update_step + 1,
+            ess_lambda=ess_lambda.astype(jnp.float32),
+            episodes=rs.episodes.push(stats["ep_return"], stats["ep_length"], counted),
+        )
 
-        done = stats["done"]
-        donef = done.astype(jnp.float32)
-        lsw, lsw2, n_fin = _masked_log_sums(stats["traj_log_weight"], done)
+        lsw, lsw2, n_fin = _masked_log_sums(stats["traj_log_weight"], counted)
         per_update = {
-            "ep_return_sum": jnp.sum(stats["ep_return"] * donef),
-            "ep_length_sum": jnp.sum(stats["ep_length"].astype(jnp.float32) * donef),
             "n_episodes": n_fin,
             "log_sum_w": lsw,
             "log_sum_w2": lsw2,
-            "ess_ratio": traj.ess_ratio.mean(),
+            "ess_ratio": rollout_ess,
+            "ess_constraint": violation,
+            "ess_lambda": ess_lambda,
+            "reward_scale": rs.reward_norm.scale,
+            "learn_reward": traj.reward.mean(),
             "ess_penalty": stats["penalty"].mean(),
             "reward": traj.env_reward.mean(),
             "learning_rate": lr,
@@ -743,22 +952,26 @@ def make_train(
         log_sum_w2 = jax.nn.logsumexp(m["log_sum_w2"])
         running = batch_ess(rs.traj_log_weight).astype(jnp.float32)
         metrics = {
-            "ep_rew_mean": _safe_mean(m["ep_return_sum"].sum(), n_ep),
-            "ep_len_mean": _safe_mean(m["ep_length_sum"].sum(), n_ep),
+            "ep_rew_mean": rs.episodes.mean(rs.episodes.returns),
+            "ep_len_mean": rs.episodes.mean(rs.episodes.lengths),
             "n_episodes": n_ep,
             "batch_ess": jnp.where(
                 n_ep > 0, batch_ess_from_sums(log_sum_w, log_sum_w2, n_ep), running
             ),
             "batch_ess_running": running,
             "learning_rate": m["learning_rate"][-1],
+            "ess_lambda": m["ess_lambda"][-1],
+            "reward_scale": m["reward_scale"][-1],
             "env_steps": rs.env_steps.astype(jnp.float32),
             "update_step": rs.update_step.astype(jnp.float32),
         }
-        for k in ("ess_ratio", "ess_penalty", "reward", *present_keys, *aux_names):
+        for k in ("ess_ratio", "ess_constraint", "ess_penalty", "reward", "learn_reward",
+                  *present_keys, *aux_names):
             metrics[k] = m[k].mean()
         return rs, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
-    aux_names = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+    aux_names = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
+                 "ess_loss")
 
     def _collect(rs):
         rs, (traj, _) = _rollout(rs)

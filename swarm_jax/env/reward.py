@@ -17,6 +17,14 @@ follow the seed project: 1.0, 0.5, 0.2, 0.3.
 The ESS term needs the policy's distribution over the candidates, which only the trainer knows:
 the environment alone calls :func:`compute_reward` with ``ess_ratio=None`` (term = 0) and the
 trainer adds :func:`ess_penalty` of :func:`swarm_jax.swarm.weights.ess_ratio`.
+
+What the ESS term does and does not do: it is a function of the *state* (the policy's
+distribution at that state), the same for every candidate the policy might pick there, so it
+cancels out of the advantage differences between actions and cannot steer the choice at a state
+towards uniform (measured: ``w_ess`` 0.3 or 5.0 gave the same collapsed per-step ESS). It is kept
+for compatibility with the seed's reward. What keeps the policy near the physical proposal is the
+ESS *constraint* in the PPO loss (``PPOConfig.ess_constraint``, a Lagrange multiplier adapted by
+dual ascent so that the mean per-step ESS ratio stays at ``ess_target``).
 """
 
 from __future__ import annotations
@@ -90,24 +98,35 @@ def compute_reward(state, config: RewardConfig, ess_ratio=None, prev_state=None)
       reward and ``info`` with the observables of :func:`swarm_jax.physics.observables`
       (``roughness``, ``coverage``, ``mean_height``, ``n_ti``, ``n_o``, ``o_ti_ratio``,
       ``oxide_fraction``, ``fill_fraction``, ``time``) and the terms ``reward_roughness``,
-      ``reward_coverage``, ``reward_ratio``, ``reward_ess`` (their sum is the reward).
+      ``reward_coverage``, ``reward_ratio``, ``reward_ess`` (their sum is the reward); in level
+      mode also ``reward_level`` and ``reward_level_before``, the morphology level ``L`` (the
+      sum of the three terms) of the state and of the state before the step (when known; 0
+      otherwise and in delta mode), from which the trainer builds the potential-based shaped
+      reward ``r + (γ L(s') − L(s)) / (1 − γ)`` (:class:`swarm_jax.agents.ppo.PPOConfig`).
     """
     lattice = _lattice_of(state)
     obs = observables(lattice)
     metrics = reward_metrics(lattice)
     terms = morphology_terms(metrics, config)
+    if prev_state is not None:
+        prev_metrics = reward_metrics(_lattice_of(prev_state))
+    elif hasattr(state, "prev_metrics"):
+        prev_metrics = state.prev_metrics
+    elif config.mode == "delta":
+        raise ValueError("delta mode needs prev_state (or an env state carrying prev_metrics)")
+    else:
+        prev_metrics = None
+    zero = jnp.zeros((), jnp.float64)
+    level, level_before = zero, zero
     if config.mode == "delta":
-        if prev_state is not None:
-            prev_metrics = reward_metrics(_lattice_of(prev_state))
-        elif hasattr(state, "prev_metrics"):
-            prev_metrics = state.prev_metrics
-        else:
-            raise ValueError("delta mode needs prev_state (or an env state carrying prev_metrics)")
         terms = terms - morphology_terms(prev_metrics, config)
-    ess_term = jnp.zeros((), jnp.float64) if ess_ratio is None else ess_penalty(ess_ratio, config)
+    elif prev_metrics is not None:  # level mode: the level after and before, for PPO's shaping
+        level, level_before = terms.sum(), morphology_terms(prev_metrics, config).sum()
+    ess_term = zero if ess_ratio is None else ess_penalty(ess_ratio, config)
     reward = terms.sum() + ess_term
     info = dict(obs)
     info.update(
-        reward_roughness=terms[0], reward_coverage=terms[1], reward_ratio=terms[2], reward_ess=ess_term
+        reward_roughness=terms[0], reward_coverage=terms[1], reward_ratio=terms[2], reward_ess=ess_term,
+        reward_level=level, reward_level_before=level_before,
     )
     return reward, info

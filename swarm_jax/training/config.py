@@ -43,6 +43,10 @@ from typing import Any, ClassVar
 
 import yaml
 
+from swarm_jax.agents.networks import NETWORK_KINDS
+from swarm_jax.agents.ppo import REWARD_SHAPINGS
+from swarm_jax.env.reward import REWARD_MODES
+
 __all__ = [
     "ConfigError",
     "FrozenMap",
@@ -325,7 +329,6 @@ class EnvironmentConfig:
                              o_ti_flux_ratio=self.o_ti_flux_ratio, **dict(self.physics))
 
 
-REWARD_MODES = ("level", "delta")
 
 
 @dataclass(frozen=True)
@@ -356,6 +359,12 @@ class PPOSection:
     ``n_steps`` is the rollout length per environment; ``batch_size`` the minibatch size in
     transitions (SB3 semantics): one update collects ``n_envs * n_steps`` transitions and runs
     ``n_epochs`` passes of ``n_envs * n_steps // batch_size`` minibatches over them.
+
+    The learning keys (meaning in :class:`swarm_jax.agents.ppo.PPOConfig`): ``ess_constraint``,
+    ``ess_target`` (the mean per-step ESS ratio to keep, default 0.5 as in the seed),
+    ``ess_lambda_init``, ``ess_lambda_lr`` (dual ascent of the multiplier), ``ess_penalty_coef``
+    (quadratic term of the augmented Lagrangian), ``reward_shaping`` ("potential" or "none"),
+    ``normalize_reward`` and ``stagger_episodes``.
     """
 
     _section: ClassVar[str] = "ppo"
@@ -371,9 +380,24 @@ class PPOSection:
     ent_coef: float = 0.01
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
+    ess_constraint: bool = True
+    ess_target: float = 0.5
+    ess_lambda_init: float = 0.0
+    ess_lambda_lr: float = 1.0
+    ess_penalty_coef: float = 100.0
+    reward_shaping: str = "potential"
+    normalize_reward: bool = True
+    stagger_episodes: bool = True
 
     def __post_init__(self):
         p = "ppo."
+        _set(self, "ess_constraint", _boolean(p + "ess_constraint", self.ess_constraint))
+        _set(self, "ess_target", _number(p + "ess_target", self.ess_target, ge=0, le=1))
+        for name in ("ess_lambda_init", "ess_lambda_lr", "ess_penalty_coef"):
+            _set(self, name, _number(p + name, getattr(self, name), ge=0, le=1e6))
+        _choice(p + "reward_shaping", self.reward_shaping, REWARD_SHAPINGS)
+        _set(self, "normalize_reward", _boolean(p + "normalize_reward", self.normalize_reward))
+        _set(self, "stagger_episodes", _boolean(p + "stagger_episodes", self.stagger_episodes))
         _set(self, "learning_rate", _number(p + "learning_rate", self.learning_rate, gt=0))
         _set(self, "anneal_lr", _boolean(p + "anneal_lr", self.anneal_lr))
         for name in ("n_steps", "batch_size", "n_epochs"):
@@ -384,9 +408,12 @@ class PPOSection:
         _set(self, "ent_coef", _number(p + "ent_coef", self.ent_coef, ge=0))
         _set(self, "vf_coef", _number(p + "vf_coef", self.vf_coef, ge=0))
         _set(self, "max_grad_norm", _number(p + "max_grad_norm", self.max_grad_norm, gt=0))
+        if self.reward_shaping == "potential" and not self.gamma < 1:
+            raise ConfigError(f"ppo.reward_shaping = 'potential' needs ppo.gamma < 1 (got "
+                              f"{_show(self.gamma)}); set reward_shaping: none for gamma = 1",
+                              field="ppo.reward_shaping")
 
 
-NETWORK_KINDS = ("swarm", "flat_mlp")
 ACTIVATIONS = ("tanh", "relu", "gelu")
 
 

@@ -9,7 +9,13 @@ Tags follow the seed's SB3 pipeline, so existing dashboards keep working::
     value_loss      train/value_loss         coverage        custom/coverage
     entropy         train/entropy            o_ti_ratio      custom/o_ti_ratio
     approx_kl       train/approx_kl          fps             time/fps
-    clip_fraction   train/clip_fraction
+    clip_fraction   train/clip_fraction      ess_lambda      train/ess_lambda
+    ess_constraint  train/ess_constraint     ess_loss        train/ess_loss
+    reward_scale    train/reward_scale
+
+``ep_rew_mean``/``ep_len_mean`` are SB3's: the mean over the last 100 finished episodes.
+``ess_lambda`` is the Lagrange multiplier of the ESS constraint and ``ess_constraint`` its value,
+``ess_target − mean per-step ESS ratio`` (≤ 0 when the constraint holds).
 
 A key that already contains ``/`` is used as the tag verbatim; any other unknown key is logged as
 ``custom/<key>``. The x axis (``step``) is environment steps summed over all parallel envs.
@@ -49,6 +55,10 @@ METRIC_TAGS: dict[str, str] = {
     "entropy": "train/entropy",
     "approx_kl": "train/approx_kl",
     "clip_fraction": "train/clip_fraction",
+    "ess_lambda": "train/ess_lambda",
+    "ess_constraint": "train/ess_constraint",
+    "ess_loss": "train/ess_loss",
+    "reward_scale": "train/reward_scale",
     "ess_ratio": "custom/ess_ratio",
     "batch_ess": "custom/batch_ess",
     "roughness": "custom/roughness",
@@ -63,6 +73,7 @@ DEFAULT_PLOT_TAGS: tuple[str, ...] = (
     "train/value_loss",
     "train/entropy",
     "custom/ess_ratio",
+    "train/ess_lambda",
     "custom/roughness",
     "custom/coverage",
     "time/fps",

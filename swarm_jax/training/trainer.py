@@ -124,7 +124,8 @@ _CSV_FIRST = ("env_steps", "update", "time_s", "fps")
 _CSV_ORDER = (
     "ep_rew_mean", "ep_len_mean", "n_episodes", "reward", "policy_loss", "value_loss", "entropy",
     "approx_kl", "clip_fraction", "loss", "learning_rate", "ess_ratio", "ess_penalty", "batch_ess",
-    "batch_ess_running", "roughness", "coverage", "o_ti_ratio", "mean_height",
+    "batch_ess_running", "roughness", "coverage", "o_ti_ratio", "mean_height", "ess_lambda",
+    "ess_constraint", "ess_loss", "reward_scale", "learn_reward",
 )
 
 
@@ -146,19 +147,24 @@ def make_env(cfg: TrainConfig) -> TiO2GrowthEnv:
     """The gymnax environment of ``cfg.environment`` with ``cfg.reward`` as default params."""
     e, r = cfg.environment, cfg.reward
     reward = RewardConfig(w_roughness=r.w_roughness, w_coverage=r.w_coverage, w_ratio=r.w_ratio,
-                          w_ess=r.w_ess, mode=r.mode)
+                          w_ess=r.w_ess, mode=r.mode, ess_target=cfg.ppo.ess_target)
     return TiO2GrowthEnv(e.lattice_size, n_swarm=e.n_swarm, physics=e.physics_params(),
                          max_steps_in_episode=e.max_steps, reward=reward)
 
 
 def ppo_config(cfg: TrainConfig) -> PPOConfig:
-    """:class:`PPOConfig` of ``cfg`` (the ESS reward term comes from the env's RewardConfig)."""
+    """:class:`PPOConfig` of ``cfg`` (the ESS reward term's weight comes from the env's
+    RewardConfig; its threshold and the constraint's target are ``ppo.ess_target``)."""
     p = cfg.ppo
     return PPOConfig(
         n_envs=cfg.training.n_envs, n_steps=p.n_steps, batch_size=p.batch_size,
         n_epochs=p.n_epochs, learning_rate=p.learning_rate, anneal_lr=p.anneal_lr,
         gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range, ent_coef=p.ent_coef,
         vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
+        ess_constraint=p.ess_constraint, ess_target=p.ess_target,
+        ess_lambda_init=p.ess_lambda_init, ess_lambda_lr=p.ess_lambda_lr,
+        ess_penalty_coef=p.ess_penalty_coef, reward_shaping=p.reward_shaping,
+        normalize_reward=p.normalize_reward, stagger_episodes=p.stagger_episodes,
         total_timesteps=cfg.training.total_timesteps,
     )
 
@@ -716,6 +722,7 @@ def _run_stage(cfg, out, stage, clock, *, init_params, init_from, resume, progre
                                                    if k not in _COUNTER_KEYS}})
                 postfix = dict(sps=_fmt(fps, ".0f"), ep_rew=_fmt(metrics.get("ep_rew_mean")),
                                ess=_fmt(metrics.get("ess_ratio")),
+                               lam=_fmt(metrics.get("ess_lambda")),
                                rough=_fmt(metrics.get("roughness")))
                 if bar is not None:
                     bar.update(env_steps - prev_steps)
