@@ -212,7 +212,7 @@ display(Image(filename=str(png)))
 Both policies act through the same `TiO2GrowthEnv`: at every event K candidates are drawn from
 the physical distribution Γ_e/Γ_tot and the policy picks one. The uniform choice is exactly
 classical KMC; the trained policy's choices carry the importance weight
-`w = 1/(K π_j)` (PHYSICS.md §4), so we also report the trajectory log-weight and the mean
+`w = 1/(K π_j)` (`docs/physics.md`, SwarmThinkers), so we also report the trajectory log-weight and the mean
 per-step ESS ratio. The policy is lattice-size independent, so we grow a larger film than it was
 trained on, at the training temperature and flux.
 '''),
@@ -526,7 +526,7 @@ NB03 = [
     md(r'''
 # 03 · Physics checks
 
-Three textbook checks of the engine and of the SwarmThinkers bookkeeping (PHYSICS.md §4, §6),
+Three textbook checks of the engine and of the SwarmThinkers bookkeeping (`docs/physics.md`, SwarmThinkers and Validation),
 each with a plot and an explicit pass/fail test at 5 standard errors (fixed seeds):
 
 1. **Random deposition.** Hops, desorption and reactions switched off: every event is a deposition
@@ -678,7 +678,7 @@ A fixed, hand-made policy that prefers to deposit on low columns: for each of th
 candidates, logit `−b · h(column)` for a deposition and 0 for any other event, `π = softmax`.
 It smooths the film, so its plain averages of the roughness are biased. Each choice carries the
 exact weight `w = 1/(K π_j)`; with the trajectory weight `W = Π w_t`, the self-normalised estimate
-`Σ W_i A_i / Σ W_i` over replicas estimates the physical expectation (PHYSICS.md §4). The
+`Σ W_i A_i / Σ W_i` over replicas estimates the physical expectation (`docs/physics.md`, SwarmThinkers). The
 reference is the classical BKL engine (`swarm_jax.physics.step`), run separately.
 '''),
     code(r'''

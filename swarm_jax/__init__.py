@@ -1,7 +1,7 @@
 """swarm_jax: JAX end-to-end SwarmThinkers policy optimisation for KMC of TiO2 thin-film growth.
 
 Importing the package turns on JAX's 64-bit mode (``jax_enable_x64``): the KMC selection
-arithmetic, the rate totals and the physical clock must be float64 (PHYSICS.md §3). Every
+arithmetic, the rate totals and the physical clock must be float64 (docs/physics.md, Clock and selection). Every
 network in :mod:`swarm_jax.agents` declares float32 explicitly, so learning stays float32.
 
 The layers, in the only direction imports flow::

@@ -25,7 +25,7 @@ mean ``mean_height ≥ 1``) up to the end of the run; α to G(r) over ``r ∈ [1
 When a default window holds fewer than 3 points the exponent is reported as ``null`` with a
 note; a window given on the command line that is invalid or holds fewer than 3 points is an
 error. Replicas carrying ``log_weight`` are averaged with self-normalised importance weights
-(PHYSICS.md §4). Bad input gives one ``error:`` line on stderr and exit status 2.
+(docs/physics.md, SwarmThinkers). Bad input gives one ``error:`` line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ REQUIRED_COLUMNS = (
 )
 OPTIONAL_COLUMNS = ("replica", "log_weight", "ess")
 DEFAULT_LATTICE_CONSTANT_ANGSTROM = 4.59
-TI, O = 1, 2  # species codes (PHYSICS.md / swarm_jax.physics.lattice)
+TI, O = 1, 2  # species codes (docs/physics.md / swarm_jax.physics.params)
 
 
 class RunInputError(Exception):

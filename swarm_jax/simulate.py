@@ -15,7 +15,7 @@ distinct chunk length), and writes into ``--out``:
     (layers), ``roughness`` W (layers; x 4.59 for Å), ``coverage`` (fraction of columns with
     h > 0), ``n_ti``, ``n_o`` (atoms in the film), ``oxide_fraction``, ``o_ti_ratio``,
     ``n_deposited``, ``n_desorbed`` (atoms, cumulative), ``log_weight`` and ``ess`` (importance
-    weight and ESS ratio of PHYSICS.md §4: 0 and 1 for the classical policy) and ``status``
+    weight and ESS ratio of docs/physics.md, SwarmThinkers: 0 and 1 for the classical policy) and ``status``
     (``running``, ``ceiling`` or ``no_events``).
 ``final_state.npz``
     ``heights`` (Lx, Ly) int32 in layers, ``species`` (Lx, Ly, Lz) int8 (0 vacant, 1 Ti, 2 O,
@@ -28,8 +28,8 @@ distinct chunk length), and writes into ``--out``:
     compile time excluded), compile time, peak memory, command line, versions, JAX backend.
 
 Physical limits: a run stops (exit status 0, all outputs written, ``status`` recorded) at the end
-of the logging chunk in which any replica's film reaches the top of the box (``ceiling``, PHYSICS.md
-§1) or has no possible event (``no_events``); the reason is printed on stderr. Memory is
+of the logging chunk in which any replica's film reaches the top of the box (``ceiling``, docs/physics.md,
+Ceiling) or has no possible event (``no_events``); the reason is printed on stderr. Memory is
 estimated before anything is allocated and a run that cannot fit is refused.
 
 Units: temperature in K, deposition rate in ML/s (monolayers per second), physical time in s,
@@ -44,7 +44,7 @@ Policies: ``classical`` is the rejection-free BKL engine (:func:`swarm_jax.physi
 ``trained`` (``--checkpoint CKPT``: a ``stageN_final`` directory, a step directory of
 ``checkpoints/stageN/`` or that store directory, meaning its latest step; saved on any device)
 runs the actor of a training checkpoint (architecture and K from the checkpoint's config,
-:mod:`swarm_jax.swarm.policy`) on any lattice size, in one of two modes (PHYSICS.md §4):
+:mod:`swarm_jax.swarm.policy`) on any lattice size, in one of two modes (docs/physics.md, SwarmThinkers):
 
 ``--mode candidates`` (default)
     per event, K candidates drawn i.i.d. from ``Γ_e / Γ_tot`` (the environment's path), scored by
@@ -113,7 +113,7 @@ __all__ = [
 ]
 
 PROG = "swarm_jax.simulate"
-LATTICE_CONSTANT_ANGSTROM = 4.59  # rutile TiO2 a, Å (PHYSICS.md §1)
+LATTICE_CONSTANT_ANGSTROM = 4.59  # rutile TiO2 a, Å (docs/physics.md, Units)
 TIMESERIES_COLUMNS = (
     "replica", "event", "time", "mean_height", "roughness", "coverage", "n_ti", "n_o",
     "oxide_fraction", "o_ti_ratio", "n_deposited", "n_desorbed", "log_weight", "ess", "status",
@@ -456,7 +456,7 @@ class PolicyRunner(NamedTuple):
         chunk_fn: see :data:`ChunkFn`.
         operands: the extra traced arguments of ``chunk_fn``.
         weights: ``weights(carry) -> (log_weight (R,), ess (R,))`` host arrays: the trajectory
-            log importance weight so far and the ESS ratio of PHYSICS.md §4 (0 and 1 classically).
+            log importance weight so far and the ESS ratio of docs/physics.md, SwarmThinkers (0 and 1 classically).
         init: ``init(state) -> carry`` from the batched initial :class:`LatticeState`.
         lattice: ``lattice(carry) -> LatticeState`` (batched), for observables and outputs.
     """
@@ -566,7 +566,7 @@ def _batch_weights(log_weight):
 
 
 def make_trained_runner(config: SimulationConfig, tables) -> PolicyRunner:
-    """A trained policy (``--checkpoint``) in candidate or full-lattice mode (PHYSICS.md §4)."""
+    """A trained policy (``--checkpoint``) in candidate or full-lattice mode (docs/physics.md, SwarmThinkers)."""
     policy = load_trained_policy(config.checkpoint)
     physics = config.physics_params()
     mode = config.mode or "candidates"

@@ -1,11 +1,11 @@
-"""A slow, from-scratch NumPy reference of the TiO2 SOS KMC model, written from PHYSICS.md.
+"""A slow, from-scratch NumPy reference of the TiO2 SOS KMC model, written from docs/physics.md.
 
 It shares no logic with ``swarm_jax.physics``: the film is a plain 3-D array, every rate of
 the lattice is recomputed from scratch with ``nu * exp(-E / kT)`` on every call, events are applied
 site by site, and the BKL step chooses among all events of the flattened catalogue with a
 float64 cumulative sum. It exists to hold the JAX engine to the physics contract in tests.
 
-Conventions (the decisions the engine also takes, PHYSICS.md §1-2):
+Conventions (the decisions the engine also takes, docs/physics.md, Lattice and Events and rates):
 
 - arrays ``species[x, y, z]`` (0 vacant, 1 Ti, 2 O, 3 substrate), ``oxide[x, y, z]`` (0/1) and
   ``heights[x, y]`` (z of the top atom, 0 = bare substrate); periodic in x and y;
@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-K_B = 8.617333e-5  # eV/K, PHYSICS.md §2
+K_B = 8.617333e-5  # eV/K, docs/physics.md, Units
 
 VACANT, TI, O, SUBSTRATE = 0, 1, 2, 3
 KIND_DEPOSIT_TI, KIND_DEPOSIT_O, KIND_HOP, KIND_DESORB, KIND_REACT = 0, 1, 2, 3, 4
@@ -49,7 +49,7 @@ def slot_kind(slot: int) -> int:
 
 
 def check_sos(heights, species, oxide) -> None:
-    """Asserts the SOS invariant of PHYSICS.md §1 on (Lx, Ly) / (Lx, Ly, Lz) arrays."""
+    """Asserts the SOS invariant (docs/physics.md, Lattice) on (Lx, Ly) / (Lx, Ly, Lz) arrays."""
     heights = np.asarray(heights)
     species = np.asarray(species)
     oxide = np.asarray(oxide)

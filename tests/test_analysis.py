@@ -28,7 +28,7 @@ A_M = 4.59e-10
 # synthetic data
 # --------------------------------------------------------------------------------------------
 def random_deposition(rng, n_replicas, lx, ly, thetas):
-    """Random deposition (PHYSICS.md §6, frozen regime) in NumPy: every column receives a
+    """Random deposition (docs/physics.md, Validation: frozen regime) in NumPy: every column receives a
     Poisson number of atoms with mean Δθ per interval. Returns heights (R, T, Lx, Ly)."""
     increments = np.diff(np.concatenate([[0.0], thetas]))
     steps = rng.poisson(increments[None, :, None, None], size=(n_replicas, len(thetas), lx, ly))

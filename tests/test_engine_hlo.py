@@ -1,7 +1,7 @@
 """The compiled event loop must update the lattice in place.
 
 XLA keeps a scatter in place only when every read of the old buffer feeds that scatter; if not,
-it silently copies the whole array on every event (NOTES.md, "The hidden whole-array copy"). This
+it silently copies the whole array on every event (the in-place note of swarm_jax/physics/engine.py). This
 test compiles the engine's run loop and the vmapped batch loop and asserts that no instruction
 inside a while-loop body copies an array of the state's size.
 """

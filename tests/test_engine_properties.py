@@ -28,7 +28,7 @@ RTOL = 1e-12
 # Few shapes: each new one costs several seconds of XLA compilation (from_arrays included).
 SIZES = [(3, 3, 3), (4, 5, 6), (5, 3, 4)]
 TEMPERATURES = [180.0, 300.0, 600.0]
-# Besides the PHYSICS.md defaults, a parameter set in which desorption and reactions compete
+# Besides the default parameters (docs/physics.md, Events and rates), a parameter set in which desorption and reactions compete
 # with hops, so that every event kind is exercised by the sampled sequences.
 LIVELY = dict(e_des_ti=0.75, e_des_o=0.8, e_react_scale=2.0, deposition_rate=50.0)
 

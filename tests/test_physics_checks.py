@@ -1,4 +1,4 @@
-"""Textbook and exact checks of the KMC engine (PHYSICS.md §3, §6).
+"""Textbook and exact checks of the KMC engine (docs/physics.md, Clock and selection; Validation).
 
 Statistical tests use fixed seeds and tolerances derived from the sample (5 sigma, or a p-value
 of 1e-6 for chi-square / Kolmogorov-Smirnov tests), never hand-tuned margins.

@@ -1,5 +1,5 @@
 """SwarmThinkers layer: candidate draws, features, importance weights; uniform = classical KMC;
-importance weighting makes a biased policy's estimates unbiased (PHYSICS.md §4)."""
+importance weighting makes a biased policy's estimates unbiased (docs/physics.md, SwarmThinkers)."""
 
 from __future__ import annotations
 

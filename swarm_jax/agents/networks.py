@@ -1,6 +1,6 @@
 """Actor-critic networks for the SwarmThinkers policy (Flax linen, float32 throughout).
 
-Observation contract (PHYSICS.md §4, ``swarm_jax.env``): a dict
+Observation contract (docs/physics.md, SwarmThinkers; ``swarm_jax.env``): a dict
 
 * ``"candidates"``: ``(..., K, D)`` local feature vectors of the K candidate events,
 * ``"global"``:     ``(..., G)`` lattice-level context,

@@ -36,7 +36,7 @@ parameters of the single-device run up to floating-point summation order.
 **Learning reward.** The reward PPO optimises is the environment's reward plus the ESS term of the
 seed project's reward (``RewardConfig.w_ess``), which needs the policy and so is added here:
 ``r_learn = r_env − w_ess · max(0, ess_target − ESS_ratio_t)``, with ``ESS_ratio_t = K² / Σ_j 1/π_j``
-the ESS ratio of the actor's distribution over the K candidates at that step (PHYSICS.md §4,
+the ESS ratio of the actor's distribution over the K candidates at that step (docs/physics.md, SwarmThinkers;
 ``swarm_jax.swarm.weights.ess_ratio``), computed with the rollout's parameters and treated as
 data (no gradient flows through it). ``w_ess`` and ``ess_target`` come from the env's
 ``RewardConfig`` (``env_params.reward``; 0.3 and 0.5 by default) unless :class:`PPOConfig` sets
@@ -52,7 +52,7 @@ size and, for a given key, ``k`` chunks of ``n`` updates give the same parameter
 ``log W = Σ_t log w_t``, ``log w_t = −log K − log π_{a_t}`` (``weights.step_log_weight``), reset at
 every episode end. The chunk metric ``batch_ess`` is ``(Σ W_i)² / (n Σ W_i²)`` over the
 trajectories that *finished* during the chunk (complete episodes: the honest fidelity figure
-of PHYSICS.md §4); if none finished, it falls back to the running (partial) trajectories at the
+of docs/physics.md, SwarmThinkers); if none finished, it falls back to the running (partial) trajectories at the
 end of the chunk. ``batch_ess_running`` is always the latter; ``n_episodes`` says which applies.
 """
 

@@ -1,4 +1,6 @@
-"""``python -m swarm_jax.bench SUITE [options]``: run one benchmark suite, print a table, write JSON."""
+"""python -m swarm_jax.bench SUITE [options]: run one benchmark suite, print a table, write JSON.
+
+Each suite has its own options: python -m swarm_jax.bench SUITE --help."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import argparse
 import importlib
 import os
 import sys
+
+from swarm_jax.bench import HelpFormatter, plain_text
 
 SUITES = {
     "kmc": "swarm_jax.bench.kmc",
@@ -19,12 +23,13 @@ SUITES = {
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["kmc"] and "XLA_FLAGS" not in os.environ:
-        # One XLA thread per lattice and one host device per core (NOTES.md, "Threads"): XLA's
+        # One XLA thread per lattice and one host device per core: XLA's
         # intra-op threading slows the tiny ops of a KMC step, and batches use every core as
         # shards. Set before any suite is imported: importing gymnax starts JAX's backend.
         os.environ["XLA_FLAGS"] = (f"--xla_cpu_multi_thread_eigen=false "
                                    f"--xla_force_host_platform_device_count={os.cpu_count() or 1}")
-    parser = argparse.ArgumentParser(prog="python -m swarm_jax.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m swarm_jax.bench", description=__doc__,
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="suite", required=True)
     modules = {}
     for name, module_name in SUITES.items():
@@ -35,7 +40,8 @@ def main(argv=None) -> int:
                 raise
             continue
         modules[name] = module
-        p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
+        doc = plain_text(module.__doc__)
+        p = sub.add_parser(name, help=doc.splitlines()[0], description=doc, formatter_class=HelpFormatter)
         p.add_argument("--json", default=f"bench_results/{name}.json", help="where to write the JSON results")
         module.add_arguments(p)
     args = parser.parse_args(argv)

@@ -25,10 +25,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batches", default="1,64,1024", help="comma-separated numbers of parallel envs")
     parser.add_argument("--n-swarm", type=int, default=32, help="K, candidates per decision")
     parser.add_argument("--env-steps", type=int, default=20_000,
-                        help="target env-steps per timed call (steps per env = this / batch, clamped)")
+                        help="target env-steps per timed call; steps per env = this / batch, clamped")
     parser.add_argument("--min-steps", type=int, default=10, help="minimum steps per env per timed call")
     parser.add_argument("--max-steps", type=int, default=500, help="maximum steps per env per timed call")
-    parser.add_argument("--repeats", type=int, default=2, help="timed calls per configuration (best is kept)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per configuration, the best is kept")
     parser.add_argument("--temperature", type=float, default=300.0, help="substrate temperature, K")
     parser.add_argument("--episode-steps", type=int, default=1000, help="max_steps_in_episode of the env")
 

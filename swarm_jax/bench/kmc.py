@@ -4,9 +4,9 @@ For each lattice size the engine first grows about one monolayer at 300 K (so th
 steps, bonds, oxide units and reaction channels, not a bare substrate), then times further events
 at ``--temperature`` (default 600 K, where hops dominate, so long timed runs do not fill the box;
 the step is branch-free, so its cost does not depend on which kind of event is drawn) with the
-compile excluded. Batches are run with ``jax.vmap`` and, on CPU, sharded over
-the host devices (``--devices``; one per core by default) so both cores work. The NumPy reference
-(``tests/reference.py``: recomputes every rate of the lattice before each event, as the
+compile excluded. Batches are run with ``jax.vmap`` and, on CPU, sharded over the host devices
+(one per core, set by the driver unless ``XLA_FLAGS`` is set) so all cores work. The NumPy
+reference (``tests/reference.py``: recomputes every rate of the lattice before each event, as the
 prototype this project replaces did) is timed on the same single lattices in the same run.
 """
 
@@ -29,16 +29,16 @@ DEFAULT_CASES = "8x8x40:1,1024;20x20x10:1,256;50x50x20:1,64;200x200x50:1"
 
 def add_arguments(parser) -> None:
     parser.add_argument("--cases", default=DEFAULT_CASES,
-                        help="LXxLYxLZ:BATCH,BATCH;... (default: %(default)s)")
+                        help="lattices and batch sizes, LXxLYxLZ:BATCH,BATCH;...")
     parser.add_argument("--events", type=int, default=200_000,
-                        help="timed events per lattice for batch 1 (batches use events/batch^0.5, at least 2000)")
+                        help="timed events per lattice for batch 1; batches use events/batch^0.5, at least 2000")
     parser.add_argument("--growth-events", type=int, default=None,
                         help="events of film growth at 300 K before timing (default: 6 per column, about 1 ML)")
-    parser.add_argument("--temperature", type=float, default=600.0, help="K, for the timed events")
-    parser.add_argument("--deposition-rate", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=600.0, help="temperature of the timed events, K")
+    parser.add_argument("--deposition-rate", type=float, default=1.0, help="total deposition flux, ML/s")
     parser.add_argument("--reference-seconds", type=float, default=10.0,
-                        help="wall-clock budget per lattice for the NumPy reference (0 skips it)")
-    parser.add_argument("--seed", type=int, default=0)
+                        help="wall-clock budget per lattice for the NumPy reference, s; 0 skips it")
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed")
 
 
 def parse_cases(text: str) -> list[tuple[tuple[int, int, int], list[int]]]:

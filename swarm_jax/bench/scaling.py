@@ -28,22 +28,24 @@ import tempfile
 import time
 from pathlib import Path
 
+from swarm_jax.bench import HelpFormatter, plain_text
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--devices", default="1,2,4", help="comma-separated device counts")
     parser.add_argument("--platform", choices=("cpu", "gpu"), default="cpu",
                         help="cpu: forced host devices (XLA_FLAGS); gpu: real GPUs")
-    parser.add_argument("--lattice", default="8,8,5", help="Lx,Ly,Lz of every env (default: stage 1)")
+    parser.add_argument("--lattice", default="8,8,5", help="Lx,Ly,Lz of every env; stage 1's size")
     parser.add_argument("--n-swarm", type=int, default=32, help="K, candidates per decision")
     parser.add_argument("--n-envs", type=int, default=16,
                         help="environments in total (per device with --weak); a multiple of every device count")
     parser.add_argument("--weak", action="store_true", help="weak scaling: --n-envs per device")
     parser.add_argument("--n-steps", type=int, default=32, help="rollout length per update")
-    parser.add_argument("--batch-size", type=int, default=128, help="PPO minibatch size (global)")
-    parser.add_argument("--n-epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=128, help="PPO minibatch size, global over devices")
+    parser.add_argument("--n-epochs", type=int, default=2, help="PPO epochs per update")
     parser.add_argument("--hidden", default="64,64", help="hidden layer widths of the network")
     parser.add_argument("--updates", type=int, default=2, help="PPO updates per timed call")
-    parser.add_argument("--repeats", type=int, default=2, help="timed calls (best is kept)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls, the best is kept")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per device count")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: JSON output path
 
@@ -139,7 +141,8 @@ def run(args) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m swarm_jax.bench.scaling", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m swarm_jax.bench.scaling", description=plain_text(__doc__),
+                                     formatter_class=HelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     if args.worker is None:  # direct use: same as `python -m swarm_jax.bench scaling`

@@ -30,7 +30,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n-envs", default="8,32,128,512", help="comma-separated n_envs values")
     parser.add_argument("--n-steps", type=int, default=None,
                         help="rollout length per env (default: the config's, after CPU overrides)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per program, the best is kept")
 
 
 def _random_rollout_fn(trainer, n_steps: int):

@@ -4,7 +4,7 @@ One environment step is one KMC event. The state holds the film and the ``K = n_
 candidate events drawn i.i.d. from ``Γ_e / Γ_tot``; the observation describes them; the action
 ``a ∈ [0, K)`` picks one; the chosen event is executed, the physical clock advances by
 ``−ln(1 − u) / Γ_tot`` (total before the event), and K fresh candidates are drawn from the new
-state. Choosing uniformly is classical KMC (PHYSICS.md §4). The importance weight of a choice
+state. Choosing uniformly is classical KMC (docs/physics.md, SwarmThinkers). The importance weight of a choice
 needs the policy's distribution and lives with the trainer (:mod:`swarm_jax.swarm.weights`).
 
 gymnax API (1.0): ``reset(key, params) -> (obs, state)``,

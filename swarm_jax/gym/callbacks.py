@@ -1,7 +1,7 @@
 """Stable-Baselines3 callbacks for SwarmThinkers training with SB3 (the seed project's names).
 
 * :class:`ESSMonitorCallback` logs ``custom/ess_ratio``, the mean per-step ESS ratio
-  ``K² / Σ_j 1/π_j`` of the SB3 policy's distribution over the K candidates (PHYSICS.md §4,
+  ``K² / Σ_j 1/π_j`` of the SB3 policy's distribution over the K candidates (docs/physics.md, SwarmThinkers;
   :func:`swarm_jax.swarm.weights.ess_ratio`) over each rollout, and stops training when it stays
   below ``threshold`` for ``patience`` consecutive rollouts.
 * :class:`MorphologyLoggerCallback` logs the rollout means of the env's ``info`` morphology:

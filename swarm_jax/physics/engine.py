@@ -121,7 +121,7 @@ def site_react_class(species, oxide, cols, zs, lx: int, ly: int, lz: int) -> jnp
     """Reaction channel of sites (cols, zs) (...,) from species/oxide arrays, as int8.
 
     ``n`` = number of occupied (Ti or O) NN when the site holds a non-oxide Ti with at least two
-    non-oxide O among its 6 NN (PHYSICS.md §2, "react"); -1 otherwise. The substrate counts
+    non-oxide O among its 6 NN (docs/physics.md, Events and rates, "react"); -1 otherwise. The substrate counts
     neither as occupied nor as an O partner.
     """
     rows, nn_z, inside = site_neighbours(cols, zs, lx, ly, lz)

@@ -1,4 +1,4 @@
-"""Lattice state of the solid-on-solid TiO2 film and its observables (PHYSICS.md §1, §5).
+"""Lattice state of the solid-on-solid TiO2 film and its observables (docs/physics.md, Lattice and Observables).
 
 Storage (``C = Lx * Ly`` columns, column index ``c = x * Ly + y``; one extra *dummy* column at
 index ``C`` absorbs the writes of events that do nothing, so every update has a fixed shape):
@@ -225,7 +225,7 @@ def atoms_present(state: LatticeState) -> jnp.ndarray:
 
 
 def observables(state: LatticeState) -> dict:
-    """Morphology and composition of PHYSICS.md §5 (O(C) in the number of columns).
+    """Morphology and composition of docs/physics.md, Observables (O(C) in the number of columns).
 
     Returns a dict of scalars: ``mean_height`` (ML), ``roughness`` W (layers; x a for Å),
     ``coverage`` (fraction of columns with h > 0), ``n_ti``, ``n_o``, ``o_ti_ratio`` (0 when no Ti),

@@ -1,6 +1,6 @@
 """Physical parameters of the TiO2 growth model and the rate catalogue derived from them.
 
-Every number of PHYSICS.md §2 is a field of :class:`PhysicsParams` (a pytree, so temperatures and
+Every number of docs/physics.md, Events and rates, is a field of :class:`PhysicsParams` (a pytree, so temperatures and
 fluxes can be traced, vmapped or swept). The bond-counting model has a small, finite set of
 distinct rates; :func:`make_rate_tables` evaluates all of them once, in log-space, so the hot
 event loop only gathers from small tables and never calls ``exp``.
@@ -28,7 +28,7 @@ N_DIRECTIONS = 4
 
 @struct.dataclass
 class PhysicsParams:
-    """Parameters of PHYSICS.md §2 with its defaults. All fields are pytree leaves (traceable)."""
+    """Parameters of docs/physics.md, Events and rates, with its defaults. All fields are pytree leaves (traceable)."""
 
     temperature: float = 300.0  # K
     deposition_rate: float = 1.0  # total flux F, ML/s

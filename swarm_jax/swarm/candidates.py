@@ -6,7 +6,7 @@ drawn with the engine's own selection structure (sum-tree descent, then an exact
 
 Choosing candidate ``a`` executes exactly that event; the clock advances by the physical
 waiting time ``−ln(1 − u) / Γ_tot`` with ``Γ_tot`` from before the event, whatever was chosen
-(PHYSICS.md §4). Choosing uniformly is classical KMC because the candidates are i.i.d. draws from
+(docs/physics.md, SwarmThinkers). Choosing uniformly is classical KMC because the candidates are i.i.d. draws from
 ``Γ_e / Γ_tot``.
 """
 

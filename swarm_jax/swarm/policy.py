@@ -287,7 +287,7 @@ def global_features_from_stats(lattice, stats: FilmStats, tables, physics, progr
 
 def candidates_step(lattice, stats: FilmStats, tables, physics, logits_fn, params, key: jax.Array, n_swarm: int,
                     progress, enabled=True):
-    """One SwarmThinkers decision in candidate mode (the environment's path, PHYSICS.md §4).
+    """One SwarmThinkers decision in candidate mode (the environment's path, docs/physics.md, SwarmThinkers).
 
     Draws ``n_swarm`` candidates i.i.d. from ``Γ_e / Γ_tot``
     (:func:`~swarm_jax.swarm.candidates.draw_candidates`), scores them with

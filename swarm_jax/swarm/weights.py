@@ -1,4 +1,4 @@
-"""Importance weights and effective sample sizes of the SwarmThinkers choice (PHYSICS.md §4).
+"""Importance weights and effective sample sizes of the SwarmThinkers choice (docs/physics.md, SwarmThinkers).
 
 Given ``K`` candidates drawn i.i.d. from the physical distribution ``Γ_e / Γ_tot``, physics
 would pick each with probability ``1/K``; a policy picks candidate ``a`` with probability
