@@ -318,3 +318,101 @@ def test_trains_end_to_end_on_tio2_env():
     changed = [not np.array_equal(a, b) for a, b in
                zip(jax.tree.leaves(rs0.train_state.params), jax.tree.leaves(rs.train_state.params))]
     assert all(changed)
+
+
+# ---- the ESS constraint ------------------------------------------------------------------------
+
+
+def _mock_ess_after_training(ess_constraint: bool) -> tuple[float, float, float]:
+    """(per-step ESS ratio, reward per step, final λ) of a policy trained on the mock task, with
+    the ESS constraint on or off, evaluated on held-out keys."""
+    cfg = PPOConfig(n_envs=8, n_steps=64, batch_size=128, n_epochs=4, learning_rate=1e-3,
+                    anneal_lr=False, ent_coef=0.0, w_ess=0.0, ess_target=0.5,
+                    ess_constraint=ess_constraint, total_timesteps=8 * 64 * 30)
+    env = MockSwarmEnv(num_candidates=K)
+    trainer = make_train(cfg, NetworkConfig(hidden_sizes=(32, 32)), env)
+    rs, _ = trainer.train(jax.random.PRNGKey(0))
+    ev = evaluate(rs.train_state.params, trainer.network, env, None, jax.random.PRNGKey(9),
+                  n_envs=32, n_steps=64)
+    return ev["ess_ratio"], ev["reward_per_step"], float(rs.ess_lambda)
+
+
+@pytest.mark.slow
+def test_ess_constraint_holds_the_target_where_unconstrained_ppo_collapses():
+    """The mock task rewards sharp choices, so unconstrained PPO drives the per-step ESS ratio to
+    a few percent; with the constraint in the loss the trained policy stays at the 0.5 target
+    and still earns a large part of the achievable reward."""
+    ess_free, reward_free, lam_free = _mock_ess_after_training(False)
+    ess_con, reward_con, _ = _mock_ess_after_training(True)
+    assert ess_free < 0.3, ess_free
+    assert lam_free == 0.0
+    assert ess_con >= 0.5 - 0.05, ess_con
+    assert ess_con <= 0.5 + 0.15, ess_con  # the constraint binds: no needless return to uniform
+    assert reward_con > 0.3 * expected_max_of_normals(K), reward_con
+    assert reward_free > reward_con
+
+
+def test_episode_window_keeps_the_last_finished_episodes_in_order():
+    from swarm_jax.agents.ppo import EpisodeWindow
+
+    win = EpisodeWindow.empty(size=4)
+    assert np.isnan(float(win.mean(win.returns)))
+    # (T=3, N=2): episodes finish at (t=0, n=1), (t=2, n=0), (t=2, n=1).
+    ret = jnp.array([[9.0, 1.0], [9.0, 9.0], [2.0, 3.0]])
+    fin = jnp.array([[False, True], [False, False], [True, True]])
+    win = win.push(ret, ret, fin)
+    assert np.asarray(win.valid).tolist() == [False, True, True, True]
+    assert np.asarray(win.returns)[1:].tolist() == [1.0, 2.0, 3.0]
+    win = win.push(jnp.array([[4.0, 5.0]]), jnp.array([[4.0, 5.0]]), jnp.array([[True, True]]))
+    assert np.asarray(win.returns).tolist() == [2.0, 3.0, 4.0, 5.0]  # the oldest (1.0) dropped
+    assert float(win.mean(win.returns)) == pytest.approx(3.5)
+
+
+def test_reward_normaliser_matches_numpy_running_variance():
+    from swarm_jax.agents.ppo import RewardNormState
+
+    rng = np.random.default_rng(0)
+    rewards = rng.normal(size=(50, 6)).astype(np.float32) * 3.0
+    dones = rng.random((50, 6)) < 0.1
+    state = RewardNormState.create(6)
+    g, seen = np.zeros(6), []
+    for r, d in zip(rewards, dones):
+        state = state.update(jnp.asarray(r), jnp.asarray(d), 0.9)
+        g = 0.9 * g + r
+        seen.append(g.copy())
+        g = np.where(d, 0.0, g)
+    seen = np.concatenate(seen)
+    assert float(state.var) == pytest.approx(seen.var(), rel=1e-3)
+    assert float(state.mean) == pytest.approx(seen.mean(), rel=1e-3, abs=1e-4)
+    np.testing.assert_allclose(np.asarray(state.returns), g, rtol=1e-5)
+
+
+def test_potential_shaping_keeps_action_preferences_of_the_level_reward():
+    """r' = r + (γ L(s') − L(s))/(1 − γ) with r = L(s') telescopes: the shaped return from s_t is
+    the level return minus L(s_t)/(1 − γ), a function of the state alone."""
+    gamma = 0.9
+    levels = np.random.default_rng(1).normal(size=200)  # L(s_0), L(s_1), ...
+    r = levels[1:]  # level reward of step t: L(s_{t+1})
+    shaped = r + (gamma * levels[1:] - levels[:-1]) / (1 - gamma)
+    disc = gamma ** np.arange(len(r))
+    g_level, g_shaped = np.sum(disc * r), np.sum(disc * shaped)
+    tail = gamma ** len(r) * levels[-1] / (1 - gamma)  # the bootstrap the truncation leaves
+    assert g_shaped == pytest.approx(g_level - levels[0] / (1 - gamma) + tail, rel=1e-9)
+
+
+def test_staggered_starts_spread_episode_ends():
+    env = MockSwarmEnv(num_candidates=4)
+    params = env.default_params.replace(max_steps_in_episode=16, terminate_threshold=jnp.inf)
+    base = dict(n_envs=16, n_steps=16, batch_size=64, n_epochs=1, total_timesteps=16 * 16 * 2)
+    for stagger in (False, True):
+        trainer = make_train(PPOConfig(stagger_episodes=stagger, **base),
+                             NetworkConfig(hidden_sizes=(8,)), env, params)
+        rs = trainer.init(jax.random.PRNGKey(0))
+        _, tr = trainer.collect_rollout(rs)
+        end_steps = {int(t) for t, n in zip(*np.nonzero(np.asarray(tr.done)))}
+        if stagger:
+            assert len(end_steps) >= 8, end_steps  # ends spread over the 16 steps
+            assert bool(np.asarray(rs.ep_partial).any())
+        else:
+            assert end_steps == {15}  # every env truncates at the same step
+            assert not bool(np.asarray(rs.ep_partial).any())

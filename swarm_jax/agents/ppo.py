@@ -1075,8 +1075,11 @@ def _make_evaluate(network, env, n_envs: int, n_steps: int, policy: str, info_ke
         donef = done.astype(jnp.float32)
         n_ep = donef.sum()
         lsw, lsw2, _ = _masked_log_sums(out["traj_lw"], done)
+        ep_mean = _safe_mean(jnp.sum(out["ep_return"] * donef), n_ep)
+        ep_var = _safe_mean(jnp.sum((out["ep_return"] - ep_mean) ** 2 * donef), n_ep - 1.0)
         res = {
-            "ep_rew_mean": _safe_mean(jnp.sum(out["ep_return"] * donef), n_ep),
+            "ep_rew_mean": ep_mean,
+            "ep_rew_sem": jnp.sqrt(ep_var / jnp.maximum(n_ep, 1.0)),
             "ep_len_mean": _safe_mean(jnp.sum(out["ep_length"] * donef), n_ep),
             "n_episodes": n_ep,
             "reward_per_step": out["reward"].mean(),
@@ -1120,7 +1123,8 @@ def evaluate(
 
     Returns:
         Python floats: ``ep_rew_mean``, ``ep_len_mean`` (episodes that finished within the
-        horizon; NaN if none), ``n_episodes``, ``reward_per_step`` (mean env reward per step),
+        horizon; NaN if none), ``ep_rew_sem`` (standard error of ``ep_rew_mean`` over those
+        episodes; NaN with fewer than two), ``n_episodes``, ``reward_per_step`` (mean env reward per step),
         ``ess_ratio`` (mean per step), ``batch_ess`` (over finished trajectories), and for each
         info key ``k`` the env provides: ``k`` (mean over all steps and envs) and ``final_k``
         (mean over the last step of the finished episodes).
