@@ -36,6 +36,8 @@ class MockEnvParams(environment.EnvParams):
 class MockSwarmEnv(environment.Environment):
     """K candidates with D features each; feature 0 is the reward, feature 1 may terminate."""
 
+    metric_keys = ("roughness", "coverage", "o_ti_ratio", "mean_height")
+
     def __init__(self, num_candidates: int = 8, feature_dim: int = 4, global_dim: int = 3):
         super().__init__()
         self.k = num_candidates

@@ -10,9 +10,11 @@ needs the policy's distribution and lives with the trainer (:mod:`swarm_jax.swar
 gymnax API (1.0): ``reset(key, params) -> (obs, state)``,
 ``step(key, state, action, params) -> (obs, state, reward, terminated, truncated, info)``;
 ``step`` auto-resets when ``terminated | truncated`` and returns the pre-reset observation in
-``info["final_observation"]``. ``terminated``: the film stopped (status CEILING: a column
-reached the top layer, or NO_EVENTS: Γ_tot = 0), ``info["termination_reason"]`` = 1 / 2 (0
-when running). ``truncated``: the episode's step counter reached ``max_steps_in_episode``.
+``info["final_observation"]``. ``terminated``: the film cannot change any more (status
+NO_EVENTS: Γ_tot = 0). ``truncated``: the episode is cut — its step counter reached
+``max_steps_in_episode``, or a column reached the top layer (status CEILING: the box is full
+there, which ends the simulation but not the film's growth, so learners bootstrap it).
+``info["termination_reason"]`` = 1 (CEILING) / 2 (NO_EVENTS), 0 while running.
 
 Observation: ``{"candidates": float32 (K, CANDIDATE_FEATURE_DIM), "global": float32
 (GLOBAL_FEATURE_DIM,)}``, identical shapes for every lattice size (:mod:`swarm_jax.swarm.features`).
@@ -37,7 +39,7 @@ from gymnax.environments import environment, spaces
 
 from swarm_jax.env.reward import RewardConfig, compute_reward, reward_metrics
 from swarm_jax.physics.engine import Event
-from swarm_jax.physics.lattice import RUNNING, LatticeState, init_flat, validate_lattice_size
+from swarm_jax.physics.lattice import CEILING, NO_EVENTS, LatticeState, init_flat, validate_lattice_size
 from swarm_jax.physics.params import PhysicsParams, make_rate_tables
 from swarm_jax.swarm import features as F
 from swarm_jax.swarm.candidates import draw_candidates, execute_candidate
@@ -127,6 +129,9 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
         ``temperature``, RewardConfig fields such as ``w_roughness``, ``max_steps_in_episode``
         or ``max_steps``, or whole ``physics=``/``reward=`` objects).
     """
+
+    #: ``info`` entries that describe the film (reported as rollout means by the trainer).
+    metric_keys = ("roughness", "coverage", "o_ti_ratio", "mean_height")
 
     def __init__(self, lattice_size=(8, 8, 5), n_swarm: int = 32, **overrides):
         super().__init__()
@@ -233,11 +238,14 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
         return obs, new_state, reward.astype(jnp.float32), terminated, info
 
     def is_terminated(self, state: EnvState, params: EnvParams) -> jax.Array:
-        """The film stopped: a column is full (ceiling) or no event is possible."""
-        return state.lattice.status != RUNNING
+        """The film cannot change any more: no event is possible (Γ_tot = 0)."""
+        return state.lattice.status == NO_EVENTS
 
     def is_truncated(self, state: EnvState, params: EnvParams) -> jax.Array:
-        return state.step_count >= params.max_steps_in_episode
+        """The episode is cut, not finished: its step limit, or a column reached the top of the
+        box (the box's height is an artefact of the simulation, not an end of the film's growth:
+        a learner must bootstrap it, or it learns to build a tower to end episodes early)."""
+        return (state.step_count >= params.max_steps_in_episode) | (state.lattice.status == CEILING)
 
     def get_obs(self, state: EnvState, params: EnvParams | None = None, key=None):
         params = self.default_params if params is None else params
