@@ -14,11 +14,13 @@ import jax.numpy as jnp
 
 from swarm_jax.agents import episodes as ep
 from swarm_jax.agents.acting import POLICIES, choose
+from swarm_jax.env.tio2_env import METRIC_KEYS
 
 Array = jax.Array
 
-#: ``info`` keys averaged over the rollout and reported when the env provides them.
-DEFAULT_INFO_KEYS = ("roughness", "coverage", "o_ti_ratio", "mean_height")
+#: ``info`` keys averaged over the rollout and reported when the env provides them (the TiO2
+#: environment's morphology keys; an env may declare others as ``metric_keys``).
+DEFAULT_INFO_KEYS = METRIC_KEYS
 
 EVAL_POLICIES = POLICIES
 

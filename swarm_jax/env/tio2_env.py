@@ -44,6 +44,10 @@ from swarm_jax.physics.params import PhysicsParams, make_rate_tables
 from swarm_jax.swarm import features as F
 from swarm_jax.swarm.candidates import draw_candidates, execute_candidate
 
+#: The ``info`` entries that describe the film's morphology and composition: roughness W
+#: (layers), coverage, O/Ti (atom-count ratio), mean height (ML). Learners and loggers report these.
+METRIC_KEYS = ("roughness", "coverage", "o_ti_ratio", "mean_height")
+
 _PHYSICS_FIELDS = tuple(f.name for f in dataclasses.fields(PhysicsParams))
 _REWARD_FIELDS = tuple(f.name for f in dataclasses.fields(RewardConfig))
 
@@ -131,7 +135,7 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
     """
 
     #: ``info`` entries that describe the film (reported as rollout means by the trainer).
-    metric_keys = ("roughness", "coverage", "o_ti_ratio", "mean_height")
+    metric_keys = METRIC_KEYS
 
     def __init__(self, lattice_size=(8, 8, 5), n_swarm: int = 32, **overrides):
         super().__init__()

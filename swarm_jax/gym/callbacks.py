@@ -29,9 +29,9 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 import jax.numpy as jnp
 
+from swarm_jax.env.tio2_env import METRIC_KEYS as MORPHOLOGY_KEYS
 from swarm_jax.swarm.weights import ess_ratio
-
-MORPHOLOGY_KEYS = ("roughness", "coverage", "o_ti_ratio", "mean_height")
+from swarm_jax.training.logging import ESSMonitor
 
 
 def policy_log_probs(policy, observations, batch_size: int = 4096) -> np.ndarray:
@@ -77,7 +77,9 @@ class ESSMonitorCallback(BaseCallback):
     Args:
       threshold: stop training when the rollout mean ESS ratio is below it for ``patience``
         consecutive rollouts (``None``: monitor only). The stop takes effect at the first env
-        step of the next rollout (SB3 ignores the return value of ``on_rollout_end``).
+        step of the next rollout (SB3 ignores the return value of ``on_rollout_end``). The rule
+        is ``train.py``'s (:class:`swarm_jax.training.logging.ESSMonitor`): a NaN ESS counts as
+        below the threshold.
       patience: consecutive rollouts below ``threshold`` before stopping (>= 1).
       verbose: 1 prints a message when stopping.
 
@@ -88,13 +90,11 @@ class ESSMonitorCallback(BaseCallback):
 
     def __init__(self, threshold: float | None = None, patience: int = 1, verbose: int = 0):
         super().__init__(verbose)
-        if patience < 1:
-            raise ValueError(f"patience must be >= 1, got {patience}")
-        self.threshold = None if threshold is None else float(threshold)
-        self.patience = int(patience)
+        self._monitor = ESSMonitor(threshold, patience)
+        self.threshold = self._monitor.threshold
+        self.patience = self._monitor.patience
         self.history: list[float] = []
         self.stopped = False
-        self._below = 0
 
     def _on_step(self) -> bool:
         return not self.stopped
@@ -108,14 +108,10 @@ class ESSMonitorCallback(BaseCallback):
         self.history.append(mean_ess)
         self.logger.record("custom/ess_ratio", mean_ess)
         self.logger.record("custom/ess_ratio_min", float(ess.min()))
-        if self.threshold is None:
-            return
-        self._below = self._below + 1 if mean_ess < self.threshold else 0
-        if self._below >= self.patience and not self.stopped:
+        if self._monitor.update(mean_ess) and not self.stopped:
             self.stopped = True
             if self.verbose:
-                print(f"ESSMonitorCallback: ESS ratio {mean_ess:.3f} < {self.threshold} for "
-                      f"{self._below} rollout(s); stopping at {self.num_timesteps} steps")
+                print(f"ESSMonitorCallback: {self._monitor.reason} at {self.num_timesteps} steps")
 
 
 class MorphologyLoggerCallback(BaseCallback):

@@ -95,6 +95,12 @@ def neighbour_columns(cols: jnp.ndarray, lx: int, ly: int) -> jnp.ndarray:
     return nx * ly + ny
 
 
+def hop_target(column: jnp.ndarray, slot: jnp.ndarray, lx: int, ly: int) -> jnp.ndarray:
+    """The column a hop event (``slot`` in ``K_HOP0 .. K_HOP0 + 3``: +x, −x, +y, −y) moves its
+    atom to; for any other slot the +x neighbour (callers mask it by the event's kind)."""
+    return neighbour_columns(column, lx, ly)[..., jnp.clip(slot - K_HOP0, 0, 3)]
+
+
 def _cross(cols: jnp.ndarray, lx: int, ly: int) -> jnp.ndarray:
     """(..., 5) a column and its 4 lateral neighbours."""
     return jnp.concatenate([cols[..., None], neighbour_columns(cols, lx, ly)], axis=-1)
@@ -249,8 +255,7 @@ def apply_event(state: LatticeState, tables: RateTables, event: Event, active=Tr
     is_hop = kind == HOP
     is_des = kind == DESORB
     is_react = kind == REACT
-    direction = jnp.clip(k - K_HOP0, 0, 3)
-    target = neighbour_columns(c, state.lx, state.ly)[direction]
+    target = hop_target(c, k, state.lx, state.ly)
 
     # 1. Heights first; every later position comes from the new heights.
     moves_a = active & (is_dep | is_hop | is_des)

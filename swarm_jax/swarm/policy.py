@@ -243,14 +243,14 @@ def update_film_stats(stats: FilmStats, event, new_lattice, active) -> FilmStats
     """Stats after ``event`` (drawn from the previous state, executed iff ``active``) from the new
     lattice: heights of the event column (and hop target) change by ±1, a reaction flags 3 atoms,
     a desorbing oxide atom takes its flag away. Only the new heights are read (in-place safe)."""
-    from swarm_jax.physics.engine import neighbour_columns
+    from swarm_jax.physics.engine import hop_target
     from swarm_jax.physics.lattice import DEPOSIT_O, DEPOSIT_TI, DESORB, HOP, REACT
 
     kind = event.kind
     is_dep = (kind == DEPOSIT_TI) | (kind == DEPOSIT_O)
     is_hop = kind == HOP
     is_des = kind == DESORB
-    target = neighbour_columns(event.column, new_lattice.lx, new_lattice.ly)[jnp.clip(event.slot - 2, 0, 3)]
+    target = hop_target(event.column, event.slot, new_lattice.lx, new_lattice.ly)
     dh_c = jnp.where(is_dep, 1, jnp.where(is_hop | is_des, -1, 0)) * active
     dh_t = is_hop.astype(jnp.int32) * active
     lz = new_lattice.lz
