@@ -2,6 +2,8 @@
 
 import math
 
+import chex
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -416,3 +418,34 @@ def test_staggered_starts_spread_episode_ends():
         else:
             assert end_steps == {15}  # every env truncates at the same step
             assert not bool(np.asarray(rs.ep_partial).any())
+
+
+class PureLearningPiecesUnderJit(chex.TestCase):
+    """The pure pieces of the update give the same answers with and without ``jit``."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_episode_advance(self):
+        from swarm_jax.agents import episodes as ep
+
+        advance = self.variant(ep.advance)
+        running = ep.RunningEpisodes.zeros(3, partial=jnp.array([True, False, False]))
+        running, rec = advance(running, jnp.array([1.0, 2.0, 3.0]), jnp.array([0.1, 0.2, 0.3]),
+                               jnp.array([True, False, True]))
+        chex.assert_shape([rec["ep_return"], rec["traj_log_weight"]], (3,))
+        chex.assert_trees_all_close(rec["ep_return"], jnp.array([1.0, 2.0, 3.0]))
+        assert np.asarray(rec["counted"]).tolist() == [False, False, True]  # env 0 was partial
+        chex.assert_trees_all_close(running.ret, jnp.array([0.0, 2.0, 0.0]))
+        assert np.asarray(running.partial).tolist() == [False, False, False]
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_learning_reward_shaping_and_penalty(self):
+        from swarm_jax.agents.losses import learning_reward
+
+        cfg = PPOConfig(gamma=0.5)
+        info = {"reward_level": jnp.array([2.0, 2.0]), "reward_level_before": jnp.array([1.0, 1.0])}
+        fn = self.variant(lambda r, i, t, e: learning_reward(cfg, r, i, t, e, 0.3, 0.5, True))
+        learn, penalty = fn(jnp.array([2.0, 2.0]), info, jnp.array([False, True]),
+                            jnp.array([1.0, 0.1]))
+        # (L' − L)/(1 − γ) = 2 without termination; after one, L' counts as 0: 2 − 1/0.5 = 0.
+        chex.assert_trees_all_close(penalty, jnp.array([0.0, 0.3 * 0.4]), atol=1e-6)
+        chex.assert_trees_all_close(learn, jnp.array([2.0, 0.0]) - penalty, atol=1e-6)
