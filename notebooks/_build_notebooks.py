@@ -223,7 +223,7 @@ import numpy as np
 
 from swarm_jax.env.tio2_env import TiO2GrowthEnv
 from swarm_jax.physics import observables
-from swarm_jax.swarm.policy import load_policy
+from swarm_jax.trained_policy import load_policy
 from swarm_jax.swarm.weights import ess_ratio, step_log_weight
 
 policy = load_policy(CHECKPOINT)
@@ -350,7 +350,7 @@ as `train.py --resume` does. `load_policy` reads only the actor, which is what s
 import jax.numpy as jnp
 import numpy as np
 
-from swarm_jax.swarm.policy import find_params, load_policy
+from swarm_jax.trained_policy import find_params, load_policy
 from swarm_jax.training.checkpoint import read_config, restore_checkpoint
 from swarm_jax.training.config import config_from_dict
 from swarm_jax.training.trainer import make_trainer

@@ -99,9 +99,8 @@ from swarm_jax.physics import (
 )
 from swarm_jax.swarm import full_lattice
 from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM
-from swarm_jax.swarm.policy import (
-    FilmStats, PolicyLoadError, TrainedPolicy, candidates_step, film_stats, load_policy,
-)
+from swarm_jax.swarm.policy import FilmStats, candidates_step, film_stats
+from swarm_jax.trained_policy import PolicyLoadError, TrainedPolicy, load_policy
 from swarm_jax.swarm.weights import batch_ess, weighted_mean
 from swarm_jax.training.safety import GracefulInterrupt, available_memory_bytes
 
@@ -488,7 +487,7 @@ def make_classical_runner(config: SimulationConfig, tables) -> PolicyRunner:
 
 @functools.lru_cache(maxsize=4)
 def load_trained_policy(path: str) -> TrainedPolicy:
-    """:func:`swarm_jax.swarm.policy.load_policy`, cached per path within a process (the command
+    """:func:`swarm_jax.trained_policy.load_policy`, cached per path within a process (the command
     line is validated, then run, from the same loaded checkpoint)."""
     return load_policy(path)
 

@@ -7,7 +7,8 @@ calls with a literal name. The rules:
 
 - core layers, low to high: ``physics < swarm < env < agents < training``. A module may import
   its own layer and lower ones, never a higher one;
-- edges (``gym``, ``simulate``, ``analyze``, ``analysis``, ``bench``, ``parity``) may import
+- edges (``gym``, ``simulate``, ``analyze``, ``analysis``, ``bench``, ``parity``,
+  ``trained_policy``) may import
   anything; no core module may import an edge;
 - utilities (``distributed``, ``outdir``) may be imported from anywhere and import no core layer
   and no edge themselves (only other utilities);
@@ -32,17 +33,12 @@ PACKAGE = "swarm_jax"
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 
 CORE_LAYERS = ("physics", "swarm", "env", "agents", "training")  # low -> high
-EDGES = ("gym", "simulate", "analyze", "analysis", "bench", "parity")
+EDGES = ("gym", "simulate", "analyze", "analysis", "bench", "parity", "trained_policy")
 UTILITIES = ("distributed", "outdir")
 FORBIDDEN_IN_CORE = ("gymnasium", "stable_baselines3", "torch")
 
 # (importing module, imported module or third-party package): why it is still there.
-KNOWN_BACK_EDGES = {
-    ("swarm_jax.swarm.policy", "swarm_jax.agents.networks"):
-        "the policy loader builds the actor network; to be removed: issue 13",
-    ("swarm_jax.swarm.policy", "swarm_jax.training.checkpoint"):
-        "the policy loader reads training checkpoints; to be removed: issue 13",
-}
+KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {}
 
 
 # --------------------------------------------------------------------------- collecting imports

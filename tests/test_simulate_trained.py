@@ -1,4 +1,4 @@
-"""Production runs with a trained policy: checkpoint loading (swarm_jax.swarm.policy) and
+"""Production runs with a trained policy: checkpoint loading (swarm_jax.trained_policy), stepping (swarm_jax.swarm.policy) and
 ``python -m swarm_jax.simulate --policy trained`` in candidate and full-lattice mode.
 
 Checkpoints are built here in the trainer's layout (whole state with the network variables at
@@ -15,7 +15,8 @@ import pytest
 
 from swarm_jax import simulate
 from swarm_jax.agents.networks import NetworkConfig, make_network
-from swarm_jax.swarm import policy as P
+from swarm_jax import trained_policy as P
+from swarm_jax.swarm import policy as S
 from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM as D, GLOBAL_FEATURE_DIM as G
 from swarm_jax.swarm.weights import batch_ess, weighted_mean
 from swarm_jax.training.checkpoint import CheckpointStore, save_final
@@ -202,15 +203,15 @@ def test_incremental_film_stats_give_the_global_features(checkpoints):
 
     def body(c, key):
         lat, stats = c
-        lat, stats, _, _ = P.candidates_step(lat, stats, tables, phys, pol.logits, pol.params, key, K, 0.3)
+        lat, stats, _, _ = S.candidates_step(lat, stats, tables, phys, pol.logits, pol.params, key, K, 0.3)
         return (lat, stats), None
 
     (lat, stats), _ = jax.jit(lambda c, k: jax.lax.scan(body, c, jax.random.split(k, 600)))(
-        (lattice, P.film_stats(lattice)), jax.random.key(9))
+        (lattice, S.film_stats(lattice)), jax.random.key(9))
     assert int(lat.event_counts[0] + lat.event_counts[1]) > 5 and int(lat.event_counts[2]) > 5
     assert int(lat.event_counts[4]) > 0 and int(stats.n_oxide) > 0  # reactions happened
-    fresh = P.film_stats(lat)
+    fresh = S.film_stats(lat)
     np.testing.assert_array_equal(np.asarray(stats.height_counts), np.asarray(fresh.height_counts))
     assert int(stats.n_oxide) == int(fresh.n_oxide)
-    np.testing.assert_allclose(np.asarray(P.global_features_from_stats(lat, stats, tables, phys, 0.3)),
+    np.testing.assert_allclose(np.asarray(S.global_features_from_stats(lat, stats, tables, phys, 0.3)),
                                np.asarray(global_features(lat, tables, phys, 0.3)), rtol=1e-6, atol=1e-7)

@@ -59,7 +59,7 @@ for the same uniforms, and every step log-weight is ``log Γ_tot − log Γ_tot 
 (``tests/test_full_lattice.py``).
 
 A ``score_fn(params, features (M, D) float32, global (G,) float32) -> (M,) float32`` is a static
-Python callable (e.g. :meth:`swarm_jax.swarm.policy.TrainedPolicy.logits`); ``params`` is traced.
+Python callable (e.g. :meth:`swarm_jax.trained_policy.TrainedPolicy.logits`); ``params`` is traced.
 """
 
 from __future__ import annotations

@@ -1,218 +1,27 @@
-"""A trained SwarmThinkers actor, loaded from a training checkpoint, as a pure scoring function.
+"""Production stepping with a scoring function: the candidate-mode decision of a trained actor.
 
-:func:`load_policy` reads any checkpoint the trainer writes (a ``stageN_final/`` directory, a
-step directory ``checkpoints/stageN/<step>/``, or the store directory ``checkpoints/stageN/``
-meaning its latest complete step), whatever device it was saved on (parameters are read as host
-numpy arrays, then placed on the current default device). The architecture comes from the
-checkpoint's saved config dict (``config_to_dict`` layout): ``network.kind``,
-``network.hidden_sizes``, ``network.activation``, and ``environment.n_swarm`` (K). The parameters
-are looked up at ``train_state.params`` (the trainer's whole-``RunnerState`` checkpoints), then at
-``params`` (a bare parameter checkpoint); both the flax variables dict ``{"params": {...}}`` and
-its inner dict are accepted. Every problem raises :class:`PolicyLoadError` with one readable line.
-
-Scoring (:meth:`TrainedPolicy.logits`): ``logits(params, candidates (..., M, D), global (..., G))
--> (..., M)`` float32, the actor's logits of the network's own ``apply``. For the shared
-per-candidate actor (``kind = "swarm"``) logit ``j`` is ``f([c_j, g])``, one MLP applied to each
-candidate, so it is also the per-event score ``f(o_e)`` of the full-lattice mode and works for any
-M. Under ``jit`` the critic's half of the network is dead code and costs nothing. The flat
-(``flat_mlp``) network scores a whole K-set at once and needs exactly its trained K.
+A decision draws K candidates i.i.d. from ``Γ_e / Γ_tot`` (``swarm_jax.swarm.candidates``), scores
+them with ``logits_fn(params, candidate features, global features)``, samples one and executes it
+(``docs/physics.md``, SwarmThinkers); :class:`FilmStats` keeps the global features' statistics up
+to date per event so a decision costs O(Lz + K) instead of an O(N) pass over the lattice. The
+scoring function comes from :mod:`swarm_jax.trained_policy` (a trained actor loaded from a
+checkpoint) or from anywhere else: this module knows nothing of networks or checkpoints.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
-
-import flax.linen as nn
-from flax import struct
 import jax
 import jax.numpy as jnp
-import numpy as np
+from flax import struct
 
-from swarm_jax.agents.networks import NetworkConfig, make_network
 from swarm_jax.physics.engine import apply_event, waiting_time
 from swarm_jax.physics.lattice import RUNNING
 from swarm_jax.swarm.candidates import draw_candidates, select_candidate
-from swarm_jax.swarm.features import (
-    CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM, assemble_global_features, candidate_features,
-)
+from swarm_jax.swarm.features import assemble_global_features, candidate_features
 from swarm_jax.swarm.weights import ess_ratio, step_log_weight
 
-__all__ = [
-    "PolicyLoadError", "TrainedPolicy", "load_policy", "network_config_from_dict",
-    "find_params", "policy_from_params", "FilmStats", "film_stats", "update_film_stats",
-    "global_features_from_stats", "candidates_step",
-]
-
-# Where the trainer's checkpoints keep the network parameters, tried in this order.
-PARAMS_SUBTREES = (("train_state", "params"), ("params",))
-
-
-class PolicyLoadError(ValueError):
-    """A checkpoint is missing, unreadable or incompatible with the policy networks."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainedPolicy:
-    """A trained actor ready to score candidates.
-
-    Attributes:
-        network: the flax module (``apply(params, obs) -> (logits, value)``).
-        params: flax variables ``{"params": {...}}`` (float32 jax arrays).
-        network_config: its architecture.
-        n_swarm: K the policy was trained with (candidates per decision).
-        path: the checkpoint directory that was read (a store resolves to its latest step).
-        config: the checkpoint's saved run configuration (dict), ``{}`` if it had none.
-    """
-
-    network: nn.Module
-    params: Any
-    network_config: NetworkConfig
-    n_swarm: int
-    path: str
-    config: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def per_candidate(self) -> bool:
-        """True when the actor scores each candidate alone (any K, full-lattice mode possible)."""
-        return self.network_config.kind == "swarm"
-
-    def logits(self, params, candidates: jax.Array, global_: jax.Array) -> jax.Array:
-        """Actor logits ``(..., M)`` float32 for candidate features ``(..., M, D)`` and global
-        features ``(..., G)`` (pure; jit/vmap-able; ``params`` is traced)."""
-        logits, _ = self.network.apply(params, {"candidates": candidates, "global": global_})
-        return logits
-
-    def summary(self) -> dict:
-        """JSON-able description for run summaries."""
-        env = self.config.get("environment", {}) if isinstance(self.config, Mapping) else {}
-        return {
-            "checkpoint": self.path,
-            "network": {"kind": self.network_config.kind,
-                        "hidden_sizes": list(self.network_config.hidden_sizes),
-                        "activation": self.network_config.activation},
-            "n_swarm": self.n_swarm,
-            "n_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(self.params))),
-            "trained_stage": self.config.get("stage") if isinstance(self.config, Mapping) else None,
-            "trained_environment": {k: env.get(k) for k in (
-                "lattice_size", "temperature", "deposition_rate", "o_ti_flux_ratio", "physics")
-                if k in env},
-        }
-
-
-def network_config_from_dict(config: Mapping) -> tuple[NetworkConfig, int]:
-    """``(NetworkConfig, K)`` from a saved config dict (``network`` and ``environment.n_swarm``).
-
-    Missing ``network`` keys take the :class:`NetworkConfig` defaults; a missing ``n_swarm`` is
-    an error (K cannot be guessed for a flat network and would silently change a swarm policy).
-    """
-    if not isinstance(config, Mapping):
-        raise PolicyLoadError(f"the checkpoint's config is a {type(config).__name__}, not a dict")
-    net = config.get("network", {}) or {}
-    if not isinstance(net, Mapping):
-        raise PolicyLoadError(f"config 'network' is {net!r}, not a mapping")
-    defaults = NetworkConfig()
-    try:
-        net_cfg = NetworkConfig(
-            kind=net.get("kind", defaults.kind),
-            hidden_sizes=tuple(net.get("hidden_sizes", defaults.hidden_sizes)),
-            activation=net.get("activation", defaults.activation),
-        )
-    except (TypeError, ValueError) as err:
-        raise PolicyLoadError(f"config 'network' = {dict(net)!r} is not a valid network: {err}") from None
-    env = config.get("environment", {}) or {}
-    k = env.get("n_swarm") if isinstance(env, Mapping) else None
-    if isinstance(k, bool) or not isinstance(k, (int, float)) or int(k) != k or int(k) < 1:
-        raise PolicyLoadError(
-            f"config 'environment.n_swarm' = {k!r}: the checkpoint must record K, the number of "
-            "candidates the policy was trained with (an integer >= 1)")
-    return net_cfg, int(k)
-
-
-def find_params(tree: Any) -> Any:
-    """The network variables ``{"params": {...}}`` inside a raw restored checkpoint tree.
-
-    Tries ``train_state.params`` then ``params``; accepts the variables dict or its inner dict.
-    """
-    tried = []
-    for path in PARAMS_SUBTREES:
-        node = tree
-        for key in path:
-            node = node.get(key) if isinstance(node, Mapping) else None
-            if node is None:
-                break
-        tried.append(".".join(path))
-        if isinstance(node, Mapping) and node:
-            inner = node.get("params")
-            if isinstance(inner, Mapping) and inner:
-                return {"params": inner}
-            return {"params": node}
-    have = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
-    raise PolicyLoadError(f"no network parameters at {' or '.join(tried)} (the saved state has {have})")
-
-
-def _check_params(network: nn.Module, params: Any, k: int) -> None:
-    """Raises :class:`PolicyLoadError` unless ``params`` fits ``network`` (structure and shapes)."""
-    obs = {"candidates": jax.ShapeDtypeStruct((k, CANDIDATE_FEATURE_DIM), jnp.float32),
-           "global": jax.ShapeDtypeStruct((GLOBAL_FEATURE_DIM,), jnp.float32)}
-    expected = jax.eval_shape(lambda o: network.init(jax.random.key(0), o), obs)
-    want = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(expected)[0]}
-    got = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-    for name, leaf in want.items():
-        if name not in got:
-            raise PolicyLoadError(f"parameter {name} (shape {tuple(leaf.shape)}) is missing: the "
-                                  "checkpoint does not hold this network")
-        if tuple(np.shape(got[name])) != tuple(leaf.shape):
-            raise PolicyLoadError(
-                f"parameter {name} has shape {tuple(np.shape(got[name]))} in the checkpoint but "
-                f"{tuple(leaf.shape)} in the network of its config (features or architecture "
-                "changed since training?)")
-    extra = sorted(set(got) - set(want))
-    if extra:
-        raise PolicyLoadError(f"parameter {extra[0]} is in the checkpoint but not in the network "
-                              f"of its config ({len(extra)} such)")
-
-
-def policy_from_params(params: Any, network_config: NetworkConfig, n_swarm: int, path: str = "",
-                       config: Mapping | None = None) -> TrainedPolicy:
-    """A :class:`TrainedPolicy` from in-memory parameters (checked against the architecture)."""
-    network = make_network(network_config, n_swarm)
-    params = find_params({"params": params}) if "params" not in params else params
-    _check_params(network, params, n_swarm)
-    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
-    return TrainedPolicy(network=network, params=params, network_config=network_config,
-                         n_swarm=int(n_swarm), path=str(path), config=dict(config or {}))
-
-
-def load_policy(path: str | Path) -> TrainedPolicy:
-    """Loads the actor of a training checkpoint (see the module docstring).
-
-    Raises:
-        PolicyLoadError: no checkpoint at ``path``, no parameters in it, a config without the
-            network/K, or parameters that do not fit the network of the config.
-    """
-    from swarm_jax.training import checkpoint as ckpt  # orbax: imported only when needed
-
-    path = Path(path)
-    if not path.exists():
-        raise PolicyLoadError(f"{path}: no such file or directory")
-    resolved = path
-    if not ckpt.is_complete_checkpoint(path) and path.is_dir():  # a store: its latest step
-        steps = sorted(int(p.name) for p in path.iterdir()
-                       if p.name.isdigit() and ckpt.is_complete_checkpoint(p))
-        resolved = path / str(steps[-1]) if steps else path
-    try:
-        config, _ = ckpt.read_config(resolved)
-        tree, _, _ = ckpt.restore_checkpoint(resolved)
-    except ckpt.CheckpointError as err:
-        raise PolicyLoadError(f"{path}: not a readable training checkpoint ({err})") from None
-    except Exception as err:  # noqa: BLE001  (orbax/json raise many types)
-        raise PolicyLoadError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {err})") from None
-    net_cfg, k = network_config_from_dict(config)
-    params = find_params(tree)
-    return policy_from_params(params, net_cfg, k, path=str(resolved), config=config)
+__all__ = ["FilmStats", "film_stats", "update_film_stats", "global_features_from_stats",
+           "candidates_step"]
 
 
 # --------------------------------------------------------------------------- candidate mode
