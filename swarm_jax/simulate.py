@@ -1248,21 +1248,34 @@ def _policy_summary(config: SimulationConfig, result: SimulationResult) -> Optio
     return policy
 
 
+OUTPUT_FILES = ("timeseries.csv", "final_state.npz", "height_map.png", "summary.json")
+
+
 def write_outputs(config: SimulationConfig, result: SimulationResult, summary: dict) -> None:
-    """Writes timeseries.csv, final_state.npz, height_map.png and summary.json into --out, each
-    atomically (temporary file + rename; summary.json last). Raises
-    :class:`swarm_jax.outdir.OutputWriteError` (an ``OSError``) on failure, leaving the previous
-    version of every file intact."""
+    """Writes timeseries.csv, final_state.npz, height_map.png and summary.json into --out.
+
+    Each file is first written whole (temporary file, fsync, rename) under a staging name
+    ``.<name>.new``; only when all four are written are they renamed into place (summary.json
+    last). Raises :class:`swarm_jax.outdir.OutputWriteError` (an ``OSError``) on failure, with
+    the staged files removed and the previous outputs untouched."""
     out = config.out_dir
     os.makedirs(out, exist_ok=True)
-    write_timeseries(os.path.join(out, "timeseries.csv"), result.timeseries_path)
-    write_final_state(os.path.join(out, "final_state.npz"), result)
-    title = f"Final height map, {config.temperature:g} K" + (
-        " (replica 0)" if config.replicas > 1 else "")
-    plots.plot_height_map(os.path.join(out, "height_map.png"), result.heights[0],
-                          LATTICE_CONSTANT_ANGSTROM, title=title)
-    atomic_write_text(os.path.join(out, "summary.json"),
-                      json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    staged = {name: os.path.join(out, f".{name}.new") for name in OUTPUT_FILES}
+    try:
+        write_timeseries(staged["timeseries.csv"], result.timeseries_path)
+        write_final_state(staged["final_state.npz"], result)
+        title = f"Final height map, {config.temperature:g} K" + (
+            " (replica 0)" if config.replicas > 1 else "")
+        plots.plot_height_map(staged["height_map.png"], result.heights[0],
+                              LATTICE_CONSTANT_ANGSTROM, title=title)
+        atomic_write_text(staged["summary.json"],
+                          json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        for name in OUTPUT_FILES:
+            os.replace(staged[name], os.path.join(out, name))
+    finally:
+        for path in staged.values():
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 def remove_checkpoints(config: SimulationConfig) -> None:
