@@ -337,3 +337,25 @@ def test_monolayers_budget_completes_without_reaching_the_ceiling(tmp_path):
     rows = simulate.read_timeseries_rows(out / "timeseries.csv")
     assert [r["status"] for r in rows[-3:]] == ["done"] * 3
     assert all(r["status"] == "running" for r in rows[:-3])
+
+
+# ------------------------------------------------------------------ honest weighted estimates
+
+
+def test_collapsed_weights_are_flagged_in_summary_and_on_the_console(capsys):
+    """The issue's four replicas: one carries all the weight. The estimate keeps its (tiny)
+    delta-method error, and the summary and the console say it is not reliable."""
+    final = {"roughness": np.array([0.12, 0.11, 0.10934, 0.13]), "coverage": np.ones(4),
+             "o_ti_ratio": np.full(4, 2.0), "mean_height": np.array([1.0, 1.1, 1.2, 1.3])}
+    iw = simulate.importance_estimates(final, [-6438.0, -7157.0, -6411.0, -8067.0])
+    assert iw["roughness"]["estimate"] == pytest.approx(0.10934)
+    assert iw["roughness"]["stderr"] < 1e-10 and iw["batch_ess"] == pytest.approx(1.0)
+    assert iw["reliable"] is False and "batch ESS 1 of 4" in iw["reasons"][0]
+    json.dumps(iw, allow_nan=False)  # summary.json stays strict JSON
+    simulate._warn_weights({"policy": "trained", "importance_weighted": iw})
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NOT reliable" in err[0] and "batch ESS 1 of 4" in err[0]
+    mild = simulate.importance_estimates(final, [-1.0, -1.1, -0.9, -1.05])
+    assert mild["reliable"] and mild["reasons"] == []
+    simulate._warn_weights({"policy": "trained", "importance_weighted": mild})
+    assert capsys.readouterr().err == ""
