@@ -176,6 +176,7 @@ def _size(text: str) -> Optional[int]:
 
 
 DEFAULT_MONOLAYERS = 5.0
+EVENTS_PER_ATOM_CAP = 1000  # --monolayers without --events: event budget per atom to deposit
 DEFAULT_LATERAL = (20, 20)
 DEFAULT_CHECKPOINT_MINUTES = 10.0
 
@@ -218,12 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="total deposition flux F, monolayers per second (default 1.0)")
     p.add_argument("--o-ti-ratio", type=_real, default=2.0, metavar="R",
                    help="O/Ti flux ratio r (default 2.0, stoichiometric)")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--events", type=_count, default=None, metavar="N",
-                        help="KMC events per replica (default: from --monolayers)")
-    budget.add_argument("--monolayers", type=_real, default=None, metavar="ML",
-                        help=f"grow at most ML monolayers: ML*LX*LY events per replica (each "
-                             f"event deposits at most one atom; default {DEFAULT_MONOLAYERS:g})")
+    p.add_argument("--events", type=_count, default=None, metavar="N",
+                   help="KMC events per replica (with --monolayers: the most it may take, "
+                        f"default {EVENTS_PER_ATOM_CAP} per deposited atom)")
+    p.add_argument("--monolayers", type=_real, default=None, metavar="ML",
+                   help="deposit ML monolayers (ML*LX*LY atoms per replica; physical time about "
+                        f"ML / deposition rate); default {DEFAULT_MONOLAYERS:g} when --events "
+                        "is not given")
     p.add_argument("--log-every", type=_count, default=None, metavar="N",
                    help="events between time-series rows (default events/100, at least 1)")
     p.add_argument("--replicas", type=_count, default=1, metavar="R",
@@ -274,7 +276,7 @@ class SimulationConfig:
     quiet: bool = False
     overwrite: bool = False
     command: str = ""
-    monolayers: Optional[float] = None
+    monolayers: Optional[float] = None  # deposit target (ML); the run ends when all replicas reach it
     check_every: int = 2**62
     checkpoint_every: Optional[int] = None
     checkpoint_minutes: float = 0.0
@@ -285,6 +287,21 @@ class SimulationConfig:
         """The :class:`swarm_jax.physics.PhysicsParams` of this run."""
         return PhysicsParams(temperature=self.temperature, deposition_rate=self.deposition_rate,
                              o_ti_flux_ratio=self.o_ti_flux_ratio, **dict(self.physics))
+
+    @property
+    def deposit_target(self) -> Optional[int]:
+        """Atoms each replica must deposit (``--monolayers``), or None (an event budget only)."""
+        if self.monolayers is None:
+            return None
+        lx, ly, _ = self.lattice_size
+        return max(1, math.ceil(self.monolayers * lx * ly))
+
+    @property
+    def expected_events(self) -> int:
+        """Events the run is expected to take: ``--events``, or one per atom to deposit (the
+        low-temperature limit) with ``--monolayers``. Scales a trained policy's progress feature."""
+        target = self.deposit_target
+        return self.events if target is None else min(self.events, target)
 
     @property
     def fillable_sites(self) -> int:
@@ -359,17 +376,18 @@ def _parse_lattice(args) -> tuple[int, int, int, int, Optional[float]]:
     if lx * ly >= 2**31:
         raise _bad("--lattice-size", f"{lx} {ly} {lz}", "at most 2^31 - 1 columns and LZ <= 127")
     monolayers = args.monolayers
-    if args.events is None:
-        monolayers = DEFAULT_MONOLAYERS if monolayers is None else monolayers
-        if not (math.isfinite(monolayers) and 0 < monolayers <= 1e6):
-            raise _bad("--monolayers", monolayers, "a number in (0, 1e6]")
-        events = max(1, math.ceil(monolayers * lx * ly))
-    else:
-        events = args.events
+    if monolayers is None and args.events is None:
+        monolayers = DEFAULT_MONOLAYERS
+    if monolayers is not None and not (math.isfinite(monolayers) and 0 < monolayers <= 1e6):
+        raise _bad("--monolayers", monolayers, "a number in (0, 1e6]")
+    events = args.events
+    if events is None:
+        events = min(_MAX_INT, EVENTS_PER_ATOM_CAP * max(1, math.ceil(monolayers * lx * ly)))
     if not 1 <= events <= _MAX_INT:
         raise _bad("--events", events, "an integer in [1, 2^62]")
+    growth = events / (lx * ly) if monolayers is None else min(monolayers, events / (lx * ly))
     if lz is None:
-        lz = default_box_height(events / (lx * ly), lx * ly)
+        lz = default_box_height(growth, lx * ly)
         if lz > 127:
             raise UsageError(
                 f"--lattice-size {lx} {ly} auto: {events} events per replica need a box of "
@@ -441,7 +459,12 @@ def _parse_policy(args, lx: int, ly: int, lz: int):
 def _config_from_args(args, argv: Sequence[str]) -> SimulationConfig:
     lx, ly, lz, events, monolayers = _parse_lattice(args)
     _check_ranges(args)
-    log_every = max(1, events // 100) if args.log_every is None else args.log_every
+    if args.log_every is not None:
+        log_every = args.log_every
+    elif monolayers is not None:  # a row per quarter monolayer of events (fewer at high T)
+        log_every = max(1, lx * ly // 4)
+    else:
+        log_every = max(1, events // 100)
     log_every = min(log_every, events)
     physics = _parse_physics(args.physics)
     mode, context_refresh, react_slots = _parse_policy(args, lx, ly, lz)
@@ -469,7 +492,7 @@ def _config_from_args(args, argv: Sequence[str]) -> SimulationConfig:
 
 # Fields that define a run's result: a resumed run must keep them.
 _RUN_FIELDS = ("lattice_size", "temperature", "deposition_rate", "o_ti_flux_ratio", "events",
-               "log_every", "replicas", "seed", "policy", "checkpoint", "mode", "context_refresh",
+               "monolayers", "log_every", "replicas", "seed", "policy", "checkpoint", "mode", "context_refresh",
                "react_slots", "physics", "check_every")
 # Flags that may differ between a run and its --resume.
 _RESUME_FREE = {"--out", "--resume", "--quiet", "--overwrite", "--checkpoint-every",
@@ -662,7 +685,7 @@ def candidates_chunk(carry: CandidateCarry, keys, n_events: int, tables, physics
     def one(c, key):
         def body(i, c):
             lat = c.lattice
-            progress = lat.n_events.astype(jnp.float64) * progress_scale
+            progress = jnp.minimum(lat.n_events.astype(jnp.float64) * progress_scale, 1.0)
             new, stats, step_lw, step_ess = candidates_step(
                 lat, c.stats, tables, physics, logits_fn, params, jax.random.fold_in(key, i), n_swarm,
                 progress)
@@ -707,7 +730,7 @@ def make_trained_runner(config: SimulationConfig, tables) -> PolicyRunner:
     physics = config.physics_params()
     mode = config.mode or "candidates"
     chunk_fn = _trained_chunk_fn(policy.network_config, policy.n_swarm, mode, config.react_slots)
-    progress_scale = jnp.float64(1.0 / config.events)
+    progress_scale = jnp.float64(1.0 / config.expected_events)
     if mode == "full":
         score_fn = chunk_fn.keywords["score_fn"]
         react_slots = config.react_slots
@@ -1042,6 +1065,15 @@ class _Run:
     def running(self) -> bool:
         return bool(np.all(self.values["status"] == RUNNING))
 
+    def reached_target(self) -> bool:
+        """Every replica has deposited the ``--monolayers`` target."""
+        target = self.config.deposit_target
+        return target is not None and bool(np.all(self.values["n_deposited"] >= target))
+
+    def finished(self) -> bool:
+        return (self.progress.done >= self.config.events or not self.running()
+                or self.reached_target())
+
     def advance(self) -> int:
         """Runs the next chunk; returns its events per replica."""
         n = next_chunk_events(self.progress.done, self.config)
@@ -1074,7 +1106,7 @@ class _Run:
     def _end_status(self, interrupted: bool) -> Optional[str]:
         if not self.running():
             return "stopped"
-        if self.progress.done >= self.config.events:
+        if self.progress.done >= self.config.events or self.reached_target():
             return "done"
         return "interrupted" if interrupted else None
 
@@ -1087,10 +1119,11 @@ class _Run:
 def _loop(run: _Run, progress: bool) -> str:
     """Chunks until the end of the run; returns the signal name if interrupted, else None."""
     config = run.config
-    bar = tqdm(total=config.events, initial=run.progress.done, unit="ev", unit_scale=True,
+    total = None if config.deposit_target is not None else config.events  # ends on growth
+    bar = tqdm(total=total, initial=run.progress.done, unit="ev", unit_scale=True,
                dynamic_ncols=True, file=sys.stderr, disable=not progress, desc="events/replica")
     with GracefulInterrupt() as interrupt, bar:
-        while run.progress.done < config.events and run.running() and not interrupt.requested:
+        while not run.finished() and not interrupt.requested:
             n = run.advance()
             run.after_chunk(interrupted=interrupt.requested)
             bar.update(n)
@@ -1117,11 +1150,25 @@ def simulate(config: SimulationConfig, runner: Optional[PolicyRunner] = None,
     run = _Run(config, runner)
     t_loop = time.perf_counter()
     try:
-        signal_name = _loop(run, progress) if run.running() else None
+        signal_name = None if run.finished() else _loop(run, progress)
     finally:
         run.close()
     loop_seconds = time.perf_counter() - t_loop - run.chunks.compile_seconds
     return _result(run, signal_name, loop_seconds)
+
+
+def _completed_message(run: _Run) -> str:
+    config = run.config
+    if config.deposit_target is None:
+        return f"completed {config.events} events per replica"
+    columns = config.lattice_size[0] * config.lattice_size[1]
+    deposited = np.asarray(run.values["n_deposited"]) / columns
+    if run.reached_target():
+        return (f"completed: deposited {config.monolayers:g} monolayers per replica "
+                f"({deposited.min():.3g}-{deposited.max():.3g} ML: the run ends at the end of "
+                "the chunk in which the last replica reached the target)")
+    return (f"completed the event budget (--events {config.events}) before {config.monolayers:g} "
+            f"monolayers were deposited ({deposited.min():.3g} ML); raise --events")
 
 
 def _result(run: _Run, signal_name: Optional[str], loop_seconds: float) -> SimulationResult:
@@ -1131,13 +1178,13 @@ def _result(run: _Run, signal_name: Optional[str], loop_seconds: float) -> Simul
     if not np.all(values["status"] == RUNNING):
         status, message = _stop_message(config, values["status"], values["n_events"], heights)
         end = "stopped"
-    elif done < config.events:
+    elif done < config.events and not run.reached_target():
         status, end = "interrupted", "interrupted"
         message = (f"interrupted by {signal_name} after {done} events per replica; the outputs "
                    f"hold what was simulated; continue with --resume --out {config.out_dir}")
     else:
         status, end = "completed", "done"
-        message = f"completed {config.events} events per replica"
+        message = _completed_message(run)
     final = {k: np.asarray(values[k]) for k in FINAL_OBSERVABLES}
     final["n_events"] = np.asarray(values["n_events"])
     final["status"] = _replica_status_names(values["status"], end)
@@ -1289,7 +1336,13 @@ def _say(*parts) -> None:
 
 
 def _warn_fillable(config: SimulationConfig) -> None:
-    if config.events > config.fillable_sites:
+    target = config.deposit_target
+    if target is not None and target > config.fillable_sites:
+        lx, ly, lz = config.lattice_size
+        _say(f"warning: --monolayers {config.monolayers:g} ({target} atoms) exceeds the "
+             f"{config.fillable_sites} sites that can be filled (Lx*Ly*(Lz-1) for --lattice-size "
+             f"{lx} {ly} {lz}); the film will reach the top of the box and stop the run")
+    elif target is None and config.events > config.fillable_sites:
         lx, ly, lz = config.lattice_size
         _say(f"warning: --events {config.events} exceeds the {config.fillable_sites} sites that "
              f"can be filled (Lx*Ly*(Lz-1) for --lattice-size {lx} {ly} {lz}); at 180-300 K most "
@@ -1366,7 +1419,7 @@ def _run_and_write(config: SimulationConfig, estimated: int) -> int:
     try:
         _start_run_dir(config)
         result = simulate(config, progress=not config.quiet)
-        if result.status != "completed":
+        if result.status != "completed" or result.message.endswith("raise --events"):
             _say(result.message)
         summary = build_summary(config, result, estimate_state_bytes(config.lattice_size),
                                 estimated)

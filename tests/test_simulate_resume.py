@@ -305,18 +305,22 @@ def test_default_box_is_sized_for_the_requested_growth(tmp_path):
     cfg = simulate.parse_config(["--out", out])
     lz = simulate.default_box_height(simulate.DEFAULT_MONOLAYERS, 400)
     assert cfg.monolayers == simulate.DEFAULT_MONOLAYERS == 5
-    assert cfg.events == 5 * 20 * 20 and cfg.lattice_size == (20, 20, lz)
-    assert cfg.fillable_sites >= 2 * cfg.events  # room for twice the film
+    assert cfg.deposit_target == 5 * 20 * 20 and cfg.lattice_size == (20, 20, lz)
+    assert cfg.events == simulate.EVENTS_PER_ATOM_CAP * cfg.deposit_target  # a cap only
+    assert cfg.log_every == 100  # a quarter monolayer of events
+    assert cfg.fillable_sites >= 2 * cfg.deposit_target  # room for twice the film
     cfg = simulate.parse_config(["--out", out, "--lattice-size", "64", "64", "auto",
                                  "--events", "1e5"])  # 24.4 ML
     assert cfg.lattice_size[2] == simulate.default_box_height(1e5 / 64**2, 64**2) > 24 + 3
     cfg = simulate.parse_config(["--out", out, "--monolayers", "2.5", "--lattice-size", "10",
                                  "10", "30"])
-    assert cfg.events == 250 and cfg.lattice_size == (10, 10, 30)
+    assert cfg.deposit_target == 250 and cfg.lattice_size == (10, 10, 30)
+    cfg = simulate.parse_config(["--out", out, "--monolayers", "3", "--events", "50"])
+    assert cfg.events == 50 and cfg.deposit_target == 1200 and cfg.expected_events == 50
+    assert cfg.lattice_size[2] == simulate.default_box_height(50 / 400, 400)
     with pytest.raises(simulate.UsageError, match="more than 127"):
         simulate.parse_config(["--out", out, "--events", "1e5"])  # 250 ML on 20x20
-    for bad in (["--monolayers", "0"], ["--monolayers", "nan"], ["--events", "10",
-                                                                  "--monolayers", "1"],
+    for bad in (["--monolayers", "0"], ["--monolayers", "nan"], ["--monolayers", "-1"],
                 ["--lattice-size", "auto", "8", "8"]):
         with pytest.raises(simulate.UsageError):
             simulate.parse_config(["--out", out, *bad])
@@ -324,19 +328,25 @@ def test_default_box_is_sized_for_the_requested_growth(tmp_path):
 
 @pytest.mark.slow
 def test_monolayers_budget_completes_without_reaching_the_ceiling(tmp_path):
-    """Random deposition (180 K: no hop is thermally active) is the roughest growth; the sized
-    box holds 6 ML of it and every replica completes."""
+    """Random deposition (180 K: hardly any hop is active) is the roughest growth; the sized box
+    holds 6 ML of it, and the run ends once every replica has deposited 6 ML (600 atoms), within
+    one quarter-monolayer chunk (25 events)."""
     out = tmp_path / "ml"
     assert simulate.main(["--lattice-size", "10", "10", "auto", "--monolayers", "6",
                           "--temperature", "180", "--replicas", "3", "--out", str(out),
                           "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["replica_status"] == ["done"] * 3
-    assert summary["events_executed"] == [600] * 3
-    assert summary["final"]["mean_height"]["mean"] > 4.5  # a few events are hops, not depositions
+    assert "deposited 6 monolayers" in summary["message"]
     rows = simulate.read_timeseries_rows(out / "timeseries.csv")
-    assert [r["status"] for r in rows[-3:]] == ["done"] * 3
+    last = rows[-3:]
+    assert [r["status"] for r in last] == ["done"] * 3
     assert all(r["status"] == "running" for r in rows[:-3])
+    assert min(r["n_deposited"] for r in last) >= 600
+    assert min(r["n_deposited"] for r in rows[-6:-3]) < 600  # the chunk before had not
+    assert max(r["n_deposited"] for r in last) <= 600 + 25 + 25  # at most two chunks' worth
+    assert {r["event"] for r in rows} == set(range(0, rows[-1]["event"] + 1, 25))
+    assert summary["final"]["mean_height"]["mean"] > 5.5
 
 
 # ------------------------------------------------------------------ honest weighted estimates
