@@ -69,7 +69,7 @@ DEFAULT_LATTICE_CONSTANT_ANGSTROM = 4.59
 HEIGHT_MAP_PNG = "analysis_height_map.png"  # simulate's own height_map.png is left alone
 #: An exponent fitted to fewer points than this is reported but marked ``reliable: false``.
 RELIABLE_FIT_POINTS = 5
-TI, O = 1, 2  # species codes (PHYSICS.md / swarm_jax.physics.lattice)
+TI, O = 1, 2  # species codes (docs/physics.md / swarm_jax.physics.lattice)
 
 
 class RunInputError(Exception):
@@ -457,28 +457,30 @@ def _fit_caveats(fit: Optional[dict], note: Optional[str], extra: list) -> list:
 def _add_caveats(result: dict, lw_final) -> None:
     """Collects every caveat of the analysis into ``result["caveats"]`` (printed by the CLI) and
     marks each exponent ``reliable`` or not; adds the importance-weight diagnostics."""
-    thin = result["final"]["mean_height_layers"] < 1.0
-    thin_note = ("the film is thinner than one monolayer (mean height "
-                 f"{result['final']['mean_height_layers']:.3g}): the surface is scattered "
-                 "adatoms, not a growing film")
-    sub_ml = result["beta_note"] is not None and "after the first monolayer" in result["beta_note"]
-    caveats = [f"beta: {c}" for c in _fit_caveats(
-        result["beta"], result["beta_note"],
-        ["the fit includes the sub-monolayer regime"] if sub_ml and result["beta"] else [])]
-    caveats += [f"beta vs mean height: {c}" for c in _fit_caveats(
-        result["beta_vs_mean_height"], result["beta_vs_mean_height_note"], [])]
-    alpha_extra = [thin_note] if thin and result["alpha"] is not None else []
-    alpha_note = result["alpha_note"]
-    informational = alpha_note is not None and alpha_note.startswith("single map")
-    alpha_caveats = _fit_caveats(result["alpha"], None if informational else alpha_note,
-                                 alpha_extra)
-    caveats += [f"alpha: {c}" for c in alpha_caveats]
+    caveats, weighted = [], []
     if lw_final is not None:
         weights = importance.assess_weights(lw_final)
         result["weights"] = weights
         if not weights["reliable"]:
             caveats.append("importance weights: " + "; ".join(weights["reasons"])
                            + " (weighted averages and fits are not reliable)")
+            weighted = ["fitted to importance-weighted averages whose weights are not reliable"]
+    thin = result["final"]["mean_height_layers"] < 1.0
+    thin_note = ("the film is thinner than one monolayer (mean height "
+                 f"{result['final']['mean_height_layers']:.3g}): the surface is scattered "
+                 "adatoms, not a growing film")
+    sub_ml = result["beta_note"] is not None and "after the first monolayer" in result["beta_note"]
+    caveats += [f"beta: {c}" for c in _fit_caveats(
+        result["beta"], result["beta_note"],
+        (["the fit includes the sub-monolayer regime"] if sub_ml and result["beta"] else [])
+        + weighted)]
+    caveats += [f"beta vs mean height: {c}" for c in _fit_caveats(
+        result["beta_vs_mean_height"], result["beta_vs_mean_height_note"], weighted)]
+    alpha_note = result["alpha_note"]
+    informational = alpha_note is not None and alpha_note.startswith("single map")
+    alpha_extra = ([thin_note] if thin and result["alpha"] is not None else []) + weighted
+    caveats += [f"alpha: {c}" for c in _fit_caveats(
+        result["alpha"], None if informational else alpha_note, alpha_extra)]
     result["caveats"] = caveats
 
 

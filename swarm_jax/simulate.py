@@ -2,12 +2,27 @@
 
 Usage::
 
-    python -m swarm_jax.simulate --policy classical --lattice-size 20 20 10 --temperature 300 \\
-        --deposition-rate 1.0 --events 100000 --seed 0 --out runs/demo
+    python -m swarm_jax.simulate --policy classical --lattice-size 64 64 auto --monolayers 5 \\
+        --temperature 300 --deposition-rate 1.0 --seed 0 --out runs/demo
+    python -m swarm_jax.simulate --resume --out runs/demo      # after a kill or Ctrl-C
 
-Runs ``--replicas`` independent lattices (batched with ``jax.vmap``) of ``--events`` KMC events
-each, in logging chunks of ``--log-every`` events (one jitted call per chunk, compiled once per
-distinct chunk length), and writes into ``--out``:
+Runs ``--replicas`` independent lattices (batched with ``jax.vmap``). The budget is either
+``--monolayers ML`` (default 5: the run ends at the end of the chunk in which every replica has
+deposited ML·Lx·Ly atoms; ``--events`` then only caps it, default 1000 events per atom) or
+``--events N`` KMC events per replica. Without ``--lattice-size`` the box is 20×20 and its
+height ``auto``: :func:`default_box_height` layers, enough for the requested growth even as
+random deposition (the roughest case); ``--lattice-size LX LY auto`` sizes only the height.
+
+The loop runs in chunks (one jitted call each, compiled once per distinct chunk length) that end
+at every log point (``--log-every``: default a quarter monolayer of events with --monolayers,
+else events/100) and after at most ``--check-every`` events (default
+:func:`default_check_every`, about 2^17 events over all replicas), so the ceiling, signals and
+checkpoints are looked at within seconds even when ``--log-every`` is as large as the run.
+Nothing kept in host memory grows with the run: the time series is streamed to disk.
+
+Outputs in ``--out`` (written at the end, each whole or not at all: staged as ``.<name>.new``
+and renamed into place together, summary.json last; a failed write, e.g. a full disk or
+``ulimit -f``, prints one line, exits 1 and leaves the previous files as they were):
 
 ``timeseries.csv``
     One row per replica and log point (event 0 included), columns :data:`TIMESERIES_COLUMNS`:
@@ -15,8 +30,10 @@ distinct chunk length), and writes into ``--out``:
     (layers), ``roughness`` W (layers; x 4.59 for Å), ``coverage`` (fraction of columns with
     h > 0), ``n_ti``, ``n_o`` (atoms in the film), ``oxide_fraction``, ``o_ti_ratio``,
     ``n_deposited``, ``n_desorbed`` (atoms, cumulative), ``log_weight`` and ``ess`` (importance
-    weight and ESS ratio of PHYSICS.md §4: 0 and 1 for the classical policy) and ``status``
-    (``running``, ``ceiling`` or ``no_events``).
+    weight and ESS ratio, docs/physics.md: 0 and 1 for the classical policy) and ``status``:
+    ``running`` on every row but each replica's last, which says how the run ended for it:
+    ``done`` (budget reached), ``ceiling``, ``no_events``, ``stopped`` (another replica stopped
+    the run) or ``interrupted``.
 ``final_state.npz``
     ``heights`` (Lx, Ly) int32 in layers, ``species`` (Lx, Ly, Lz) int8 (0 vacant, 1 Ti, 2 O,
     3 substrate) and ``oxide`` (Lx, Ly, Lz) int8 flags; a leading (R,) axis when R > 1.
@@ -24,32 +41,48 @@ distinct chunk length), and writes into ``--out``:
     Final height map (replica 0).
 ``summary.json``
     Inputs, events requested/executed, physical time, final observables per replica with their
-    mean and standard error, stop status and message, throughput (events/s summed over replicas,
-    compile time excluded), compile time, peak memory, command line, versions, JAX backend.
+    mean and standard error, importance-weighted estimates with their diagnostics, stop status
+    and message, throughput (events/s summed over replicas, compile time excluded), compile
+    time, peak memory, command line, versions, JAX backend.
+
+One owner per folder: ``--out`` is claimed (:func:`swarm_jax.outdir.claim_output_dir`) before
+anything is compiled; a folder in use by a live run, a path that is a file, empty or not
+writable, and (without ``--overwrite`` or ``--resume``) a folder holding files are refused with
+one line.
+
+Checkpoints and ``--resume``: while it runs, ``--out/checkpoints/`` holds ``run.json`` (the
+command line), the streamed ``timeseries.partial.csv`` and orbax checkpoints of every replica's
+carry (lattice, weights, policy caches) with the loop position, written atomically every
+``--checkpoint-every`` events and/or ``--checkpoint-minutes`` of wall time (default 10 min) and
+on SIGINT/SIGTERM. ``--resume --out DIR`` continues from the latest checkpoint with the saved
+settings (the original command plus ``--resume`` is accepted too; a flag that would change the
+result is refused) and gives bit for bit the outputs of an uninterrupted run. A run that ends
+(other than interrupted) removes ``checkpoints/``.
 
 Physical limits: a run stops (exit status 0, all outputs written, ``status`` recorded) at the end
-of the logging chunk in which any replica's film reaches the top of the box (``ceiling``, PHYSICS.md
-§1) or has no possible event (``no_events``); the reason is printed on stderr. Memory is
-estimated before anything is allocated and a run that cannot fit is refused.
+of the chunk in which any replica's film reaches the top of the box (``ceiling``,
+docs/physics.md) or has no possible event (``no_events``); the reason is printed on stderr.
+Memory is estimated before anything is allocated and a run that cannot fit is refused.
 
 Units: temperature in K, deposition rate in ML/s (monolayers per second), physical time in s,
 heights and roughness in layers (lattice constant a = 4.59 Å), lattice sizes in sites.
 
 Every invalid input gives one line ``swarm_jax.simulate: error: ...`` on stderr and exit status 2.
 
-SIGINT/SIGTERM: the chunk in progress finishes, every output is written (status
-``interrupted``) and the exit status is 130.
+SIGINT/SIGTERM: the chunk in progress finishes, a checkpoint and every output are written
+(status ``interrupted``) and the exit status is 130; ``--resume`` continues.
 
 Policies: ``classical`` is the rejection-free BKL engine (:func:`swarm_jax.physics.run`).
 ``trained`` (``--checkpoint CKPT``: a ``stageN_final`` directory, a step directory of
 ``checkpoints/stageN/`` or that store directory, meaning its latest step; saved on any device)
 runs the actor of a training checkpoint (architecture and K from the checkpoint's config,
-:mod:`swarm_jax.swarm.policy`) on any lattice size, in one of two modes (PHYSICS.md §4):
+:mod:`swarm_jax.swarm.policy`) on any lattice size, in one of two modes (docs/physics.md):
 
 ``--mode candidates`` (default)
     per event, K candidates drawn i.i.d. from ``Γ_e / Γ_tot`` (the environment's path), scored by
     the actor, ``j ~ softmax``, executed; step log-weight ``−log(K π_j)``. The global "progress"
-    feature is the fraction of ``--events`` done.
+    feature is the fraction of the expected events done (``--events``, or one event per atom
+    to deposit with ``--monolayers``), capped at 1.
 ``--mode full``
     every event weighted by ``exp(f_e) Γ_e`` (:mod:`swarm_jax.swarm.full_lattice`): cached scores
     refreshed in the 21 columns around each event, exact draws from a second float64 sum tree,
@@ -62,7 +95,10 @@ Both modes use the physical clock. ``log_weight`` in the time series is each rep
 log importance weight; ``ess`` is the batch ESS ratio ``(Σ W)² / (R Σ W²)`` across replicas at that
 log point (same value on every replica's row). summary.json adds ``importance_weighted``:
 self-normalised estimates ``Σ W A / Σ W`` of the final roughness, coverage, O/Ti and mean height
-with delta-method standard errors, and the batch ESS; ``trained_policy`` describes the checkpoint.
+with delta-method standard errors, the batch ESS, the PSIS tail shape ``khat`` and ``reliable``
+with its ``reasons`` (:mod:`swarm_jax.analysis.importance`: not reliable below a batch ESS of
+max(0.1 R, 3) or above k̂ = 0.7; also printed on stderr); ``trained_policy`` describes the
+checkpoint.
 
 Other policies plug in through :data:`POLICY_FACTORIES`: a factory builds a :class:`PolicyRunner`
 whose ``chunk_fn(carry, keys, n_events, *operands) -> carry`` advances a batch of lattices.
@@ -117,7 +153,7 @@ __all__ = [
 ]
 
 PROG = "swarm_jax.simulate"
-LATTICE_CONSTANT_ANGSTROM = 4.59  # rutile TiO2 a, Å (PHYSICS.md §1)
+LATTICE_CONSTANT_ANGSTROM = 4.59  # rutile TiO2 a, Å (docs/physics.md)
 TIMESERIES_COLUMNS = (
     "replica", "event", "time", "mean_height", "roughness", "coverage", "n_ti", "n_o",
     "oxide_fraction", "o_ti_ratio", "n_deposited", "n_desorbed", "log_weight", "ess", "status",
@@ -223,9 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KMC events per replica (with --monolayers: the most it may take, "
                         f"default {EVENTS_PER_ATOM_CAP} per deposited atom)")
     p.add_argument("--monolayers", type=_real, default=None, metavar="ML",
-                   help="deposit ML monolayers (ML*LX*LY atoms per replica; physical time about "
-                        f"ML / deposition rate); default {DEFAULT_MONOLAYERS:g} when --events "
-                        "is not given")
+                   help="deposit ML monolayers (ML*LX*LY atoms per replica; the run ends when "
+                        f"every replica has); default {DEFAULT_MONOLAYERS:g} when --events is "
+                        "not given")
     p.add_argument("--log-every", type=_count, default=None, metavar="N",
                    help="events between time-series rows (default events/100, at least 1)")
     p.add_argument("--replicas", type=_count, default=1, metavar="R",
@@ -615,7 +651,7 @@ class PolicyRunner(NamedTuple):
         chunk_fn: see :data:`ChunkFn`.
         operands: the extra traced arguments of ``chunk_fn``.
         weights: ``weights(carry) -> (log_weight (R,), ess (R,))`` host arrays: the trajectory
-            log importance weight so far and the ESS ratio of PHYSICS.md §4 (0 and 1 classically).
+            log importance weight so far and the ESS ratio of docs/physics.md (0 and 1 classically).
         init: ``init(state) -> carry`` from the batched initial :class:`LatticeState`.
         lattice: ``lattice(carry) -> LatticeState`` (batched), for observables and outputs.
     """
@@ -725,7 +761,7 @@ def _batch_weights(log_weight):
 
 
 def make_trained_runner(config: SimulationConfig, tables) -> PolicyRunner:
-    """A trained policy (``--checkpoint``) in candidate or full-lattice mode (PHYSICS.md §4)."""
+    """A trained policy (``--checkpoint``) in candidate or full-lattice mode (docs/physics.md)."""
     policy = load_trained_policy(config.checkpoint)
     physics = config.physics_params()
     mode = config.mode or "candidates"

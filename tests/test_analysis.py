@@ -28,7 +28,7 @@ A_M = 4.59e-10
 # synthetic data
 # --------------------------------------------------------------------------------------------
 def random_deposition(rng, n_replicas, lx, ly, thetas):
-    """Random deposition (PHYSICS.md §6, frozen regime) in NumPy: every column receives a
+    """Random deposition (docs/physics.md, frozen regime) in NumPy: every column receives a
     Poisson number of atoms with mean Δθ per interval. Returns heights (R, T, Lx, Ly)."""
     increments = np.diff(np.concatenate([[0.0], thetas]))
     steps = rng.poisson(increments[None, :, None, None], size=(n_replicas, len(thetas), lx, ly))
@@ -541,10 +541,15 @@ def test_collapsed_importance_weights_are_flagged(tmp_path, capsys):
         out_lines.append(",".join(f))
     (run / "timeseries.csv").write_text("\n".join(out_lines) + "\n")
     assert analyze.main([str(run), "--no-plots"]) == 0
-    err = capsys.readouterr().err
-    assert "caveat: importance weights: batch ESS 1 of 4" in err
+    captured = capsys.readouterr()
+    assert "caveat: importance weights: batch ESS 1 of 4" in captured.err
+    assert captured.out.count("(UNRELIABLE)") == 2  # beta and alpha
     res = json.loads((run / "analysis.json").read_text())
     assert res["weights"]["reliable"] is False and res["weights"]["batch_ess"] < 1.01
+    for fit in ("beta", "alpha"):  # exponents of weighted averages inherit the flag
+        assert res[fit]["reliable"] is False
+        assert any("not reliable" in c for c in res[fit]["caveats"])
+
 
 
 def test_cli_keeps_simulates_height_map_and_refuses_a_live_folder(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Full-lattice SwarmThinkers sampling (PHYSICS.md §4, "Full-lattice mode"): pure, jit/vmap-able.
+"""Full-lattice SwarmThinkers sampling (docs/physics.md, "Full-lattice mode"): pure, jit/vmap-able.
 
 Instead of K candidates, every event ``e`` of the catalogue (column ``c``, slot ``k``) is proposed
 with probability ``q(e) = exp(f_e) Γ_e / Z``, ``Z = Σ_e exp(f_e) Γ_e``, where ``f_e`` is the
