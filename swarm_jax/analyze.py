@@ -36,8 +36,8 @@ analysis.json holds their batch ESS, PSIS k̂ and reliability
 printed on stderr (``swarm_jax.analyze: caveat: ...``) after the result line.
 
 Input checks: a time series that is not UTF-8, has a truncated row (fewer fields than the
-header: a file cut short), or a non-finite or empty value in a used column is refused with one
-line naming the file and line. Bad input gives one ``error:`` line on stderr and exit status 2;
+header, or a last row without its line break: a file cut short), or a non-finite or empty value
+in a used column is refused with one line naming the file and line. Bad input gives one ``error:`` line on stderr and exit status 2;
 outputs that cannot be written give one line and exit status 1 (previous files intact).
 """
 
@@ -133,6 +133,7 @@ def _read_rows(path: str) -> tuple[list, list]:
             index = [header.index(c) for c in wanted]
             rows = [_parse_row(path, reader.line_num, fields, len(header), wanted, index)
                     for fields in reader if fields]
+            _check_final_newline(fh, path, reader.line_num)
     except UnicodeDecodeError as exc:
         raise RunInputError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
                             f"offset {exc.start}); is it a timeseries.csv written by "
@@ -142,6 +143,18 @@ def _read_rows(path: str) -> tuple[list, list]:
     except OSError as exc:
         raise RunInputError(f"cannot read {path}: {exc.strerror or exc}") from None
     return wanted, rows
+
+
+def _check_final_newline(fh, path: str, line_no: int) -> None:
+    """Every row written by simulate ends with a line break; a file that does not was cut."""
+    fh.seek(0, os.SEEK_END)
+    size = fh.tell()
+    if size == 0:
+        return
+    fh.buffer.seek(size - 1)
+    if fh.buffer.read(1) not in (b"\n", b"\r"):
+        raise RunInputError(f"{path}:{line_no}: the last row has no line break: the file is "
+                            "incomplete (a run killed while writing it?)")
 
 
 def _parse_row(path, line_no, fields, n_header, wanted, index) -> list:

@@ -480,6 +480,10 @@ def test_cli_refuses_non_utf8_truncated_and_non_finite_series(tmp_path, capsys):
     assert analyze.main([str(run), "--no-plots"]) == 2
     _one_error(capsys, f"timeseries.csv:{len(lines)}: truncated", "incomplete")
 
+    (run / "timeseries.csv").write_text("".join(lines[:-1]) + lines[-1].rstrip("\r\n")[:-2])
+    assert analyze.main([str(run), "--no-plots"]) == 2  # same field count, cut in the last one
+    _one_error(capsys, f"timeseries.csv:{len(lines)}: the last row has no line break")
+
     header = lines[0].strip().split(",")
     for column, value in (("time", "nan"), ("roughness", "inf"), ("time", "")):
         fields = lines[3].strip().split(",")
