@@ -310,107 +310,88 @@ def _composition(run: RunData):
     return n_ti, n_o, run.series["oxide_fraction"][:, -1] * (n_ti + n_o), "timeseries.csv"
 
 
-def analyze_run(run: RunData, out_dir, beta_window=None, alpha_window=None,
-                make_plots: bool = True) -> dict:
-    """Compute the analysis of a loaded run and write every output into ``out_dir``.
-
-    Returns the dict written to ``analysis.json``.
-    """
-    from swarm_jax.analysis import plots
-
-    os.makedirs(out_dir, exist_ok=True)
-    a_ang = run.lattice_constant_angstrom
+def _header(run: RunData) -> dict:
+    """Run description: sizes, replica count, and metadata copied from summary.json."""
     s = run.series
-    r_count = run.n_replicas
-    lw_series = run.log_weights
-    lw_final = None if lw_series is None else lw_series[:, -1]
-    result: dict = {
+    result = {
         "run_dir": run.run_dir,
-        "n_replicas": r_count,
+        "n_replicas": run.n_replicas,
         "n_rows": int(s["time"].shape[1]),
         "lattice_shape": list(run.heights.shape[1:]) + (
             [int(run.species.shape[-1])] if run.species is not None else []
         ),
-        "lattice_constant_angstrom": a_ang,
-        "importance_weighted": lw_series is not None,
+        "lattice_constant_angstrom": run.lattice_constant_angstrom,
+        "importance_weighted": run.log_weights is not None,
     }
     for key in ("temperature", "deposition_rate", "lattice_size", "n_events", "policy", "seed"):
         if key in run.summary:
             result[key] = run.summary[key]
+    return result
 
-    # --- growth exponent β from W(t) -------------------------------------------------------
-    t_mean = ex.replica_mean(s["time"], lw_series)
-    w_mean = ex.replica_mean(s["roughness"], lw_series)
-    h_mean = ex.replica_mean(s["mean_height"], lw_series)
-    beta_fit, beta_note, source = None, None, "default"
+
+def _fit_beta(run: RunData, beta_window, t_mean, w_mean, h_mean):
+    """β from W(t): ``(fit or None, note or None, window or None, source)``; a user window
+    that cannot be fitted raises :class:`RunInputError`."""
+    s, lw = run.series, run.log_weights
     if beta_window is not None:
-        beta_window, source = _check_window("beta", beta_window), "user"
+        window = _check_window("beta", beta_window)
         try:
-            beta_fit = ex.fit_growth_exponent(s["time"], s["roughness"], beta_window,
-                                              log_weights=lw_series)
+            return (ex.fit_growth_exponent(s["time"], s["roughness"], window, log_weights=lw),
+                    None, window, "user")
         except ValueError as exc:
             raise RunInputError(f"--beta-window: {exc}") from None
-    else:
-        beta_window, beta_note = _default_growth_window(t_mean, w_mean, h_mean)
-        if beta_window is not None:
-            try:
-                beta_fit = ex.fit_growth_exponent(s["time"], s["roughness"], beta_window,
-                                                  log_weights=lw_series)
-            except ValueError as exc:
-                beta_fit, beta_note = None, f"β fit failed: {exc}"
-    result["beta"] = None if beta_fit is None else dict(beta_fit.to_dict(), clock="time_s")
-    result["beta_note"] = beta_note
-    # the same exponent against the film thickness (mean height, ML): clock-noise free
-    theta_window, theta_note = _default_growth_window(h_mean, w_mean, h_mean)
-    beta_theta = None
-    if theta_window is not None:
+    window, note = _default_growth_window(t_mean, w_mean, h_mean)
+    fit = None
+    if window is not None:
         try:
-            beta_theta = ex.fit_growth_exponent(s["mean_height"], s["roughness"], theta_window,
-                                                log_weights=lw_series).to_dict()
-            beta_theta["clock"] = "mean_height_layers"
+            fit = ex.fit_growth_exponent(s["time"], s["roughness"], window, log_weights=lw)
         except ValueError as exc:
-            theta_note = f"fit failed: {exc}"
-    result["beta_vs_mean_height"] = beta_theta
-    result["beta_vs_mean_height_note"] = theta_note
+            fit, note = None, f"β fit failed: {exc}"
+    return fit, note, window, "default"
 
-    # --- roughness exponent α from G(r) of the final maps ------------------------------------
-    heights = run.heights
-    alpha_source = "default"
-    if alpha_window is not None:
-        alpha_window, alpha_source = _check_window("alpha", alpha_window), "user"
-    else:
-        alpha_window = morphology.default_alpha_window(heights.shape)
-    lw_alpha = lw_final if (lw_final is not None and lw_final.shape[0] == heights.shape[0]) else None
-    alpha_fit, alpha_note = None, None
-    r, g = None, None
+
+def _fit_beta_vs_height(run: RunData, w_mean, h_mean):
+    """The same exponent against the film thickness (mean height, ML): clock-noise free.
+    Returns ``(fit dict or None, note or None)``."""
+    window, note = _default_growth_window(h_mean, w_mean, h_mean)
+    if window is None:
+        return None, note
     try:
-        alpha_fit, r, g = morphology.fit_roughness_exponent(heights, alpha_window,
-                                                            log_weights=lw_alpha)
+        fit = ex.fit_growth_exponent(run.series["mean_height"], run.series["roughness"], window,
+                                     log_weights=run.log_weights).to_dict()
     except ValueError as exc:
-        if alpha_source == "user":
-            raise RunInputError(f"--alpha-window: {exc}") from None
-        alpha_note = f"no roughness exponent: {exc}"
-        r, g_all, _ = morphology.height_height_correlation(heights)
-        g = ex.replica_mean(g_all, lw_alpha)
-    if alpha_fit is not None and heights.shape[0] == 1:
-        alpha_note = "single map: stderr is the OLS fit error (G(r) points are correlated)"
-    result["alpha"] = None if alpha_fit is None else alpha_fit.to_dict()
-    result["alpha_note"] = alpha_note
-    result["windows"] = {
-        "beta": None if beta_window is None else list(beta_window),
-        "beta_source": source,
-        "beta_units": "s",
-        "alpha": list(alpha_window),
-        "alpha_source": alpha_source,
-        "alpha_units": "lattice sites",
-    }
+        return None, f"fit failed: {exc}"
+    fit["clock"] = "mean_height_layers"
+    return fit, note
 
-    # --- final morphology and composition ----------------------------------------------------
+
+def _fit_alpha(run: RunData, alpha_window, lw_alpha):
+    """α from G(r) of the final maps: ``(fit or None, note or None, r, G, window, source)``."""
+    heights = run.heights
+    source = "default" if alpha_window is None else "user"
+    window = (morphology.default_alpha_window(heights.shape) if alpha_window is None
+              else _check_window("alpha", alpha_window))
+    try:
+        fit, r, g = morphology.fit_roughness_exponent(heights, window, log_weights=lw_alpha)
+    except ValueError as exc:
+        if source == "user":
+            raise RunInputError(f"--alpha-window: {exc}") from None
+        r, g_all, _ = morphology.height_height_correlation(heights)
+        return (None, f"no roughness exponent: {exc}", r, ex.replica_mean(g_all, lw_alpha),
+                window, source)
+    note = ("single map: stderr is the OLS fit error (G(r) points are correlated)"
+            if heights.shape[0] == 1 else None)
+    return fit, note, r, g, window, source
+
+
+def _final_observables(run: RunData, t_mean, lw_alpha) -> dict:
+    """Final morphology and composition, importance-weighted when the run carries weights."""
+    heights, a_ang = run.heights, run.lattice_constant_angstrom
     w_fin = morphology.roughness(heights)
     n_ti, n_o, n_ox, comp_src = _composition(run)
     avg = (lambda v: float(ex.replica_mean(np.asarray(v)[:, None], lw_alpha)[0]))
     n_ti_m, n_o_m, n_ox_m = avg(n_ti), avg(n_o), avg(n_ox)
-    result["final"] = {
+    final = {
         "time_s": float(t_mean[-1]),
         "mean_height_layers": avg(morphology.mean_height(heights)),
         "roughness_layers": avg(w_fin),
@@ -423,29 +404,74 @@ def analyze_run(run: RunData, out_dir, beta_window=None, alpha_window=None,
         "oxide_fraction": n_ox_m / (n_ti_m + n_o_m) if (n_ti_m + n_o_m) > 0 else None,
         "composition_source": comp_src,
     }
-    if lw_series is not None:
-        result["final"]["ess_fraction"] = float(ex.effective_sample_size(lw_final) / r_count)
-    if "ess" in s:
-        result["final"]["logged_ess"] = ex.replica_mean(s["ess"])[-1]
+    lw = run.log_weights
+    if lw is not None:
+        final["ess_fraction"] = float(ex.effective_sample_size(lw[:, -1]) / run.n_replicas)
+    if "ess" in run.series:
+        final["logged_ess"] = ex.replica_mean(run.series["ess"])[-1]
+    return final
 
-    # --- exports -------------------------------------------------------------------------------
-    outputs = {}
-    gsf_path = os.path.join(out_dir, "height_map.gsf")
-    gsf.write_gsf(gsf_path, heights[0], lattice_constant_m=a_ang * 1e-10,
+
+def _write_figures(run: RunData, out_dir, t_mean, w_mean, beta_fit, r, g, alpha_fit) -> dict:
+    """The PNG figures (each written atomically); returns {figure: file name}."""
+    from swarm_jax.analysis import plots
+
+    s, lw, r_count = run.series, run.log_weights, run.n_replicas
+    plots.plot_roughness(os.path.join(out_dir, "roughness.png"), t_mean, w_mean, beta_fit,
+                         roughness_per_replica=s["roughness"] if r_count > 1 else None)
+    plots.plot_correlation(os.path.join(out_dir, "correlation.png"), r, g, alpha_fit)
+    plots.plot_height_map(os.path.join(out_dir, HEIGHT_MAP_PNG), run.heights[0],
+                          run.lattice_constant_angstrom,
+                          title="Final height map" + (" (replica 0)" if r_count > 1 else ""))
+    plots.plot_composition(os.path.join(out_dir, "composition.png"), t_mean,
+                           ex.replica_mean(s["n_ti"], lw), ex.replica_mean(s["n_o"], lw),
+                           ex.replica_mean(s["oxide_fraction"], lw))
+    return dict(roughness="roughness.png", correlation="correlation.png",
+                height_map=HEIGHT_MAP_PNG, composition="composition.png")
+
+
+def analyze_run(run: RunData, out_dir, beta_window=None, alpha_window=None,
+                make_plots: bool = True) -> dict:
+    """Compute the analysis of a loaded run and write every output into ``out_dir``.
+
+    Returns the dict written to ``analysis.json``.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    s, lw_series = run.series, run.log_weights
+    lw_final = None if lw_series is None else lw_series[:, -1]
+    lw_alpha = (lw_final if (lw_final is not None and lw_final.shape[0] == run.heights.shape[0])
+                else None)
+    t_mean = ex.replica_mean(s["time"], lw_series)
+    w_mean = ex.replica_mean(s["roughness"], lw_series)
+    h_mean = ex.replica_mean(s["mean_height"], lw_series)
+
+    result = _header(run)
+    beta_fit, beta_note, beta_window, beta_source = _fit_beta(run, beta_window, t_mean, w_mean,
+                                                              h_mean)
+    result["beta"] = None if beta_fit is None else dict(beta_fit.to_dict(), clock="time_s")
+    result["beta_note"] = beta_note
+    result["beta_vs_mean_height"], result["beta_vs_mean_height_note"] = _fit_beta_vs_height(
+        run, w_mean, h_mean)
+    alpha_fit, alpha_note, r, g, alpha_window, alpha_source = _fit_alpha(run, alpha_window,
+                                                                         lw_alpha)
+    result["alpha"] = None if alpha_fit is None else alpha_fit.to_dict()
+    result["alpha_note"] = alpha_note
+    result["windows"] = {
+        "beta": None if beta_window is None else list(beta_window),
+        "beta_source": beta_source,
+        "beta_units": "s",
+        "alpha": list(alpha_window),
+        "alpha_source": alpha_source,
+        "alpha_units": "lattice sites",
+    }
+    result["final"] = _final_observables(run, t_mean, lw_alpha)
+
+    gsf.write_gsf(os.path.join(out_dir, "height_map.gsf"), run.heights[0],
+                  lattice_constant_m=run.lattice_constant_angstrom * 1e-10,
                   title="swarm_jax final height map (replica 0)")
-    outputs["gsf"] = "height_map.gsf"
+    outputs = {"gsf": "height_map.gsf"}
     if make_plots:
-        n_ti_t = ex.replica_mean(s["n_ti"], lw_series)
-        n_o_t = ex.replica_mean(s["n_o"], lw_series)
-        ox_t = ex.replica_mean(s["oxide_fraction"], lw_series)
-        plots.plot_roughness(os.path.join(out_dir, "roughness.png"), t_mean, w_mean, beta_fit,
-                             roughness_per_replica=s["roughness"] if r_count > 1 else None)
-        plots.plot_correlation(os.path.join(out_dir, "correlation.png"), r, g, alpha_fit)
-        plots.plot_height_map(os.path.join(out_dir, HEIGHT_MAP_PNG), heights[0], a_ang,
-                              title="Final height map" + (" (replica 0)" if r_count > 1 else ""))
-        plots.plot_composition(os.path.join(out_dir, "composition.png"), t_mean, n_ti_t, n_o_t, ox_t)
-        outputs.update(roughness="roughness.png", correlation="correlation.png",
-                       height_map=HEIGHT_MAP_PNG, composition="composition.png")
+        outputs.update(_write_figures(run, out_dir, t_mean, w_mean, beta_fit, r, g, alpha_fit))
     result["outputs"] = outputs
     _add_caveats(result, lw_final)
     result = _jsonable(result)
