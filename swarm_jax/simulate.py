@@ -150,6 +150,8 @@ __all__ = [
     "PolicyRunner", "ChunkFn", "POLICY_FACTORIES", "SimulationResult", "build_parser",
     "parse_config", "estimate_run_bytes", "check_memory", "classical_chunk",
     "make_classical_runner", "initial_state", "simulate", "build_summary", "write_outputs", "main",
+    "SimulationRun", "start", "RunProgress", "default_box_height", "default_check_every",
+    "next_chunk_events", "read_timeseries_rows", "claim_out", "remove_checkpoints",
 ]
 
 PROG = "swarm_jax.simulate"
@@ -1001,6 +1003,10 @@ class _TimeseriesStream:
         os.fsync(self._fh.fileno())
         return self._fh.tell()
 
+    @property
+    def closed(self) -> bool:
+        return self._fh.closed
+
     def close(self) -> None:
         self._fh.close()
 
@@ -1056,8 +1062,14 @@ def _after_checkpoint(progress: RunProgress) -> None:
     """Called after each checkpoint is committed (a hook for tests that simulate a crash)."""
 
 
-class _Run:
-    """The state of :func:`simulate` between chunks (one instance per call)."""
+class SimulationRun:
+    """A run in progress: the library-style interface under :func:`simulate`.
+
+    ``run = start(config)`` builds it (initial or restored carry, open time series), then
+    ``while not run.finished(): run.step()`` advances it one chunk at a time, and
+    ``run.result()`` closes it and returns the :class:`SimulationResult`. Attributes worth
+    reading between steps: ``carry`` (the runner's pytree), ``values`` (host observables of the
+    last chunk, dict of (R,) arrays) and ``progress`` (:class:`RunProgress`)."""
 
     def __init__(self, config: SimulationConfig, runner: PolicyRunner):
         self.config, self.runner = config, runner
@@ -1146,13 +1158,28 @@ class _Run:
             return "done"
         return "interrupted" if interrupted else None
 
+    def step(self, interrupted: bool = False) -> int:
+        """Runs one chunk, logs and checkpoints what is due; returns its events per replica.
+        ``interrupted``: the caller is stopping the run after this chunk (a checkpoint is
+        written and the last rows say ``interrupted``)."""
+        n = self.advance()
+        self.after_chunk(interrupted=interrupted)
+        return n
+
+    def result(self, signal_name: Optional[str] = None) -> SimulationResult:
+        """Closes the run and returns its :class:`SimulationResult` (host arrays)."""
+        self.close()
+        return _result(self, signal_name, self.progress.engine_seconds)
+
     def close(self) -> None:
+        if self.stream.closed:
+            return
         self.stream.sync()
         self.stream.close()
         self.checkpointer.close()
 
 
-def _loop(run: _Run, progress: bool) -> str:
+def _loop(run: SimulationRun, progress: bool) -> str:
     """Chunks until the end of the run; returns the signal name if interrupted, else None."""
     config = run.config
     total = None if config.deposit_target is not None else config.events  # ends on growth
@@ -1168,6 +1195,14 @@ def _loop(run: _Run, progress: bool) -> str:
         return interrupt.signal_name if interrupt.requested else None
 
 
+def start(config: SimulationConfig, runner: Optional[PolicyRunner] = None) -> SimulationRun:
+    """A :class:`SimulationRun` of ``config`` ready to step (restored from the latest checkpoint
+    in ``--out`` when ``config.resume``); ``runner`` defaults to ``config.policy``'s."""
+    if runner is None:
+        runner = POLICY_FACTORIES[config.policy](config, make_rate_tables(config.physics_params()))
+    return SimulationRun(config, runner)
+
+
 def simulate(config: SimulationConfig, runner: Optional[PolicyRunner] = None,
              progress: bool = True) -> SimulationResult:
     """Runs the simulation of ``config`` in chunks and returns host-side results.
@@ -1181,9 +1216,7 @@ def simulate(config: SimulationConfig, runner: Optional[PolicyRunner] = None,
     ``--out`` (identical results to an uninterrupted run). The time series is streamed to
     ``--out/checkpoints/timeseries.partial.csv``.
     """
-    if runner is None:
-        runner = POLICY_FACTORIES[config.policy](config, make_rate_tables(config.physics_params()))
-    run = _Run(config, runner)
+    run = start(config, runner)
     t_loop = time.perf_counter()
     try:
         signal_name = None if run.finished() else _loop(run, progress)
@@ -1193,7 +1226,7 @@ def simulate(config: SimulationConfig, runner: Optional[PolicyRunner] = None,
     return _result(run, signal_name, loop_seconds)
 
 
-def _completed_message(run: _Run) -> str:
+def _completed_message(run: SimulationRun) -> str:
     config = run.config
     if config.deposit_target is None:
         return f"completed {config.events} events per replica"
@@ -1207,7 +1240,7 @@ def _completed_message(run: _Run) -> str:
             f"monolayers were deposited ({deposited.min():.3g} ML); raise --events")
 
 
-def _result(run: _Run, signal_name: Optional[str], loop_seconds: float) -> SimulationResult:
+def _result(run: SimulationRun, signal_name: Optional[str], loop_seconds: float) -> SimulationResult:
     config, values, done = run.config, run.values, run.progress.done
     film = jax.device_get(jax.vmap(film_arrays)(run.runner.lattice(run.carry)))
     heights, species, oxide = (np.asarray(a) for a in film)

@@ -369,3 +369,20 @@ def test_collapsed_weights_are_flagged_in_summary_and_on_the_console(capsys):
     assert mild["reliable"] and mild["reasons"] == []
     simulate._warn_weights({"policy": "trained", "importance_weighted": mild})
     assert capsys.readouterr().err == ""
+
+
+def test_library_interface_steps_to_the_same_run(reference, tmp_path):
+    """``start`` / ``step`` / ``result``: stepping by hand is the command line's run."""
+    out = tmp_path / "lib"
+    config = simulate.parse_config(_argv(out))
+    run = simulate.start(config)
+    steps = []
+    while not run.finished():
+        steps.append(run.step())
+        assert run.values["n_events"].shape == (1,)
+    result = run.result()
+    assert steps == [300, 300, 300, 100] and result.status == "completed"
+    assert Path(result.timeseries_path).read_bytes() == (
+        reference / "log300" / "timeseries.csv").read_bytes()
+    with np.load(reference / "log300" / "final_state.npz") as ref:
+        np.testing.assert_array_equal(result.species[0], ref["species"])
