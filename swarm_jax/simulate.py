@@ -1043,10 +1043,24 @@ class _Checkpointer:
         _after_checkpoint(progress)
 
     def restore(self, template):
-        """``(carry, RunProgress, log_pending)`` of the latest checkpoint, or None if there is none."""
+        """``(carry, RunProgress, log_pending)`` of the newest checkpoint that restores, or None
+        if there is none. A checkpoint that fails to restore (truncated or damaged files) is
+        reported in one line and the previous one is tried; :class:`UsageError` if none works."""
         if not os.path.isdir(self.directory) or self.store.latest_step() is None:
             return None
-        state, _, meta = self.store.restore(target={"carry": template})
+        for step in reversed(self.store.all_steps()):
+            try:
+                state, _, meta = self.store.restore(step, target={"carry": template})
+            except Exception as exc:  # noqa: BLE001 (orbax raises many types; all mean "unusable")
+                reason = " ".join(str(exc).split())[:160]
+                _say(f"warning: checkpoint {step} in {self.directory} cannot be restored "
+                     f"({type(exc).__name__}: {reason}); trying the previous one")
+                continue
+            return self._unpack(state, meta)
+        raise UsageError(f"--resume: no checkpoint in {self.directory} can be restored; start "
+                         "the run again with --overwrite")
+
+    def _unpack(self, state, meta):
         meta = dict(meta)
         log_pending = bool(meta.pop("log_pending", False))
         progress = RunProgress(**meta)
@@ -1497,6 +1511,9 @@ def _run_and_write(config: SimulationConfig, estimated: int) -> int:
         _say("error:", f"cannot write outputs to --out {config.out_dir}: {exc.strerror or exc}; "
              "the previous outputs and checkpoints are left as they were")
         return 1
+    except UsageError as exc:  # --resume with no usable checkpoint
+        _say("error:", str(exc))
+        return 2
     _warn_weights(summary)
     if result.status != "interrupted":
         remove_checkpoints(config)

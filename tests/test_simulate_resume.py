@@ -386,3 +386,32 @@ def test_library_interface_steps_to_the_same_run(reference, tmp_path):
         reference / "log300" / "timeseries.csv").read_bytes()
     with np.load(reference / "log300" / "final_state.npz") as ref:
         np.testing.assert_array_equal(result.species[0], ref["species"])
+
+
+@pytest.mark.slow
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path,
+                                                                   monkeypatch, capsys):
+    out = tmp_path / "run"
+    saved = []
+
+    def crash_after_second(progress):
+        saved.append(progress.done)
+        if len(saved) == 2:
+            raise _Crash
+
+    monkeypatch.setattr(simulate, "_after_checkpoint", crash_after_second)
+    with pytest.raises(_Crash):
+        simulate.main(_argv(out, "--checkpoint-every", "300"))
+    monkeypatch.setattr(simulate, "_after_checkpoint", lambda progress: None)
+    data = [p for p in (out / "checkpoints" / "600" / "state").rglob("*")
+            if p.is_file() and p.stat().st_size > 64 and "metadata" not in p.name]
+    assert data
+    for p in data:  # a disk fault: the newest checkpoint's array data cut short
+        p.write_bytes(p.read_bytes()[:16])
+    capsys.readouterr()
+    assert simulate.main(["--resume", "--out", str(out), "--quiet"]) == 0
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines()
+           if "warning: --events" not in ln]
+    assert len(err) == 1 and "checkpoint 600" in err[0] and "trying the previous one" in err[0]
+    _assert_same_run(out, reference / "log300")
+    assert json.loads((out / "summary.json").read_text())["resumed_from_events"] == 300
