@@ -56,7 +56,8 @@ carry (lattice, weights, policy caches) with the loop position, written atomical
 ``--checkpoint-every`` events and/or ``--checkpoint-minutes`` of wall time (default 10 min) and
 on SIGINT/SIGTERM. ``--resume --out DIR`` continues from the latest checkpoint with the saved
 settings (the original command plus ``--resume`` is accepted too; a flag that would change the
-result is refused) and gives bit for bit the outputs of an uninterrupted run. A run that ends
+result is refused) and gives bit for bit the outputs of an uninterrupted run. A checkpoint that
+fails to restore is reported in one line and the previous one is used. A run that ends
 (other than interrupted) removes ``checkpoints/``.
 
 Physical limits: a run stops (exit status 0, all outputs written, ``status`` recorded) at the end
