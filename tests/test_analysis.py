@@ -576,3 +576,23 @@ def test_cli_keeps_simulates_height_map_and_refuses_a_live_folder(tmp_path, caps
     _one_error(capsys, "not a folder")
     assert analyze.main([str(run), "--out", ""]) == 2
     _one_error(capsys, "empty path")
+
+
+def test_cli_failed_write_gives_one_line_and_keeps_the_previous_analysis(tmp_path, capsys,
+                                                                         monkeypatch):
+    from swarm_jax.outdir import OutputWriteError
+
+    run = tmp_path / "run"
+    make_run_dir(run, n_replicas=2)
+    assert analyze.main([str(run), "--no-plots"]) == 0
+    before = (run / "analysis.json").read_bytes()
+    capsys.readouterr()
+
+    def disk_full(path, text):
+        raise OutputWriteError(28, f"could not write {path}: No space left on device (ENOSPC)")
+
+    monkeypatch.setattr(analyze, "atomic_write_text", disk_full)
+    assert analyze.main([str(run), "--no-plots", "--beta-window", "2", "40"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write outputs" in err and "ENOSPC" in err
+    assert (run / "analysis.json").read_bytes() == before
