@@ -16,16 +16,29 @@ Reads (as written by ``python -m swarm_jax.simulate``):
   (…, Lx, Ly, Lz) when present (else the composition comes from the last time-series row).
 - ``summary.json`` (optional): ``lattice_constant_angstrom`` (default 4.59) and metadata.
 
-Writes to ``--out`` (default RUN_DIR): ``analysis.json``, ``roughness.png``,
-``correlation.png``, ``height_map.png``, ``composition.png`` and ``height_map.gsf``
-(replica 0's final map, heights in metres; see :mod:`swarm_jax.analysis.gsf`).
+Writes to ``--out`` (default RUN_DIR), each file whole or not at all (temporary file + rename):
+``analysis.json``, ``roughness.png`` (W(t) with the β fit), ``correlation.png`` (G(r) with the α
+fit), ``analysis_height_map.png`` (simulate's own ``height_map.png`` is left alone),
+``composition.png`` and ``height_map.gsf`` (replica 0's final map, heights in metres; see
+:mod:`swarm_jax.analysis.gsf`). ``--out`` is claimed like simulate's (one owner at a time;
+a folder in use by a live run is refused).
 
 Defaults: β is fitted to W(t) over the rows at or after the first complete monolayer (replica-
 mean ``mean_height ≥ 1``) up to the end of the run; α to G(r) over ``r ∈ [1, min(Lx, Ly)/4]``.
 When a default window holds fewer than 3 points the exponent is reported as ``null`` with a
 note; a window given on the command line that is invalid or holds fewer than 3 points is an
-error. Replicas carrying ``log_weight`` are averaged with self-normalised importance weights
-(docs/physics.md, SwarmThinkers). Bad input gives one ``error:`` line on stderr and exit status 2.
+error. An exponent fitted to fewer than :data:`RELIABLE_FIT_POINTS` points, a β window that
+reaches into the sub-monolayer regime, or an α from a film thinner than one monolayer is
+reported with ``"reliable": false`` and its ``caveats``. Replicas carrying ``log_weight`` are
+averaged with self-normalised importance weights (docs/physics.md); ``weights`` in
+analysis.json holds their batch ESS, PSIS k̂ and reliability
+(:mod:`swarm_jax.analysis.importance`). Every caveat is in ``caveats`` in analysis.json and
+printed on stderr (``swarm_jax.analyze: caveat: ...``) after the result line.
+
+Input checks: a time series that is not UTF-8, has a truncated row (fewer fields than the
+header, or a last row without its line break: a file cut short), or a non-finite or empty value
+in a used column is refused with one line naming the file and line. Bad input gives one ``error:`` line on stderr and exit status 2;
+outputs that cannot be written give one line and exit status 1 (previous files intact).
 """
 
 from __future__ import annotations
@@ -42,7 +55,8 @@ from typing import Optional
 import numpy as np
 
 from swarm_jax.analysis import exponents as ex
-from swarm_jax.analysis import gsf, morphology
+from swarm_jax.analysis import gsf, importance, morphology
+from swarm_jax.outdir import OutputDirError, atomic_write_text, check_output_dir, claim_output_dir
 
 __all__ = ["RunInputError", "RunData", "load_run", "analyze_run", "main"]
 
@@ -52,7 +66,10 @@ REQUIRED_COLUMNS = (
 )
 OPTIONAL_COLUMNS = ("replica", "log_weight", "ess")
 DEFAULT_LATTICE_CONSTANT_ANGSTROM = 4.59
-TI, O = 1, 2  # species codes (docs/physics.md / swarm_jax.physics.params)
+HEIGHT_MAP_PNG = "analysis_height_map.png"  # simulate's own height_map.png is left alone
+#: An exponent fitted to fewer points than this is reported but marked ``reliable: false``.
+RELIABLE_FIT_POINTS = 5
+TI, O = 1, 2  # species codes (docs/physics.md / swarm_jax.physics.lattice)
 
 
 class RunInputError(Exception):
@@ -95,37 +112,73 @@ class RunData:
 
 
 def _float(text: str) -> float:
-    text = (text or "").strip()
-    if text == "":
-        return math.nan
-    return float(text)
+    """A finite number from a CSV field (ValueError otherwise, also for an empty field)."""
+    value = float((text or "").strip())
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
+def _read_rows(path: str) -> tuple[list, list]:
+    """(wanted column names, rows of floats) of a time-series CSV; one-line RunInputError for
+    a file that is not UTF-8, misses columns, or has a truncated or non-numeric row."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = [f.strip() for f in next(reader, [])]
+            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            if missing:
+                raise RunInputError(f"{path}: missing column(s) {', '.join(missing)}")
+            wanted = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in header]
+            index = [header.index(c) for c in wanted]
+            rows = [_parse_row(path, reader.line_num, fields, len(header), wanted, index)
+                    for fields in reader if fields]
+            _check_final_newline(fh, path, reader.line_num)
+    except UnicodeDecodeError as exc:
+        raise RunInputError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                            f"offset {exc.start}); is it a timeseries.csv written by "
+                            "swarm_jax.simulate?") from None
+    except csv.Error as exc:
+        raise RunInputError(f"{path}: malformed CSV ({exc})") from None
+    except OSError as exc:
+        raise RunInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return wanted, rows
+
+
+def _check_final_newline(fh, path: str, line_no: int) -> None:
+    """Every row written by simulate ends with a line break; a file that does not was cut."""
+    fh.seek(0, os.SEEK_END)
+    size = fh.tell()
+    if size == 0:
+        return
+    fh.buffer.seek(size - 1)
+    if fh.buffer.read(1) not in (b"\n", b"\r"):
+        raise RunInputError(f"{path}:{line_no}: the last row has no line break: the file is "
+                            "incomplete (a run killed while writing it?)")
+
+
+def _parse_row(path, line_no, fields, n_header, wanted, index) -> list:
+    if len(fields) != n_header:
+        raise RunInputError(
+            f"{path}:{line_no}: truncated or malformed row ({len(fields)} of {n_header} fields); "
+            "the file is incomplete (a run killed while writing it?)")
+    values = []
+    for name, i in zip(wanted, index):
+        try:
+            values.append(_float(fields[i]))
+        except ValueError:
+            raise RunInputError(f"{path}:{line_no}: column {name} = {fields[i]!r} is not a "
+                                "finite number") from None
+    return values
 
 
 def _read_timeseries(path: str) -> dict:
-    try:
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            fields = [f.strip() for f in (reader.fieldnames or [])]
-            missing = [c for c in REQUIRED_COLUMNS if c not in fields]
-            if missing:
-                raise RunInputError(f"{path}: missing column(s) {', '.join(missing)}")
-            wanted = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in fields]
-            rows = []
-            for line_no, row in enumerate(reader, start=2):
-                row = {k.strip(): v for k, v in row.items() if k is not None}
-                try:
-                    rows.append([_float(row[c]) for c in wanted])
-                except (ValueError, TypeError) as exc:
-                    raise RunInputError(f"{path}:{line_no}: non-numeric value ({exc})") from None
-    except OSError as exc:
-        raise RunInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    wanted, rows = _read_rows(path)
     if not rows:
         raise RunInputError(f"{path}: no data rows")
     table = np.asarray(rows, dtype=np.float64)
     col = {c: i for i, c in enumerate(wanted)}
     replica = table[:, col["replica"]] if "replica" in col else np.zeros(len(table))
-    if not np.all(np.isfinite(replica)):
-        raise RunInputError(f"{path}: empty or non-numeric replica ids")
     groups = []
     for rid in np.unique(replica):
         block = table[replica == rid]
@@ -182,7 +235,7 @@ def load_run(run_dir) -> RunData:
     sm_path = os.path.join(run_dir, "summary.json")
     if os.path.isfile(sm_path):
         try:
-            with open(sm_path) as fh:
+            with open(sm_path, encoding="utf-8") as fh:
                 summary = json.load(fh)
         except (OSError, ValueError) as exc:
             raise RunInputError(f"cannot read {sm_path}: {exc}") from None
@@ -257,107 +310,88 @@ def _composition(run: RunData):
     return n_ti, n_o, run.series["oxide_fraction"][:, -1] * (n_ti + n_o), "timeseries.csv"
 
 
-def analyze_run(run: RunData, out_dir, beta_window=None, alpha_window=None,
-                make_plots: bool = True) -> dict:
-    """Compute the analysis of a loaded run and write every output into ``out_dir``.
-
-    Returns the dict written to ``analysis.json``.
-    """
-    from swarm_jax.analysis import plots
-
-    os.makedirs(out_dir, exist_ok=True)
-    a_ang = run.lattice_constant_angstrom
+def _header(run: RunData) -> dict:
+    """Run description: sizes, replica count, and metadata copied from summary.json."""
     s = run.series
-    r_count = run.n_replicas
-    lw_series = run.log_weights
-    lw_final = None if lw_series is None else lw_series[:, -1]
-    result: dict = {
+    result = {
         "run_dir": run.run_dir,
-        "n_replicas": r_count,
+        "n_replicas": run.n_replicas,
         "n_rows": int(s["time"].shape[1]),
         "lattice_shape": list(run.heights.shape[1:]) + (
             [int(run.species.shape[-1])] if run.species is not None else []
         ),
-        "lattice_constant_angstrom": a_ang,
-        "importance_weighted": lw_series is not None,
+        "lattice_constant_angstrom": run.lattice_constant_angstrom,
+        "importance_weighted": run.log_weights is not None,
     }
     for key in ("temperature", "deposition_rate", "lattice_size", "n_events", "policy", "seed"):
         if key in run.summary:
             result[key] = run.summary[key]
+    return result
 
-    # --- growth exponent β from W(t) -------------------------------------------------------
-    t_mean = ex.replica_mean(s["time"], lw_series)
-    w_mean = ex.replica_mean(s["roughness"], lw_series)
-    h_mean = ex.replica_mean(s["mean_height"], lw_series)
-    beta_fit, beta_note, source = None, None, "default"
+
+def _fit_beta(run: RunData, beta_window, t_mean, w_mean, h_mean):
+    """β from W(t): ``(fit or None, note or None, window or None, source)``; a user window
+    that cannot be fitted raises :class:`RunInputError`."""
+    s, lw = run.series, run.log_weights
     if beta_window is not None:
-        beta_window, source = _check_window("beta", beta_window), "user"
+        window = _check_window("beta", beta_window)
         try:
-            beta_fit = ex.fit_growth_exponent(s["time"], s["roughness"], beta_window,
-                                              log_weights=lw_series)
+            return (ex.fit_growth_exponent(s["time"], s["roughness"], window, log_weights=lw),
+                    None, window, "user")
         except ValueError as exc:
             raise RunInputError(f"--beta-window: {exc}") from None
-    else:
-        beta_window, beta_note = _default_growth_window(t_mean, w_mean, h_mean)
-        if beta_window is not None:
-            try:
-                beta_fit = ex.fit_growth_exponent(s["time"], s["roughness"], beta_window,
-                                                  log_weights=lw_series)
-            except ValueError as exc:
-                beta_fit, beta_note = None, f"β fit failed: {exc}"
-    result["beta"] = None if beta_fit is None else dict(beta_fit.to_dict(), clock="time_s")
-    result["beta_note"] = beta_note
-    # the same exponent against the film thickness (mean height, ML): clock-noise free
-    theta_window, theta_note = _default_growth_window(h_mean, w_mean, h_mean)
-    beta_theta = None
-    if theta_window is not None:
+    window, note = _default_growth_window(t_mean, w_mean, h_mean)
+    fit = None
+    if window is not None:
         try:
-            beta_theta = ex.fit_growth_exponent(s["mean_height"], s["roughness"], theta_window,
-                                                log_weights=lw_series).to_dict()
-            beta_theta["clock"] = "mean_height_layers"
+            fit = ex.fit_growth_exponent(s["time"], s["roughness"], window, log_weights=lw)
         except ValueError as exc:
-            theta_note = f"fit failed: {exc}"
-    result["beta_vs_mean_height"] = beta_theta
-    result["beta_vs_mean_height_note"] = theta_note
+            fit, note = None, f"β fit failed: {exc}"
+    return fit, note, window, "default"
 
-    # --- roughness exponent α from G(r) of the final maps ------------------------------------
-    heights = run.heights
-    alpha_source = "default"
-    if alpha_window is not None:
-        alpha_window, alpha_source = _check_window("alpha", alpha_window), "user"
-    else:
-        alpha_window = morphology.default_alpha_window(heights.shape)
-    lw_alpha = lw_final if (lw_final is not None and lw_final.shape[0] == heights.shape[0]) else None
-    alpha_fit, alpha_note = None, None
-    r, g = None, None
+
+def _fit_beta_vs_height(run: RunData, w_mean, h_mean):
+    """The same exponent against the film thickness (mean height, ML): clock-noise free.
+    Returns ``(fit dict or None, note or None)``."""
+    window, note = _default_growth_window(h_mean, w_mean, h_mean)
+    if window is None:
+        return None, note
     try:
-        alpha_fit, r, g = morphology.fit_roughness_exponent(heights, alpha_window,
-                                                            log_weights=lw_alpha)
+        fit = ex.fit_growth_exponent(run.series["mean_height"], run.series["roughness"], window,
+                                     log_weights=run.log_weights).to_dict()
     except ValueError as exc:
-        if alpha_source == "user":
-            raise RunInputError(f"--alpha-window: {exc}") from None
-        alpha_note = f"no roughness exponent: {exc}"
-        r, g_all, _ = morphology.height_height_correlation(heights)
-        g = ex.replica_mean(g_all, lw_alpha)
-    if alpha_fit is not None and heights.shape[0] == 1:
-        alpha_note = "single map: stderr is the OLS fit error (G(r) points are correlated)"
-    result["alpha"] = None if alpha_fit is None else alpha_fit.to_dict()
-    result["alpha_note"] = alpha_note
-    result["windows"] = {
-        "beta": None if beta_window is None else list(beta_window),
-        "beta_source": source,
-        "beta_units": "s",
-        "alpha": list(alpha_window),
-        "alpha_source": alpha_source,
-        "alpha_units": "lattice sites",
-    }
+        return None, f"fit failed: {exc}"
+    fit["clock"] = "mean_height_layers"
+    return fit, note
 
-    # --- final morphology and composition ----------------------------------------------------
+
+def _fit_alpha(run: RunData, alpha_window, lw_alpha):
+    """α from G(r) of the final maps: ``(fit or None, note or None, r, G, window, source)``."""
+    heights = run.heights
+    source = "default" if alpha_window is None else "user"
+    window = (morphology.default_alpha_window(heights.shape) if alpha_window is None
+              else _check_window("alpha", alpha_window))
+    try:
+        fit, r, g = morphology.fit_roughness_exponent(heights, window, log_weights=lw_alpha)
+    except ValueError as exc:
+        if source == "user":
+            raise RunInputError(f"--alpha-window: {exc}") from None
+        r, g_all, _ = morphology.height_height_correlation(heights)
+        return (None, f"no roughness exponent: {exc}", r, ex.replica_mean(g_all, lw_alpha),
+                window, source)
+    note = ("single map: stderr is the OLS fit error (G(r) points are correlated)"
+            if heights.shape[0] == 1 else None)
+    return fit, note, r, g, window, source
+
+
+def _final_observables(run: RunData, t_mean, lw_alpha) -> dict:
+    """Final morphology and composition, importance-weighted when the run carries weights."""
+    heights, a_ang = run.heights, run.lattice_constant_angstrom
     w_fin = morphology.roughness(heights)
     n_ti, n_o, n_ox, comp_src = _composition(run)
     avg = (lambda v: float(ex.replica_mean(np.asarray(v)[:, None], lw_alpha)[0]))
     n_ti_m, n_o_m, n_ox_m = avg(n_ti), avg(n_o), avg(n_ox)
-    result["final"] = {
+    final = {
         "time_s": float(t_mean[-1]),
         "mean_height_layers": avg(morphology.mean_height(heights)),
         "roughness_layers": avg(w_fin),
@@ -370,34 +404,123 @@ def analyze_run(run: RunData, out_dir, beta_window=None, alpha_window=None,
         "oxide_fraction": n_ox_m / (n_ti_m + n_o_m) if (n_ti_m + n_o_m) > 0 else None,
         "composition_source": comp_src,
     }
-    if lw_series is not None:
-        result["final"]["ess_fraction"] = float(ex.effective_sample_size(lw_final) / r_count)
-    if "ess" in s:
-        result["final"]["logged_ess"] = ex.replica_mean(s["ess"])[-1]
+    lw = run.log_weights
+    if lw is not None:
+        final["ess_fraction"] = float(ex.effective_sample_size(lw[:, -1]) / run.n_replicas)
+    if "ess" in run.series:
+        final["logged_ess"] = ex.replica_mean(run.series["ess"])[-1]
+    return final
 
-    # --- exports -------------------------------------------------------------------------------
-    outputs = {}
-    gsf_path = os.path.join(out_dir, "height_map.gsf")
-    gsf.write_gsf(gsf_path, heights[0], lattice_constant_m=a_ang * 1e-10,
+
+def _write_figures(run: RunData, out_dir, t_mean, w_mean, beta_fit, r, g, alpha_fit) -> dict:
+    """The PNG figures (each written atomically); returns {figure: file name}."""
+    from swarm_jax.analysis import plots
+
+    s, lw, r_count = run.series, run.log_weights, run.n_replicas
+    plots.plot_roughness(os.path.join(out_dir, "roughness.png"), t_mean, w_mean, beta_fit,
+                         roughness_per_replica=s["roughness"] if r_count > 1 else None)
+    plots.plot_correlation(os.path.join(out_dir, "correlation.png"), r, g, alpha_fit)
+    plots.plot_height_map(os.path.join(out_dir, HEIGHT_MAP_PNG), run.heights[0],
+                          run.lattice_constant_angstrom,
+                          title="Final height map" + (" (replica 0)" if r_count > 1 else ""))
+    plots.plot_composition(os.path.join(out_dir, "composition.png"), t_mean,
+                           ex.replica_mean(s["n_ti"], lw), ex.replica_mean(s["n_o"], lw),
+                           ex.replica_mean(s["oxide_fraction"], lw))
+    return dict(roughness="roughness.png", correlation="correlation.png",
+                height_map=HEIGHT_MAP_PNG, composition="composition.png")
+
+
+def analyze_run(run: RunData, out_dir, beta_window=None, alpha_window=None,
+                make_plots: bool = True) -> dict:
+    """Compute the analysis of a loaded run and write every output into ``out_dir``.
+
+    Returns the dict written to ``analysis.json``.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    s, lw_series = run.series, run.log_weights
+    lw_final = None if lw_series is None else lw_series[:, -1]
+    lw_alpha = (lw_final if (lw_final is not None and lw_final.shape[0] == run.heights.shape[0])
+                else None)
+    t_mean = ex.replica_mean(s["time"], lw_series)
+    w_mean = ex.replica_mean(s["roughness"], lw_series)
+    h_mean = ex.replica_mean(s["mean_height"], lw_series)
+
+    result = _header(run)
+    beta_fit, beta_note, beta_window, beta_source = _fit_beta(run, beta_window, t_mean, w_mean,
+                                                              h_mean)
+    result["beta"] = None if beta_fit is None else dict(beta_fit.to_dict(), clock="time_s")
+    result["beta_note"] = beta_note
+    result["beta_vs_mean_height"], result["beta_vs_mean_height_note"] = _fit_beta_vs_height(
+        run, w_mean, h_mean)
+    alpha_fit, alpha_note, r, g, alpha_window, alpha_source = _fit_alpha(run, alpha_window,
+                                                                         lw_alpha)
+    result["alpha"] = None if alpha_fit is None else alpha_fit.to_dict()
+    result["alpha_note"] = alpha_note
+    result["windows"] = {
+        "beta": None if beta_window is None else list(beta_window),
+        "beta_source": beta_source,
+        "beta_units": "s",
+        "alpha": list(alpha_window),
+        "alpha_source": alpha_source,
+        "alpha_units": "lattice sites",
+    }
+    result["final"] = _final_observables(run, t_mean, lw_alpha)
+
+    gsf.write_gsf(os.path.join(out_dir, "height_map.gsf"), run.heights[0],
+                  lattice_constant_m=run.lattice_constant_angstrom * 1e-10,
                   title="swarm_jax final height map (replica 0)")
-    outputs["gsf"] = "height_map.gsf"
+    outputs = {"gsf": "height_map.gsf"}
     if make_plots:
-        n_ti_t = ex.replica_mean(s["n_ti"], lw_series)
-        n_o_t = ex.replica_mean(s["n_o"], lw_series)
-        ox_t = ex.replica_mean(s["oxide_fraction"], lw_series)
-        plots.plot_roughness(os.path.join(out_dir, "roughness.png"), t_mean, w_mean, beta_fit,
-                             roughness_per_replica=s["roughness"] if r_count > 1 else None)
-        plots.plot_correlation(os.path.join(out_dir, "correlation.png"), r, g, alpha_fit)
-        plots.plot_height_map(os.path.join(out_dir, "height_map.png"), heights[0], a_ang,
-                              title="Final height map" + (" (replica 0)" if r_count > 1 else ""))
-        plots.plot_composition(os.path.join(out_dir, "composition.png"), t_mean, n_ti_t, n_o_t, ox_t)
-        outputs.update(roughness="roughness.png", correlation="correlation.png",
-                       height_map="height_map.png", composition="composition.png")
+        outputs.update(_write_figures(run, out_dir, t_mean, w_mean, beta_fit, r, g, alpha_fit))
     result["outputs"] = outputs
+    _add_caveats(result, lw_final)
     result = _jsonable(result)
-    with open(os.path.join(out_dir, "analysis.json"), "w") as fh:
-        json.dump(result, fh, indent=2, allow_nan=False)
+    atomic_write_text(os.path.join(out_dir, "analysis.json"),
+                      json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
+
+
+def _fit_caveats(fit: Optional[dict], note: Optional[str], extra: list) -> list:
+    """Caveats of one exponent fit; sets ``fit["reliable"]`` and ``fit["caveats"]``."""
+    caveats = [note] if note else []
+    caveats += extra
+    if fit is not None:
+        if fit["n_points"] < RELIABLE_FIT_POINTS:
+            caveats.append(f"only {fit['n_points']} points in the fit window (fewer than "
+                           f"{RELIABLE_FIT_POINTS}): the exponent is not reliable")
+        fit["reliable"] = not caveats
+        fit["caveats"] = list(caveats)
+    return caveats
+
+
+def _add_caveats(result: dict, lw_final) -> None:
+    """Collects every caveat of the analysis into ``result["caveats"]`` (printed by the CLI) and
+    marks each exponent ``reliable`` or not; adds the importance-weight diagnostics."""
+    caveats, weighted = [], []
+    if lw_final is not None:
+        weights = importance.assess_weights(lw_final)
+        result["weights"] = weights
+        if not weights["reliable"]:
+            caveats.append("importance weights: " + "; ".join(weights["reasons"])
+                           + " (weighted averages and fits are not reliable)")
+            weighted = ["fitted to importance-weighted averages whose weights are not reliable"]
+    thin = result["final"]["mean_height_layers"] < 1.0
+    thin_note = ("the film is thinner than one monolayer (mean height "
+                 f"{result['final']['mean_height_layers']:.3g}): the surface is scattered "
+                 "adatoms, not a growing film")
+    sub_ml = result["beta_note"] is not None and "after the first monolayer" in result["beta_note"]
+    caveats += [f"beta: {c}" for c in _fit_caveats(
+        result["beta"], result["beta_note"],
+        (["the fit includes the sub-monolayer regime"] if sub_ml and result["beta"] else [])
+        + weighted)]
+    caveats += [f"beta vs mean height: {c}" for c in _fit_caveats(
+        result["beta_vs_mean_height"], result["beta_vs_mean_height_note"], weighted)]
+    alpha_note = result["alpha_note"]
+    informational = alpha_note is not None and alpha_note.startswith("single map")
+    alpha_extra = ([thin_note] if thin and result["alpha"] is not None else []) + weighted
+    caveats += [f"alpha: {c}" for c in _fit_caveats(
+        result["alpha"], None if informational else alpha_note, alpha_extra)]
+    result["caveats"] = caveats
 
 
 class _Parser(argparse.ArgumentParser):
@@ -417,24 +540,48 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _print_report(result: dict, out_dir: str) -> None:
+    """The result line on stdout, then each caveat on stderr."""
+    def fmt(fit):
+        if fit is None:
+            return "n/a"
+        text = f"{fit['exponent']:.3f} ± {fit['stderr']:.3f}"
+        return text if fit.get("reliable", True) else text + " (UNRELIABLE)"
+
+    print(f"beta = {fmt(result['beta'])}  alpha = {fmt(result['alpha'])}  "
+          f"W = {result['final']['roughness_layers']:.3f} layers  -> "
+          f"{os.path.join(out_dir, 'analysis.json')}", flush=True)
+    for caveat in result["caveats"]:
+        print(f"{PROG}: caveat: {caveat}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
-    """CLI entry point; returns the exit status (0 ok, 2 bad input)."""
+    """CLI entry point; returns the exit status (0 ok, 1 outputs could not be written, 2 bad
+    input or an --out that cannot be used)."""
     try:
         args = _build_parser().parse_args(argv)
-        run = load_run(args.run_dir)
         out_dir = args.out if args.out is not None else args.run_dir
         try:
-            result = analyze_run(run, out_dir, beta_window=args.beta_window,
-                                 alpha_window=args.alpha_window, make_plots=not args.no_plots)
-        except OSError as exc:
-            raise RunInputError(f"cannot write outputs to {out_dir}: {exc.strerror or exc}") from None
+            check_output_dir(out_dir)
+            run = load_run(args.run_dir)
+            lock = claim_output_dir(out_dir)
+        except OutputDirError as exc:
+            raise RunInputError(str(exc)) from None
     except RunInputError as exc:
         print(f"{PROG}: error: {exc}".replace("\n", " "), file=sys.stderr)
         return 2
-    beta, alpha = result["beta"], result["alpha"]
-    fmt = (lambda f: "n/a" if f is None else f"{f['exponent']:.3f} ± {f['stderr']:.3f}")
-    print(f"beta = {fmt(beta)}  alpha = {fmt(alpha)}  "
-          f"W = {result['final']['roughness_layers']:.3f} layers  -> {os.path.join(out_dir, 'analysis.json')}")
+    with lock:
+        try:
+            result = analyze_run(run, out_dir, beta_window=args.beta_window,
+                                 alpha_window=args.alpha_window, make_plots=not args.no_plots)
+        except RunInputError as exc:
+            print(f"{PROG}: error: {exc}".replace("\n", " "), file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"{PROG}: error: cannot write outputs to {out_dir}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
+    _print_report(result, out_dir)
     return 0
 
 

@@ -28,7 +28,7 @@ A_M = 4.59e-10
 # synthetic data
 # --------------------------------------------------------------------------------------------
 def random_deposition(rng, n_replicas, lx, ly, thetas):
-    """Random deposition (docs/physics.md, Validation: frozen regime) in NumPy: every column receives a
+    """Random deposition (docs/physics.md, frozen regime) in NumPy: every column receives a
     Poisson number of atoms with mean Δθ per interval. Returns heights (R, T, Lx, Ly)."""
     increments = np.diff(np.concatenate([[0.0], thetas]))
     steps = rng.poisson(increments[None, :, None, None], size=(n_replicas, len(thetas), lx, ly))
@@ -332,7 +332,7 @@ def test_cli_writes_all_outputs(tmp_path, capsys):
     out = tmp_path / "out"
     assert analyze.main([str(run), "--out", str(out)]) == 0
     for name in ("analysis.json", "height_map.gsf", "roughness.png", "correlation.png",
-                 "height_map.png", "composition.png"):
+                 "analysis_height_map.png", "composition.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     res = json.loads((out / "analysis.json").read_text())
     assert res["n_replicas"] == 3 and res["importance_weighted"] is True
@@ -452,3 +452,147 @@ def test_analysis_modules_do_not_import_jax():
             for name in names:
                 assert name.split(".")[0] not in ("jax", "flax", "optax"), (path.name, name)
                 assert name.split(".")[:2] != ["swarm_jax", "physics"], (path.name, name)
+
+
+# --------------------------------------------------------------------------------------------
+# Damaged inputs, caveats on the console, ownership of --out
+# --------------------------------------------------------------------------------------------
+
+
+def _one_error(capsys, *texts):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("swarm_jax.analyze: error:"), err
+    assert "Traceback" not in err
+    for text in texts:
+        assert text in err, err
+
+
+def test_cli_refuses_non_utf8_truncated_and_non_finite_series(tmp_path, capsys):
+    run = tmp_path / "run"
+    make_run_dir(run, n_replicas=2)
+    good = (run / "timeseries.csv").read_bytes()
+    (run / "timeseries.csv").write_bytes(good.replace(b"event", b"\xe9vent", 1))
+    assert analyze.main([str(run), "--no-plots"]) == 2
+    _one_error(capsys, "not UTF-8")
+
+    lines = good.decode().splitlines(keepends=True)
+    (run / "timeseries.csv").write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 3])
+    assert analyze.main([str(run), "--no-plots"]) == 2
+    _one_error(capsys, f"timeseries.csv:{len(lines)}: truncated", "incomplete")
+
+    (run / "timeseries.csv").write_text("".join(lines[:-1]) + lines[-1].rstrip("\r\n")[:-2])
+    assert analyze.main([str(run), "--no-plots"]) == 2  # same field count, cut in the last one
+    _one_error(capsys, f"timeseries.csv:{len(lines)}: the last row has no line break")
+
+    header = lines[0].strip().split(",")
+    for column, value in (("time", "nan"), ("roughness", "inf"), ("time", "")):
+        fields = lines[3].strip().split(",")
+        fields[header.index(column)] = value
+        (run / "timeseries.csv").write_text("".join(lines[:3]) + ",".join(fields) + "\n"
+                                            + "".join(lines[4:]))
+        assert analyze.main([str(run), "--no-plots"]) == 2
+        _one_error(capsys, "timeseries.csv:4:", f"column {column} = {value!r}", "finite")
+    assert not (run / "analysis.json").exists()
+
+
+def test_cli_prints_caveats_and_marks_unreliable_fits(tmp_path, capsys):
+    """A run that never completes a monolayer: β falls back to the whole run and α comes from
+    scattered adatoms; both are reported, marked unreliable, and the caveats reach the console."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rng = np.random.default_rng(0)
+    t = np.geomspace(0.01, 0.5, 12)
+    rows = [",".join(COLUMNS)] + [
+        f"{100 * (k + 1)},{tk},{tk},{np.sqrt(tk) * (1 + 0.02 * rng.normal())},{tk},1,2,0"
+        for k, tk in enumerate(t)]
+    (run / "timeseries.csv").write_text("\n".join(rows) + "\n")
+    np.savez(run / "final_state.npz", heights=(rng.random((16, 16)) < 0.4).astype(np.int32))
+    assert analyze.main([str(run), "--no-plots"]) == 0
+    captured = capsys.readouterr()
+    assert "(UNRELIABLE)" in captured.out.splitlines()[0]
+    caveat_lines = [ln for ln in captured.err.splitlines() if "caveat:" in ln]
+    assert any("beta:" in ln and "first monolayer" in ln for ln in caveat_lines)
+    assert any("alpha:" in ln and "thinner than one monolayer" in ln for ln in caveat_lines)
+    res = json.loads((run / "analysis.json").read_text())
+    assert res["beta"]["reliable"] is False and res["beta"]["caveats"]
+    assert res["alpha"]["reliable"] is False
+    assert len(res["caveats"]) == len(caveat_lines)
+
+
+def test_fits_from_few_points_are_marked_unreliable(tmp_path, capsys):
+    run = tmp_path / "run"
+    make_run_dir(run, n_replicas=2, weights=False)
+    assert analyze.main([str(run), "--no-plots", "--beta-window", "10", "40"]) == 0
+    res = json.loads((run / "analysis.json").read_text())
+    n = res["beta"]["n_points"]
+    assert 3 <= n < analyze.RELIABLE_FIT_POINTS and res["beta"]["reliable"] is False
+    assert f"only {n} points" in capsys.readouterr().err
+    assert analyze.main([str(run), "--no-plots"]) == 0  # default window: 12 points
+    res = json.loads((run / "analysis.json").read_text())
+    assert res["beta"]["reliable"] is True and res["beta"]["caveats"] == []
+
+
+def test_collapsed_importance_weights_are_flagged(tmp_path, capsys):
+    run = tmp_path / "run"
+    make_run_dir(run, n_replicas=4)
+    lines = (run / "timeseries.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    issue_lw = {0: -6438.0, 1: -7157.0, 2: -6411.0, 3: -8067.0}
+    out_lines = [lines[0]]
+    for line in lines[1:]:
+        f = line.split(",")
+        f[header.index("log_weight")] = repr(issue_lw[int(f[header.index("replica")])])
+        out_lines.append(",".join(f))
+    (run / "timeseries.csv").write_text("\n".join(out_lines) + "\n")
+    assert analyze.main([str(run), "--no-plots"]) == 0
+    captured = capsys.readouterr()
+    assert "caveat: importance weights: batch ESS 1 of 4" in captured.err
+    assert captured.out.count("(UNRELIABLE)") == 2  # beta and alpha
+    res = json.loads((run / "analysis.json").read_text())
+    assert res["weights"]["reliable"] is False and res["weights"]["batch_ess"] < 1.01
+    for fit in ("beta", "alpha"):  # exponents of weighted averages inherit the flag
+        assert res[fit]["reliable"] is False
+        assert any("not reliable" in c for c in res[fit]["caveats"])
+
+
+
+def test_cli_keeps_simulates_height_map_and_refuses_a_live_folder(tmp_path, capsys):
+    from swarm_jax.outdir import claim_output_dir
+
+    run = tmp_path / "run"
+    make_run_dir(run, n_replicas=1)
+    (run / "height_map.png").write_bytes(b"simulate's figure")
+    assert analyze.main([str(run)]) == 0
+    assert (run / "height_map.png").read_bytes() == b"simulate's figure"
+    assert (run / "analysis_height_map.png").stat().st_size > 0
+    res = json.loads((run / "analysis.json").read_text())
+    assert res["outputs"]["height_map"] == "analysis_height_map.png"
+    capsys.readouterr()
+    with claim_output_dir(run):  # a simulate still writing into the folder
+        assert analyze.main([str(run), "--no-plots"]) == 2
+        _one_error(capsys, "already in use")
+    (tmp_path / "file").write_text("x")
+    assert analyze.main([str(run), "--out", str(tmp_path / "file")]) == 2
+    _one_error(capsys, "not a folder")
+    assert analyze.main([str(run), "--out", ""]) == 2
+    _one_error(capsys, "empty path")
+
+
+def test_cli_failed_write_gives_one_line_and_keeps_the_previous_analysis(tmp_path, capsys,
+                                                                         monkeypatch):
+    from swarm_jax.outdir import OutputWriteError
+
+    run = tmp_path / "run"
+    make_run_dir(run, n_replicas=2)
+    assert analyze.main([str(run), "--no-plots"]) == 0
+    before = (run / "analysis.json").read_bytes()
+    capsys.readouterr()
+
+    def disk_full(path, text):
+        raise OutputWriteError(28, f"could not write {path}: No space left on device (ENOSPC)")
+
+    monkeypatch.setattr(analyze, "atomic_write_text", disk_full)
+    assert analyze.main([str(run), "--no-plots", "--beta-window", "2", "40"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write outputs" in err and "ENOSPC" in err
+    assert (run / "analysis.json").read_bytes() == before

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from swarm_jax import analyze, simulate
+from swarm_jax.outdir import LOCK_NAME
 from swarm_jax.physics import make_rate_tables
 from swarm_jax.physics.lattice import check_sos
 from swarm_jax.physics.params import O, TI
@@ -34,6 +35,11 @@ def _run(out, *extra, events=1000, log_every=300, temperature=300, seed=0):
             "--deposition-rate", "1.0", "--events", str(events), "--log-every", str(log_every),
             "--seed", str(seed), "--out", str(out), "--quiet", *extra]
     return simulate.main(argv)
+
+
+def _listing(out):
+    """The run folder's files, without the hidden ownership lock file."""
+    return sorted(n for n in os.listdir(out) if n != LOCK_NAME)
 
 
 def _read_csv(path):
@@ -65,8 +71,9 @@ def demo_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_demo_run_writes_every_output(demo_run):
-    assert sorted(os.listdir(demo_run)) == [
+    assert _listing(demo_run) == [
         "final_state.npz", "height_map.png", "summary.json", "timeseries.csv"]
+    assert (demo_run / LOCK_NAME).exists()  # the (released) ownership lock; checkpoints removed
     fields, rows = _read_csv(demo_run / "timeseries.csv")
     assert set(REQUIRED) <= set(fields)
     assert [int(r["event"]) for r in rows] == [0, 300, 600, 900, 1000]
@@ -220,7 +227,7 @@ def test_module_entry_point_in_a_subprocess(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "stopped after 0 events: no event is possible" in proc.stderr
     assert "no_events" in proc.stdout
-    assert sorted(os.listdir(out)) == [
+    assert _listing(out) == [
         "final_state.npz", "height_map.png", "summary.json", "timeseries.csv"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "no_events" and summary["events_executed"] == [0]
@@ -293,12 +300,13 @@ def test_missing_out_and_non_empty_out(tmp_path, capsys):
 
 def test_parse_config_defaults_and_units(tmp_path):
     out = str(tmp_path / "run")
-    cfg = simulate.parse_config(["--out", out, "--events", "1e5"])
+    cfg = simulate.parse_config(["--out", out, "--events", "1e5", "--lattice-size", "20", "20", "10"])
     assert cfg.lattice_size == (20, 20, 10) and cfg.events == 100_000
     assert cfg.log_every == 1000  # events / 100
     assert cfg.replicas == 1 and cfg.policy == "classical"
     assert simulate.parse_config(["--out", out, "--events", "50"]).log_every == 1  # at least 1
-    cfg = simulate.parse_config(["--out", out, "--physics", "e_es=0.2", "--temperature", "450"])
+    cfg = simulate.parse_config(["--out", out, "--physics", "e_es=0.2", "--temperature", "450",
+                                 "--lattice-size", "20", "20", "10"])
     params = cfg.physics_params()
     assert params.e_es == 0.2 and params.temperature == 450.0
     assert cfg.fillable_sites == 20 * 20 * 9

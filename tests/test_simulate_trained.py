@@ -138,6 +138,11 @@ def _check_weighted_summary(out):
         assert np.isclose(iw[name]["estimate"], float(est)) and np.isclose(iw[name]["stderr"], float(se))
     assert np.isclose(iw["batch_ess_ratio"], float(batch_ess(jnp.asarray(log_w))))
     assert summary["events_per_second"] > 0 and summary["peak_memory_bytes"] > 0
+    # three replicas of a sharp policy: an effective sample below 3 is flagged, never hidden
+    assert iw["n"] == 3 and iw["khat"] is None  # k-hat needs >= 21 replicas
+    assert iw["reliable"] is False and "batch ESS" in iw["reasons"][0]
+    # a finished run's last rows carry the real stop reason, not "running"
+    assert [r["status"] for r in rows if r["event"] == "120"] == ["done"] * 3
     return summary, log_w
 
 
@@ -215,3 +220,34 @@ def test_incremental_film_stats_give_the_global_features(checkpoints):
     assert int(stats.n_oxide) == int(fresh.n_oxide)
     np.testing.assert_allclose(np.asarray(S.global_features_from_stats(lat, stats, tables, phys, 0.3)),
                                np.asarray(global_features(lat, tables, phys, 0.3)), rtol=1e-6, atol=1e-7)
+
+
+class _Crash(Exception):
+    """Stands for a process killed right after a checkpoint was committed."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["candidates", "full"])
+def test_trained_run_resumes_bit_identically(checkpoints, tmp_path, monkeypatch, mode):
+    """The policy's carry (running log weights, film statistics or score caches) is checkpointed
+    with the lattices: crash after the 60-event checkpoint, --resume, same files."""
+    extra = ["--mode", mode] + (["--context-refresh", "50"] if mode == "full" else [])
+    code, ref = _cli(tmp_path, "ref", checkpoints["final"], *extra)
+    assert code == 0
+
+    def crash(progress):
+        raise _Crash
+
+    monkeypatch.setattr(simulate, "_after_checkpoint", crash)
+    with pytest.raises(_Crash):
+        _cli(tmp_path, "crashed", checkpoints["final"], *extra, "--checkpoint-every", "60")
+    monkeypatch.setattr(simulate, "_after_checkpoint", lambda progress: None)
+    out = tmp_path / "crashed"
+    assert simulate.main(["--resume", "--out", str(out), "--quiet"]) == 0
+    assert (out / "timeseries.csv").read_bytes() == (ref / "timeseries.csv").read_bytes()
+    a, b = np.load(out / "final_state.npz"), np.load(ref / "final_state.npz")
+    for name in ("heights", "species", "oxide"):
+        np.testing.assert_array_equal(a[name], b[name])
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (out, ref))
+    assert sa["log_weight"] == sb["log_weight"] and sa["resumed_from_events"] == 60
+    assert sa["importance_weighted"] == sb["importance_weighted"]

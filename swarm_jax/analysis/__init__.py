@@ -2,6 +2,8 @@
 
 - :mod:`~swarm_jax.analysis.morphology`: W, mean height, coverage, G(r), autocorrelation, α.
 - :mod:`~swarm_jax.analysis.exponents`: log-log OLS fits with OLS and replica-bootstrap errors, β.
+- :mod:`~swarm_jax.analysis.importance`: SNIS estimates with standard errors, batch ESS, PSIS k̂,
+  the reliability flag of importance-weighted results, mean ± standard error.
 - :mod:`~swarm_jax.analysis.gsf`: Gwyddion Simple Field export/import (heights in metres).
 - :mod:`~swarm_jax.analysis.plots`: PNG figures (imported on use; pulls in matplotlib).
 

@@ -1,6 +1,6 @@
 """Scaling-exponent fits: log-log ordinary least squares with honest error bars (NumPy only).
 
-docs/physics.md (Analysis conventions) asks for exponents from log-log fits over a chosen window, never a one-point
+docs/physics.md asks for exponents from log-log fits over a chosen window, never a one-point
 estimate. Everything here fits ``log y = intercept + slope · log x`` by ordinary least squares
 over the points whose ``x`` lies in a closed window ``[x_min, x_max]`` and whose ``y > 0``.
 
@@ -17,7 +17,7 @@ Error bars
 - ``stderr`` (the one to quote) is ``max(ols_stderr, bootstrap_stderr)`` when both exist,
   otherwise the OLS one: conservative, and never smaller than either honest estimate.
 
-Importance weights (docs/physics.md, SwarmThinkers): trajectories produced by a non-uniform policy carry a log
+Importance weights (docs/physics.md): trajectories produced by a non-uniform policy carry a log
 weight ``log W``; the physical average of an observable over replicas is then the self-normalised
 weighted mean ``Σ W_i A_i / Σ W_i``. Passing ``log_weights`` switches the replica mean to that
 estimator (inside the bootstrap too).

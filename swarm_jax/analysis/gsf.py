@@ -28,6 +28,8 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from swarm_jax.outdir import atomic_write_bytes
+
 __all__ = ["GSF_MAGIC", "DEFAULT_LATTICE_CONSTANT_M", "gsf_bytes", "write_gsf", "read_gsf"]
 
 GSF_MAGIC = "Gwyddion Simple Field 1.0"
@@ -106,8 +108,7 @@ def write_gsf(
     """
     blob = gsf_bytes(heights_layers, lattice_constant_m, title=title, extra=extra)
     path = os.fspath(path)
-    with open(path, "wb") as fh:
-        fh.write(blob)
+    atomic_write_bytes(path, blob)  # whole file or none (temporary file + rename)
     return path
 
 

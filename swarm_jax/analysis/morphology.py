@@ -5,10 +5,10 @@ Conventions
 - A height map is an integer or float array ``h[..., x, y]`` of shape ``(..., Lx, Ly)`` in layers
   (monolayers, ML); leading axes are a batch (replicas, times). Multiply lengths by the lattice
   constant ``a`` (4.59 Å by default) for Å.
-- The map is periodic in x and y (docs/physics.md, Lattice), so correlations use the minimum-image
+- The map is periodic in x and y (docs/physics.md), so correlations use the minimum-image
   displacement ``d = (dx, dy)`` with ``dx ∈ (−Lx/2, Lx/2]``.
 
-Definitions (docs/physics.md, Observables)
+Definitions (docs/physics.md)
 ---------------------------
 - mean height ``h̄ = mean(h)``; roughness ``W = sqrt(mean((h − h̄)²))``; coverage = fraction of
   columns with ``h > 0``.

@@ -2,17 +2,19 @@
 
 Each function builds a :class:`matplotlib.figure.Figure` attached to an Agg canvas directly (no
 ``pyplot``, so no global figure state and no GUI backend is touched, whatever backend the
-caller uses), saves it to ``path`` and returns the path.
+caller uses), saves it to ``path`` atomically (temporary file + rename) and returns the path.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Optional
 
 import numpy as np
 
 from swarm_jax.analysis.exponents import ExponentFit
+from swarm_jax.outdir import atomic_write_bytes
 
 __all__ = ["plot_roughness", "plot_height_map", "plot_composition", "plot_correlation"]
 
@@ -27,8 +29,12 @@ def _figure(figsize):
 
 
 def _save(fig, path) -> str:
+    """Render ``fig`` as PNG and write it to ``path`` whole or not at all (temp file + rename;
+    :class:`swarm_jax.outdir.OutputWriteError` on failure, any previous file kept)."""
     path = os.fspath(path)
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

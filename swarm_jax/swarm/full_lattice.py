@@ -1,4 +1,4 @@
-"""Full-lattice SwarmThinkers sampling (docs/physics.md, SwarmThinkers, "Full-lattice mode"): pure, jit/vmap-able.
+"""Full-lattice SwarmThinkers sampling (docs/physics.md, "Full-lattice mode"): pure, jit/vmap-able.
 
 Instead of K candidates, every event ``e`` of the catalogue (column ``c``, slot ``k``) is proposed
 with probability ``q(e) = exp(f_e) Γ_e / Z``, ``Z = Σ_e exp(f_e) Γ_e``, where ``f_e`` is the
@@ -355,7 +355,7 @@ def run_batch(carry: FullLatticeState, tables: RateTables, physics: PhysicsParam
     (int, traced) events have run since the last refresh; all replicas run in lockstep, so the
     decision is taken once for the batch (replica 0's counter) and stays a real ``lax.cond``
     under the replica ``vmap``. ``progress_scale`` (float, traced): progress = events done ×
-    ``progress_scale`` (1 / events of the run). ``keys``: (R,) PRNG keys; uniforms are drawn in
+    ``progress_scale`` (1 / the run's expected events), capped at 1. ``keys``: (R,) PRNG keys; uniforms are drawn in
     blocks of ``chunk`` events, block ``i`` from ``fold_in(key, i)``.
     """
     chunk = max(1, min(chunk, n_events))
@@ -363,7 +363,7 @@ def run_batch(carry: FullLatticeState, tables: RateTables, physics: PhysicsParam
     v_step = jax.vmap(partial(step_with_uniforms, react_slots=react_slots), in_axes=(0, None, None, None, 0, None))
 
     def refresh(c):
-        progress = c.lattice.n_events.astype(jnp.float64) * progress_scale
+        progress = jnp.minimum(c.lattice.n_events.astype(jnp.float64) * progress_scale, 1.0)
         return jax.vmap(partial(refresh_context, react_slots=react_slots), in_axes=(0, None, None, None, None, 0))(
             c, tables, physics, score_fn, params, progress)
 
