@@ -122,13 +122,15 @@ def architecture_check(policy, network, flat_obs: np.ndarray, n_swarm: int) -> d
 
 
 def mean_stderr(values) -> tuple[float, float]:
-    """Mean and standard error (sample std / sqrt(n); NaN for n < 2) of finite values."""
-    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], np.float64)
-    if x.size == 0:
+    """Mean and standard error (sample std / sqrt(n); NaN for n < 2) of the finite values
+    (:func:`swarm_jax.analysis.importance.mean_stderr` on them)."""
+    from swarm_jax.analysis.importance import mean_stderr as _stats
+
+    x = [v for v in values if v is not None and np.isfinite(v)]
+    if not x:
         return float("nan"), float("nan")
-    if x.size == 1:
-        return float(x[0]), float("nan")
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size))
+    stats = _stats(x)
+    return stats["mean"], float("nan") if stats["stderr"] is None else stats["stderr"]
 
 
 def _nan_to_none(obj):

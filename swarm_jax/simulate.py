@@ -140,6 +140,7 @@ from swarm_jax.physics import (
 )
 from swarm_jax.swarm import full_lattice
 from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM
+from swarm_jax.env.tio2_env import METRIC_KEYS
 from swarm_jax.swarm.policy import FilmStats, candidates_step, film_stats
 from swarm_jax.trained_policy import PolicyLoadError, TrainedPolicy, load_policy
 from swarm_jax.swarm.weights import batch_ess
@@ -1304,7 +1305,7 @@ def write_final_state(path: str, result: SimulationResult) -> None:
         oxide=squeeze(result.oxide).astype(np.int8)), "wb")
 
 
-WEIGHTED_OBSERVABLES = ("roughness", "coverage", "o_ti_ratio", "mean_height")
+WEIGHTED_OBSERVABLES = METRIC_KEYS  # the film observables learners report
 
 
 def importance_estimates(final: dict, log_weight) -> dict:

@@ -6,7 +6,6 @@ tests/test_simulate.py, so the batched engine is compiled at most once per lengt
 
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 
 from swarm_jax import simulate
-from swarm_jax.outdir import LOCK_NAME, claim_output_dir
+from swarm_jax.outdir import claim_output_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = ("8", "8", "16")

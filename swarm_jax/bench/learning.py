@@ -15,7 +15,6 @@ seed are drawn from the TensorBoard scalars into a PNG.
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import jax
 import numpy as np
 
 from swarm_jax.agents.ppo import evaluate
+from swarm_jax.analysis.importance import mean_stderr
 from swarm_jax.training.checkpoint import load_params_only
 from swarm_jax.training.config import for_backend, load_config, resolve_config_path, with_overrides
 from swarm_jax.training.logging import plot_learning_curves, read_scalars
@@ -53,9 +53,8 @@ def add_arguments(parser) -> None:
 
 def mean_sem(values) -> tuple[float, float]:
     """Mean and standard error of the mean (NaN error for fewer than two values)."""
-    v = np.asarray(values, float)
-    sem = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-    return float(v.mean()), sem
+    stats = mean_stderr(values)
+    return stats["mean"], float("nan") if stats["stderr"] is None else stats["stderr"]
 
 
 def _parse_sets(items: list[str]) -> dict:

@@ -14,11 +14,9 @@ as a share of the update's time; ``env_steps_per_s`` is the full update's throug
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 
 from swarm_jax.bench.common import block
 from swarm_jax.training.config import for_backend, load_config, resolve_config_path, with_overrides
