@@ -45,7 +45,7 @@ def add_arguments(parser) -> None:
                         help="environments each policy is evaluated on")
     parser.add_argument("--eval-steps", type=int, default=None,
                         help="evaluation horizon per env (default: the episode length max_steps)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                         help="config override, e.g. --set ppo.ess_constraint=false (repeatable)")
     parser.add_argument("--out", default="bench_results/learning",
                         help="folder for the training runs and the learning-curve PNG")
