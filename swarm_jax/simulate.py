@@ -935,6 +935,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point. Exit status: 0 done (also when stopped at the ceiling or with no possible
     event; see ``status`` in summary.json), 1 outputs could not be written, 2 bad input,
     130 interrupted (outputs written)."""
+    __import__("swarm_jax.compile_cache").compile_cache.enable_compilation_cache()  # persistent JIT cache
     try:
         config = parse_config(argv)
         estimated = check_memory(config)

@@ -64,6 +64,7 @@ import logging
 import math
 import re
 import shutil
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -125,6 +126,25 @@ class _OrbaxErrorLogFilter(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_OrbaxErrorLogFilter())
+
+
+def _install_unraisable_filter() -> None:
+    """After a failed write orbax closes its asyncio loop while TensorStore still completes the
+    other writes in flight; each completion then fails with ``RuntimeError('Event loop is
+    closed')`` as an *unraisable* exception (dozens of tracebacks on stderr). Those, and only
+    those, are dropped; the failure itself reaches the caller as one exception."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        err = unraisable.exc_value
+        if isinstance(err, RuntimeError) and str(err) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
+_install_unraisable_filter()
 
 #: The checksum manifest of a checkpoint: one ``<sha256>  <bytes>  <relative path>`` line per file.
 MANIFEST = "MANIFEST.sha256"
