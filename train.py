@@ -167,7 +167,7 @@ def _resume_hint(args) -> str:
 
 def _stage_configs(args, backend: str) -> list[tuple[int, object]]:
     """The effective config of every stage to run (validated; nothing compiled)."""
-    from swarm_jax.training.checkpoint import read_config, verify_checkpoint
+    from swarm_jax.training.checkpoint import newest_verified_step, read_config
     from swarm_jax.training.config import (
         config_from_dict,
         for_backend,
@@ -176,7 +176,7 @@ def _stage_configs(args, backend: str) -> list[tuple[int, object]]:
         stage_config_path,
         with_overrides,
     )
-    from swarm_jax.training.trainer import StagePaths, complete_steps
+    from swarm_jax.training.trainer import StagePaths
 
     flags = _flag_overrides(args)
     if args.stage == "all":
@@ -197,8 +197,7 @@ def _stage_configs(args, backend: str) -> list[tuple[int, object]]:
         store = StagePaths(Path(args.out), stage).checkpoints
         newest = None
         if args.resume and args.config is None:
-            newest = next((s for s in reversed(complete_steps(store))
-                           if verify_checkpoint(store / str(s)) is None), None)
+            newest = newest_verified_step(store)
         if newest is not None:
             # Continue with the configuration the run was started with (its newest verified
             # checkpoint's; corrupt newer ones are reported when the stage starts).

@@ -86,6 +86,7 @@ __all__ = [
     "abstract_target",
     "is_complete_checkpoint",
     "is_verified_checkpoint",
+    "newest_verified_step",
     "load_params_only",
     "read_config",
     "restore_checkpoint",
@@ -310,6 +311,14 @@ def verify_checkpoint(path: str | Path) -> str | None:
         if _sha256(f) != digest:
             return f"file {rel} fails its SHA-256 check (corrupted)"
     return None
+
+
+def newest_verified_step(directory: str | Path) -> int | None:
+    """The newest step of a store directory that passes :func:`verify_checkpoint` (read-only:
+    nothing is reported or renamed; see :meth:`CheckpointStore.latest_verified_step`)."""
+    directory = Path(directory)
+    return next((s for s in reversed(_complete_steps(directory))
+                 if verify_checkpoint(directory / str(s)) is None), None)
 
 
 def is_verified_checkpoint(path: str | Path) -> bool:
