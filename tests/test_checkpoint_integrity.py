@@ -20,7 +20,6 @@ from swarm_jax.training.checkpoint import (
     MANIFEST,
     CheckpointError,
     CheckpointStore,
-    CheckpointWriteError,
     is_verified_checkpoint,
     load_params_only,
     read_config,

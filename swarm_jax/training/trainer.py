@@ -11,10 +11,19 @@ checkpoint (``resume=True``), then runs the host loop::
         check finite -> log (TensorBoard, CSV, progress bar) -> ESS monitor -> checkpoint?
 
 **Deterministic chunks.** Chunk boundaries sit at the multiples of ``training.log_every``
-updates (counted from update 0; the last chunk may be shorter), checkpoints are written only at
-chunk boundaries (the first one at or after each multiple of ``training.checkpoint_freq`` env
-steps) and the whole random state lives in the runner state, so a run that is interrupted and
-resumed ends with bitwise the same parameters and the same metric rows as an uninterrupted one.
+updates (counted from update 0; the last chunk may be shorter; the schedule is generated lazily),
+checkpoints are written only at chunk boundaries (the first one at or after each multiple of
+``training.checkpoint_freq`` env steps, and at least ``training.checkpoint_every_s`` seconds after
+the previous one) and the whole random state lives in the runner state, so a run that is
+interrupted and resumed ends with bitwise the same parameters and the same metric rows as an
+uninterrupted one.
+
+**Checkpoints** are saved asynchronously (:class:`CheckpointStore` with ``async_save``): the
+next chunk runs while orbax writes; every later save, a stop, the final checkpoint and the end of
+the stage wait for it. Each one is verified by its SHA-256 manifest; ``resume=True`` continues
+from the newest checkpoint that verifies (reporting and setting aside newer corrupt ones), and a
+checkpoint that cannot be written raises :class:`CheckpointWriteError` (one line naming the last
+verified checkpoint and the resume command).
 
 **Outputs** under ``out`` for stage ``N`` (:class:`StagePaths`)::
 
@@ -29,7 +38,8 @@ resumed ends with bitwise the same parameters and the same metric rows as an uni
 **Stops.** SIGINT/SIGTERM (:class:`~swarm_jax.training.safety.GracefulInterrupt`): the current
 chunk finishes, a checkpoint is saved, status ``interrupted``, exit code ``128 + signal``
 (130 for SIGINT). NaN/inf in the metrics or the network/optimiser state after a chunk: nothing
-is saved (the last good checkpoint stays), status ``numerical_fault``, exit code 3. ESS ratio
+is saved (the last verified checkpoint stays, and only a verified one is named), status
+``numerical_fault``, exit code 3. ESS ratio
 below ``training.ess_threshold`` for ``training.ess_patience`` consecutive logs
 (:class:`~swarm_jax.training.logging.ESSMonitor`): checkpoint + final, status
 ``stopped_early``, exit code 0.
@@ -586,7 +596,8 @@ def _progress_bar(progress: bool, total: int, initial: int, desc: str):
         return None
     from tqdm.auto import tqdm
 
-    # No tqdm rate/ETA: they would count compilation; the postfix carries the measured SPS.
+    # No tqdm rate/ETA: they would count compilation; the postfix carries the measured SPS and
+    # an ETA from it (remaining env steps / env steps per second of training).
     return tqdm(total=total, initial=initial, desc=desc, unit="step", unit_scale=True,
                 dynamic_ncols=True, file=sys.stderr,
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} env steps "
@@ -653,8 +664,10 @@ def run_stage(
         log: where progress lines and messages go.
 
     Raises:
-        TrainError: ``resume`` without a checkpoint, a fresh start over existing results, or a
-            checkpoint that does not fit ``cfg``.
+        TrainError: ``resume`` without a (verified) checkpoint, a fresh start over existing
+            results, or a checkpoint that does not fit ``cfg``.
+        CheckpointWriteError: a checkpoint could not be written (disk full, file-size limit);
+            the earlier checkpoints are intact.
     """
     with _CompileClock() as clock:
         return _run_stage(cfg, out, stage, clock, init_params=init_params, init_from=init_from,
