@@ -20,9 +20,17 @@ Outputs (under ``--out``, default ``runs/train``): ``tensorboard/stageN/``,
 ``checkpoints/stageN/``, ``stageN_final/``, ``config_stageN.yaml``, ``metrics_stageN.csv``,
 ``learning_curve_stageN.png`` (see ``swarm_jax.training.trainer``).
 
-Exit status: 0 done (or stopped early by the ESS monitor, or nothing left to do), 2 bad input
-(one ``train.py: error: ...`` line on stderr), 3 NaN/inf during training (the last good
-checkpoint is kept), 130 interrupted by SIGINT (143 for SIGTERM) after saving a checkpoint.
+Exit status: 0 done (or stopped early by the ESS monitor, or nothing left to do), 1 a checkpoint
+or output file could not be written (disk full, file-size limit; the last verified checkpoint is
+intact and ``--resume`` continues from it), 2 bad input (one ``train.py: error: ...`` line on
+stderr; also an ``--out`` folder that is a file, not writable, empty, or in use by another run),
+3 NaN/inf during training (the last verified checkpoint is kept), 130 interrupted by SIGINT (143
+for SIGTERM) after saving a checkpoint.
+
+The output folder has one owner: ``--out`` is locked for the whole run (see
+``swarm_jax.outdir``). JAX's persistent compilation cache is on (``~/.cache/swarm_jax/jax``, or
+``$SWARM_JAX_CACHE_DIR``; ``--no-compile-cache`` or ``SWARM_JAX_CACHE_DIR=off`` to disable), so a
+second start of the same configuration skips most of the compilation.
 """
 
 from __future__ import annotations
@@ -37,6 +45,17 @@ PROG = "train.py"
 
 class _UsageError(Exception):
     """A bad command line (raised instead of argparse's print-usage-and-exit)."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: X)`` only where the help does not already say the default and there is
+    one to show (no ``(default: None)`` after ``(default 1, or the config's stage)``)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,7 +86,7 @@ def _stage(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Train the SwarmThinkers policy with PPO (JAX).",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                formatter_class=_HelpFormatter)
     p.add_argument("--stage", type=_stage, default=None, metavar="{1,2,3,all}",
                    help="curriculum stage (default 1, or the config's stage); 'all' runs "
                         "1 -> 2 -> 3, each from the previous stage's final parameters")
@@ -78,12 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from the network parameters of this checkpoint (stageN_final, a "
                         "step directory, or a checkpoint folder), with a fresh optimiser")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the latest complete checkpoint in OUT/checkpoints/stageN")
+                   help="continue from the latest verified checkpoint in OUT/checkpoints/stageN "
+                        "(a corrupt or unverified newer one is reported and set aside)")
     p.add_argument("--total-timesteps", type=_count, default=None, metavar="N",
-                   help="env-step budget of the stage (summed over environments)")
+                   help="env-step budget of the stage (summed over environments; default: the "
+                        "config's training.total_timesteps)")
     p.add_argument("--n-envs", type=_count, default=None, metavar="N",
-                   help="parallel environments")
-    p.add_argument("--seed", type=_count, default=None, metavar="N", help="PRNG seed")
+                   help="parallel environments (default: the config's training.n_envs)")
+    p.add_argument("--seed", type=_count, default=None, metavar="N",
+                   help="PRNG seed (default: the config's training.seed)")
     p.add_argument("--out", default="runs/train", metavar="DIR", help="output folder")
     p.add_argument("--ess-threshold", type=float, default=None, metavar="X",
                    help="stop early when the ESS ratio stays below X (in (0, 1])")
@@ -100,8 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multi-host: number of processes (or SWARM_JAX_NUM_PROCESSES)")
     p.add_argument("--process-id", type=_count, default=None, metavar="I",
                    help="multi-host: this process's index (or SWARM_JAX_PROCESS_ID)")
+    p.add_argument("--coordinator-timeout", type=float, default=None, metavar="S",
+                   help="multi-host: seconds to wait for the coordinator and the other processes "
+                        "(default 300, or SWARM_JAX_DISTRIBUTED_TIMEOUT)")
     p.add_argument("--no-progress", action="store_true",
                    help="print one line per log instead of a progress bar")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not use JAX's persistent compilation cache (default: on, in "
+                        "~/.cache/swarm_jax/jax or $SWARM_JAX_CACHE_DIR; SWARM_JAX_CACHE_DIR=off "
+                        "also disables it)")
     return p
 
 
@@ -131,12 +160,14 @@ def _resume_hint(args) -> str:
             parts += [f"--{name.replace('_', '-')}", str(value)]
     if args.no_progress:
         parts.append("--no-progress")
+    if args.no_compile_cache:
+        parts.append("--no-compile-cache")
     return shlex.join(parts)
 
 
 def _stage_configs(args, backend: str) -> list[tuple[int, object]]:
     """The effective config of every stage to run (validated; nothing compiled)."""
-    from swarm_jax.training.checkpoint import read_config
+    from swarm_jax.training.checkpoint import newest_verified_step, read_config
     from swarm_jax.training.config import (
         config_from_dict,
         for_backend,
@@ -145,7 +176,7 @@ def _stage_configs(args, backend: str) -> list[tuple[int, object]]:
         stage_config_path,
         with_overrides,
     )
-    from swarm_jax.training.trainer import StagePaths, complete_steps
+    from swarm_jax.training.trainer import StagePaths
 
     flags = _flag_overrides(args)
     if args.stage == "all":
@@ -163,11 +194,14 @@ def _stage_configs(args, backend: str) -> list[tuple[int, object]]:
 
     out = []
     for stage, path in wanted:
-        steps = complete_steps(StagePaths(Path(args.out), stage).checkpoints)
-        if args.resume and steps and args.config is None:
-            # Continue with the configuration the run was started with.
-            latest = StagePaths(Path(args.out), stage).checkpoints / str(steps[-1])
-            cfg = config_from_dict(read_config(latest)[0])
+        store = StagePaths(Path(args.out), stage).checkpoints
+        newest = None
+        if args.resume and args.config is None:
+            newest = newest_verified_step(store)
+        if newest is not None:
+            # Continue with the configuration the run was started with (its newest verified
+            # checkpoint's; corrupt newer ones are reported when the stage starts).
+            cfg = config_from_dict(read_config(store / str(newest))[0])
         else:
             cfg = for_backend(load_config(path), backend)
             # The effective config is self-contained: the CPU overrides are applied, not kept.
@@ -177,9 +211,9 @@ def _stage_configs(args, backend: str) -> list[tuple[int, object]]:
     return out
 
 
-def _error(message: str) -> int:
+def _error(message: str, code: int = 2) -> int:
     print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return 2
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,26 +229,42 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as err:
         return _error(str(err))
 
+    from swarm_jax.outdir import OutputDirError, check_output_dir, claim_output_dir
+
     if args.devices is not None and args.devices < 1:
         return _error(f"--devices {args.devices}: must be >= 1")
+    try:
+        check_output_dir(args.out)  # a file, an unwritable or empty path: refused before any work
+    except OutputDirError as err:
+        return _error(str(err))
     try:  # multi-host start-up must come before any JAX computation
         from swarm_jax.distributed import initialize_distributed
 
-        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                               timeout_s=args.coordinator_timeout,
+                               log=lambda m: print(f"{PROG}: {m}", file=sys.stderr, flush=True))
     except (ValueError, RuntimeError) as err:
         return _error(f"distributed start-up failed: {err}")
 
     import jax
 
     import swarm_jax  # noqa: F401  (64-bit JAX before any array exists)
-    from swarm_jax.training.checkpoint import CheckpointError
+    from swarm_jax.compile_cache import enable_compilation_cache
+
+    if not args.no_compile_cache:
+        enable_compilation_cache()
+    from swarm_jax.training.checkpoint import CheckpointError, CheckpointWriteError
     from swarm_jax.training.config import ConfigError
     from swarm_jax.training.curriculum import plan_stages, run_curriculum
     from swarm_jax.training.trainer import ALREADY_COMPLETE, COMPLETED, StagePaths, TrainError
 
+    lock = None
     try:
         backend = jax.default_backend()
         stages = _stage_configs(args, backend)
+        claim = jax.process_index() == 0  # one owner per output folder (process 0 of a run)
+        if claim and Path(args.out).is_dir():  # a live run's folder: refused before anything else
+            lock = claim_output_dir(args.out)
         plans = plan_stages(stages, args.out, resume=args.resume, pretrained=args.pretrained)
         if not args.resume and args.pretrained is None and stages[0][0] > 1:
             prev = StagePaths(Path(args.out), stages[0][0] - 1).final
@@ -228,10 +278,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.devices is not None and args.devices > jax.local_device_count():
             raise _UsageError(f"--devices {args.devices}: only {jax.local_device_count()} local "
                               f"{jax.default_backend()} device(s) available")
+        if claim and lock is None:  # a new folder: created only once the run is sure to start
+            lock = claim_output_dir(args.out)
         results = run_curriculum(plans, args.out, progress=not args.no_progress,
                                  resume_hint=_resume_hint(args), n_devices=args.devices)
-    except (_UsageError, ConfigError, TrainError, CheckpointError) as err:
+    except CheckpointWriteError as err:
+        return _error(str(err), 1)
+    except (_UsageError, ConfigError, TrainError, CheckpointError, OutputDirError) as err:
         return _error(str(err))
+    except OSError as err:  # an output file could not be written (disk full, size limit, ...)
+        return _error(f"could not write under {args.out}: {err.strerror or err}", 1)
+    finally:
+        if lock is not None:
+            lock.release()
 
     for r in results:
         if r.status == ALREADY_COMPLETE:

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Optional, Sequence
+import socket
+import time
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -46,6 +48,7 @@ __all__ = [
     "ENV_COORDINATOR",
     "ENV_NUM_PROCESSES",
     "ENV_PROCESS_ID",
+    "ENV_TIMEOUT",
     "DistributedError",
     "initialize_distributed",
     "is_main_process",
@@ -63,6 +66,10 @@ DATA_AXIS = "data"
 ENV_COORDINATOR = "SWARM_JAX_COORDINATOR"
 ENV_NUM_PROCESSES = "SWARM_JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "SWARM_JAX_PROCESS_ID"
+ENV_TIMEOUT = "SWARM_JAX_DISTRIBUTED_TIMEOUT"
+
+#: Seconds a process waits for the coordinator (and JAX for every process to join) by default.
+DEFAULT_TIMEOUT_S = 300.0
 
 _initialized = False
 
@@ -96,12 +103,46 @@ def _cluster_detected() -> bool:
     return False
 
 
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def wait_for_coordinator(address: str, timeout_s: float, poll_s: float = 0.5) -> None:
+    """Block until a TCP connection to ``address`` (``host:port``) succeeds.
+
+    JAX's own start-up waits for the coordinator and then aborts the process with a native stack
+    trace; checking first turns an unreachable or mistyped ``--coordinator`` into one line.
+
+    Raises:
+        DistributedError: no connection within ``timeout_s`` seconds (the last reason is named).
+    """
+    host, port = _split_address(address)
+    deadline = time.monotonic() + float(timeout_s)
+    reason = "no attempt"
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host, port), timeout=max(min(left, 5.0), 0.05)):
+                return
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+        if time.monotonic() + poll_s > deadline:
+            raise DistributedError(
+                f"coordinator {address} unreachable for {float(timeout_s):g} s ({reason}); start "
+                f"process 0 first, check the host name and that port {port} is open, or raise "
+                f"the timeout ({ENV_TIMEOUT} or --coordinator-timeout)")
+        time.sleep(poll_s)
+
+
 def initialize_distributed(
     coordinator_address: Optional[str] = None,
     num_processes: Optional[int] = None,
     process_id: Optional[int] = None,
     local_device_ids: Optional[Sequence[int]] = None,
     auto_detect: bool = True,
+    timeout_s: Optional[float] = None,
+    log: Optional[Callable[[str], None]] = None,
 ) -> bool:
     """Start JAX's multi-process runtime (``jax.distributed.initialize``) if this is a multi-host run.
 
@@ -121,13 +162,19 @@ def initialize_distributed(
         process_id: this process's rank in ``[0, num_processes)``.
         local_device_ids: restrict this process to these local devices (default: all).
         auto_detect: allow JAX's cluster auto-detection when nothing is given.
+        timeout_s: how long a process other than 0 waits for the coordinator to accept
+            connections, and JAX for all processes to join (default ``SWARM_JAX_DISTRIBUTED_TIMEOUT``
+            or 300 s). Past it, a process other than 0 raises :class:`DistributedError`; JAX
+            itself ends a process that cannot complete the start-up.
+        log: where a line saying what this process waits for goes (default: nowhere).
 
     Returns:
         True if the multi-process runtime is (now) running, False for a single-process run.
 
     Raises:
         DistributedError: incomplete or inconsistent settings (e.g. a process count without a
-            coordinator address, a process id out of range, an address without a port).
+            coordinator address, a process id out of range, an address without a port), a bad
+            timeout, or a coordinator that cannot be reached within the timeout.
     """
     global _initialized
     if _initialized:
@@ -163,14 +210,32 @@ def initialize_distributed(
         raise DistributedError(f"coordinator address {address!r}: expected host:port, e.g. node0:12345")
     if not 0 <= proc_id < n_proc:
         raise DistributedError(f"process id {proc_id} is outside [0, {n_proc})")
+    timeout = _timeout_setting(timeout_s)
+    if log is not None:
+        log(f"process {proc_id} of {n_proc}: joining the coordinator {address} "
+            f"(waiting up to {timeout:g} s for it and the other processes)")
+    if proc_id != 0:
+        wait_for_coordinator(address, timeout)
     jax.distributed.initialize(
         coordinator_address=address,
         num_processes=n_proc,
         process_id=proc_id,
         local_device_ids=local_device_ids,
+        initialization_timeout=max(int(timeout), 1),
     )
     _initialized = True
     return True
+
+
+def _timeout_setting(timeout_s: Optional[float]) -> float:
+    raw = timeout_s if timeout_s is not None else os.environ.get(ENV_TIMEOUT, DEFAULT_TIMEOUT_S)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise DistributedError(f"distributed timeout = {raw!r}: must be a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise DistributedError(f"distributed timeout = {raw!r}: must be in (0, 86400] s")
+    return value
 
 
 def is_main_process() -> bool:

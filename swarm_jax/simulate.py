@@ -140,6 +140,7 @@ from swarm_jax.physics import (
 )
 from swarm_jax.swarm import full_lattice
 from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM
+from swarm_jax.compile_cache import enable_compilation_cache
 from swarm_jax.env.tio2_env import METRIC_KEYS
 from swarm_jax.swarm.policy import FilmStats, candidates_step, film_stats
 from swarm_jax.trained_policy import PolicyLoadError, TrainedPolicy, load_policy
@@ -1526,7 +1527,10 @@ def _run_and_write(config: SimulationConfig, estimated: int) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point. Exit status: 0 done (also when stopped at the ceiling or with no possible
     event; see ``status`` in summary.json), 1 outputs could not be written, 2 bad input,
-    130 interrupted (outputs and a checkpoint written; continue with ``--resume``)."""
+    130 interrupted (outputs and a checkpoint written; continue with ``--resume``).
+    JAX's persistent compilation cache is on (``swarm_jax.compile_cache``; ``SWARM_JAX_CACHE_DIR``
+    moves it, ``SWARM_JAX_CACHE_DIR=off`` turns it off)."""
+    enable_compilation_cache()
     try:
         config = parse_config(argv)
         estimated = check_memory(config)

@@ -9,7 +9,12 @@ import os
 import sys
 from pathlib import Path
 
-import swarm_jax  # noqa: F401  (enables jax_enable_x64 before any test builds arrays)
+# The tests never write into the user's compilation cache (~/.cache/swarm_jax/jax): the
+# command-line tools they run (train.py, simulate) would otherwise enable it. Subprocesses inherit
+# this too. A test that exercises the cache sets its own folder.
+os.environ["SWARM_JAX_CACHE_DIR"] = "off"
+
+import swarm_jax  # noqa: E402,F401  (enables jax_enable_x64 before any test builds arrays)
 from hypothesis import HealthCheck, settings
 
 # tests/ holds helper modules (reference.py, mock_env.py) imported by the tests.

@@ -549,6 +549,7 @@ def valid_configs(draw):
             "n_envs": n_envs,
             "total_timesteps": total,
             "checkpoint_freq": draw(st.integers(1, 10**6)),
+            "checkpoint_every_s": draw(st.floats(0, 1e4, **_finite)),
             "keep_checkpoints": draw(st.integers(1, 10)),
             "log_every": draw(st.integers(1, 100)),
             "seed": draw(st.integers(0, 2**32 - 1)),
@@ -619,7 +620,10 @@ INVALID = {
     ("ppo", "max_grad_norm"): _below(0, exclude=False) | _non_number,
     ("network", "kind"): _letters.filter(lambda s: s not in ("swarm", "flat_mlp")),
     ("network", "hidden_sizes"): st.one_of(
-        st.just([]), st.lists(_ints_below(1), min_size=1, max_size=3), _non_number),
+        st.just([]), st.lists(_ints_below(1), min_size=1, max_size=3),
+        # (a drawn list of positive ints, e.g. [1], is a valid hidden_sizes: not a mutation)
+        _non_number.filter(lambda v: not (isinstance(v, list) and v and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in v)))),
     ("network", "activation"): _letters.filter(lambda s: s not in ("tanh", "relu", "gelu")),
     ("training", "checkpoint_freq"): _ints_below(1) | _non_number,
     ("training", "keep_checkpoints"): _ints_below(1) | _non_number,

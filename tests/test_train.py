@@ -317,6 +317,68 @@ def test_nan_stops_keeps_last_good_checkpoint_and_exits_3(tiny_run, tmp_path):
     assert [int(r["env_steps"]) for r in _csv_rows(out / "metrics_stage1.csv")] == [64, 128]
 
 
+class _CorruptThenPoison(_PoisonAfter):
+    """Before poisoning, flips 8 bytes of the (verified) checkpoint ``victim``."""
+
+    def __init__(self, inner, bad_chunk: int, victim: Path):
+        super().__init__(inner, bad_chunk)
+        self._victim = victim
+
+    def train_chunk(self, runner_state, n):
+        if self._calls + 1 == self._bad:
+            import time
+
+            from swarm_jax.training.checkpoint import is_verified_checkpoint
+
+            deadline = time.monotonic() + 120
+            while not is_verified_checkpoint(self._victim) and time.monotonic() < deadline:
+                time.sleep(0.05)  # the asynchronous save of the victim is still being written
+            assert is_verified_checkpoint(self._victim)
+            data = max((f for f in (self._victim / "state").rglob("*") if f.is_file()),
+                       key=lambda f: f.stat().st_size)
+            raw = bytearray(data.read_bytes())
+            raw[len(raw) // 2: len(raw) // 2 + 8] = bytes(b ^ 0xFF for b in
+                                                          raw[len(raw) // 2: len(raw) // 2 + 8])
+            data.write_bytes(bytes(raw))
+        return super().train_chunk(runner_state, n)
+
+
+@pytest.mark.slow
+def test_nan_stop_never_names_an_unverified_checkpoint_as_good(tiny_run, tmp_path):
+    ref_out, _ = tiny_run
+    cfg = load_config(ref_out / "config_stage1.yaml")
+    out = tmp_path / "nan_corrupt"
+    victim = out / "checkpoints" / "stage1" / "128"
+    result = run_stage(cfg, out, 1, progress=False,
+                       trainer=_CorruptThenPoison(make_trainer(cfg), bad_chunk=3, victim=victim))
+    assert result.status == "numerical_fault" and result.exit_code == 3
+    assert "no verified checkpoint was written before it" in result.message
+    assert str(victim) not in result.message and result.last_checkpoint is None
+
+
+@pytest.mark.slow
+def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tiny_run, tmp_path, capsys):
+    """Both checkpoints of a run (128, 256) exist; 256 is corrupted: --resume reports it in one
+    line, continues from 128 and ends with the uninterrupted run's parameters."""
+    import shutil
+
+    ref_out, _ = tiny_run
+    out = tmp_path / "fallback"
+    shutil.copytree(ref_out, out)
+    shutil.rmtree(out / "stage1_final")
+    bad = out / "checkpoints" / "stage1" / "256"
+    (bad / "meta" / "metadata").write_text('{"trunc')  # a truncated metadata file
+    code = train_cli.main(["--config", str(TINY), "--out", str(out), "--no-progress", "--resume"])
+    assert code == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "not usable" in ln]
+    assert len(lines) == 1 and str(bad) in lines[0] and "stage1/128" in lines[0], lines
+    assert (out / "checkpoints" / "stage1" / "256.corrupt").is_dir()
+    a = load_params_only(ref_out / "stage1_final", "train_state.params")
+    b = load_params_only(out / "stage1_final", "train_state.params")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
 @pytest.mark.slow
 def test_ess_monitor_stops_early_with_final_checkpoint(tiny_run, tmp_path, capsys):
     out = tmp_path / "ess"

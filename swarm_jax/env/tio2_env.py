@@ -25,11 +25,22 @@ event_kind (0..4, −1 if nothing happened), termination_reason, total_rate (Hz,
 reward terms; gymnax adds terminated, truncated, final_observation.
 
 The reward returned by the environment is float32 (``ess_ratio=None``: no ESS term).
+
+Actions in the jitted env (``step``/``step_env``, which cannot raise on traced values): the action
+is cast to int32 (a float is truncated toward zero) and clamped to ``[0, K - 1]``, so an
+out-of-range action executes candidate 0 (below the range) or candidate ``K - 1`` (above it).
+Validate actions at the boundary instead: the Gymnasium adapter (:mod:`swarm_jax.gym`) refuses
+anything but an integer in ``[0, K)``, and the PPO trainer only samples valid indices.
+
+Parameters: :class:`EnvParams` and :class:`~swarm_jax.physics.params.PhysicsParams` built from
+concrete numbers are validated at construction (one ``ValueError`` naming the field and its
+allowed range); traced values inside ``jit``/``vmap`` are not checked.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from functools import partial
 
 import jax
@@ -40,7 +51,7 @@ from gymnax.environments import environment, spaces
 from swarm_jax.env.reward import RewardConfig, compute_reward, reward_metrics
 from swarm_jax.physics.engine import Event
 from swarm_jax.physics.lattice import CEILING, NO_EVENTS, LatticeState, init_flat, validate_lattice_size
-from swarm_jax.physics.params import PhysicsParams, make_rate_tables
+from swarm_jax.physics.params import PhysicsParams, concrete_number, make_rate_tables
 from swarm_jax.swarm import features as F
 from swarm_jax.swarm.candidates import draw_candidates, execute_candidate
 
@@ -48,6 +59,7 @@ from swarm_jax.swarm.candidates import draw_candidates, execute_candidate
 #: (layers), coverage, O/Ti (atom-count ratio), mean height (ML). Learners and loggers report these.
 METRIC_KEYS = ("roughness", "coverage", "o_ti_ratio", "mean_height")
 
+_INT32_MAX = 2**31 - 1
 _PHYSICS_FIELDS = tuple(f.name for f in dataclasses.fields(PhysicsParams))
 _REWARD_FIELDS = tuple(f.name for f in dataclasses.fields(RewardConfig))
 
@@ -63,6 +75,13 @@ class EnvParams:
     physics: PhysicsParams = struct.field(default_factory=PhysicsParams)
     max_steps_in_episode: int = 1000
     reward: RewardConfig = struct.field(default_factory=RewardConfig)
+
+    def __post_init__(self):
+        # Concrete values only (see PhysicsParams); the step counter it bounds is int32.
+        steps = concrete_number(self.max_steps_in_episode)
+        if steps is not None and not (steps.is_integer() and 1 <= steps <= _INT32_MAX):
+            raise ValueError(f"EnvParams.max_steps_in_episode = {self.max_steps_in_episode!r}: "
+                             f"must be an integer in [1, {_INT32_MAX}]")
 
     @classmethod
     def create(cls, *, max_steps_in_episode: int = 1000, max_steps: int | None = None, physics=None,
@@ -140,8 +159,9 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
     def __init__(self, lattice_size=(8, 8, 5), n_swarm: int = 32, **overrides):
         super().__init__()
         self.lattice_size = validate_lattice_size(lattice_size)
-        if int(n_swarm) < 1:
-            raise ValueError(f"n_swarm must be >= 1, got {n_swarm!r}")
+        if (isinstance(n_swarm, bool) or not isinstance(n_swarm, numbers.Integral)
+                or not 1 <= int(n_swarm) <= _INT32_MAX):
+            raise ValueError(f"n_swarm = {n_swarm!r}: must be an integer in [1, {_INT32_MAX}]")
         self.n_swarm = int(n_swarm)
         self._default_params = EnvParams.create(**overrides)
 

@@ -94,6 +94,34 @@ def observation_bounds(n_swarm: int) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
+def validate_actions(actions, n_swarm: int, shape: tuple, what: str = "actions") -> np.ndarray:
+    """``actions`` as an int32 array of ``shape``, each an integer in ``[0, n_swarm)``.
+
+    Raises:
+        ValueError: a wrong shape, a non-number, a fractional value (``3.7``), NaN/inf, or a
+            value outside ``[0, n_swarm)``; the message names the first offending value.
+    """
+    a = np.asarray(actions)
+    if a.size != int(np.prod(shape, dtype=np.int64)):
+        raise ValueError(f"{what}: expected {int(np.prod(shape, dtype=np.int64))} value(s) "
+                         f"(shape {shape}), got shape {a.shape}")
+    a = a.reshape(shape)
+    kind = "an integer" if shape == () else "integers"
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer)
+                                   or np.issubdtype(a.dtype, np.floating)):
+        raise ValueError(f"{what} must be {kind} in [0, {n_swarm}), got dtype {a.dtype}")
+    if np.issubdtype(a.dtype, np.floating):
+        bad = ~np.isfinite(a) | (a != np.floor(np.where(np.isfinite(a), a, 0)))
+        if np.any(bad):
+            raise ValueError(f"{what} must be {kind} in [0, {n_swarm}), got "
+                             f"{a[bad].ravel()[0].item()!r}")
+    out_of_range = (a < 0) | (a >= n_swarm)
+    if np.any(out_of_range):
+        raise ValueError(f"{what} must be in [0, {n_swarm}), got "
+                         f"{a[out_of_range].ravel()[0].item()!r}")
+    return a.astype(np.int32)
+
+
 def make_spaces(n_swarm: int) -> tuple[spaces.Box, spaces.Discrete]:
     """Gymnasium ``(observation_space, action_space)`` for K = ``n_swarm`` candidates."""
     low, high = observation_bounds(n_swarm)
@@ -285,9 +313,7 @@ class TiO2GrowthGymEnv(gym.Env):
     def step(self, action):
         if self.state is None:
             raise RuntimeError("call reset() before step()")
-        action = int(np.asarray(action).reshape(()))
-        if not 0 <= action < self.n_swarm:
-            raise ValueError(f"action must be in [0, {self.n_swarm}), got {action}")
+        action = int(validate_actions(action, self.n_swarm, (), "action"))
         out = self._kernels.step(self._key, self.state, np.int32(action), self.params)
         self._key, obs, self.state, obs_re, state_re, reward, term, trunc, info, reset_info = out
         obs, obs_re, reward, term, trunc, info, reset_info = jax.device_get(

@@ -42,6 +42,7 @@ from swarm_jax.gym.adapter import (
     kernels,
     make_spaces,
     seed_to_int64,
+    validate_actions,
 )
 from swarm_jax.physics.lattice import validate_lattice_size
 
@@ -110,10 +111,7 @@ class TiO2GrowthVecEnv(VecEnv):
         return np.array(obs, np.float32)  # a writable copy (torch refuses read-only buffers)
 
     def step_async(self, actions: np.ndarray) -> None:
-        actions = np.asarray(actions).reshape(self.num_envs)
-        if np.any((actions < 0) | (actions >= self.n_swarm)):
-            raise ValueError(f"actions must be in [0, {self.n_swarm}), got {actions}")
-        self._actions = actions.astype(np.int32)
+        self._actions = validate_actions(actions, self.n_swarm, (self.num_envs,))
 
     def step_wait(self):
         if self.states is None:

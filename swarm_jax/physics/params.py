@@ -11,7 +11,11 @@ fluxes in monolayers per second (ML/s; one ML is one atom per column).
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 K_B_EV = 8.617333e-5  # Boltzmann constant, eV/K
@@ -26,9 +30,66 @@ DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 N_DIRECTIONS = 4
 
 
+def concrete_number(value):
+    """``value`` as a Python float if it is a concrete real number (a Python or NumPy scalar, or a
+    0-d NumPy array); ``None`` for anything else (JAX arrays and tracers inside ``jit``/``vmap``,
+    batched values, placeholders JAX uses while rebuilding pytrees), which is not checked."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, np.ndarray):
+        if value.ndim != 0 or not np.issubdtype(value.dtype, np.number):
+            return None
+        value = value.item()
+    if isinstance(value, (numbers.Real, np.integer, np.floating)):
+        return float(value)
+    return None
+
+
+def check_range(owner: str, name: str, value, lo=None, hi=None, lo_open: bool = False,
+                hi_open: bool = False, unit: str = "") -> None:
+    """Raise ``ValueError`` naming ``owner.name`` and the allowed range when the concrete
+    ``value`` is NaN, infinite or outside it (non-concrete values pass: see :func:`concrete_number`)."""
+    x = concrete_number(value)
+    if x is None:
+        return
+    ok = math.isfinite(x) and (lo is None or (x > lo if lo_open else x >= lo)) \
+        and (hi is None or (x < hi if hi_open else x <= hi))
+    if not ok:
+        if lo is not None and hi is not None:
+            allowed = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        elif lo is not None:
+            allowed = f"{'>' if lo_open else '>='} {lo:g}"
+        elif hi is not None:
+            allowed = f"{'<' if hi_open else '<='} {hi:g}"
+        else:
+            allowed = "finite"
+        raise ValueError(f"{owner}.{name} = {value!r}: must be a finite number {allowed}"
+                         f"{' ' + unit if unit else ''}")
+
+
+#: Allowed ranges of PhysicsParams fields: (lower, upper, lower open, unit); every field must
+#: be finite, those not listed may have any sign (energies, bond energies).
+PHYSICS_RANGES = {
+    "temperature": (0.0, None, True, "K"),
+    "deposition_rate": (0.0, None, False, "ML/s"),
+    "o_ti_flux_ratio": (0.0, None, False, ""),
+    "sticking_ti": (0.0, 1.0, False, ""),
+    "sticking_o": (0.0, 1.0, False, ""),
+    "attempt_frequency": (0.0, None, True, "Hz"),
+    "oxide_hop_factor": (0.0, None, True, ""),
+    "bond_scale": (0.0, None, False, ""),
+}
+
+
 @struct.dataclass
 class PhysicsParams:
-    """Parameters of docs/physics.md, Events and rates, with its defaults. All fields are pytree leaves (traceable)."""
+    """Parameters of docs/physics.md, Events and rates, with its defaults. All fields are pytree leaves (traceable).
+
+    Concrete values (Python/NumPy numbers) are validated at construction against
+    :data:`PHYSICS_RANGES` (every field finite): a bad one raises one ``ValueError`` naming the
+    field and its allowed range. Traced or JAX-array values (inside ``jit``/``vmap``, sweeps) are
+    not checked.
+    """
 
     temperature: float = 300.0  # K
     deposition_rate: float = 1.0  # total flux F, ML/s
@@ -49,6 +110,11 @@ class PhysicsParams:
     e_react_scale: float = 0.3  # E_r = scale * (base + slope * n / 6), eV
     e_react_base: float = 0.8
     e_react_slope: float = 0.4
+
+    def __post_init__(self):
+        for f in self.__dataclass_fields__:
+            lo, hi, lo_open, unit = PHYSICS_RANGES.get(f, (None, None, False, "eV"))
+            check_range("PhysicsParams", f, getattr(self, f), lo, hi, lo_open=lo_open, unit=unit)
 
     @property
     def kT(self):

@@ -27,8 +27,23 @@ What is guaranteed (orbax 0.12 on a local/POSIX file system, plus what this modu
 * **Completeness check.** As a second line of defence, a step (or final) directory counts only if
   its orbax metadata files are all present (:func:`is_complete_checkpoint`); when a store is
   opened, incomplete step directories are renamed ``<step>.incomplete`` (kept, not deleted).
-* **Blocking saves.** :meth:`CheckpointStore.save` and :func:`save_final` return only after the
-  checkpoint is committed (``wait_until_finished``); orbax errors propagate to the caller.
+* **Verified checkpoints.** Once every file of a checkpoint is written, a manifest
+  ``MANIFEST.sha256`` (SHA-256 and size of every file, :func:`write_manifest`) is added to it,
+  atomically (temporary file + rename). :func:`verify_checkpoint` re-hashes the files; every
+  restore (:func:`restore_checkpoint`, :func:`read_config`, :func:`load_params_only`) refuses a
+  checkpoint whose files do not match its manifest (a truncated data or metadata file, flipped
+  bytes) with one :class:`CheckpointError` line, and :meth:`CheckpointStore.latest_verified_step`
+  walks back from the newest step to the newest one that verifies, reporting (and setting aside
+  as ``<step>.corrupt``) each bad one. A checkpoint without a manifest (a save killed between
+  orbax's commit and the manifest, or written by an older version) is *unverified*: it is
+  restored when asked for by name, but never chosen for ``--resume`` nor called good.
+  :func:`save_final` writes the manifest before its own atomic rename into place.
+* **Saves.** :meth:`CheckpointStore.save` returns once the checkpoint is committed and verified,
+  or, with ``async_save=True``, once the state is copied off the device (the write, commit and
+  manifest finish in a background thread; the next save, restore, :meth:`~CheckpointStore.wait`
+  and :meth:`~CheckpointStore.close` wait for it first). A failed write (disk full, file-size
+  limit) raises :class:`CheckpointWriteError` with one line; the half-written step is never
+  listed (its directory is set aside as ``<step>.failed``) and earlier checkpoints are intact.
 
 Restoring never depends on the device a checkpoint was written on: the abstract target is built
 from a freshly created template pytree with a :class:`~jax.sharding.SingleDeviceSharding` on the
@@ -43,9 +58,15 @@ host writes the metadata); the housekeeping done here (emptying ``.deleted/``, s
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import logging
 import math
+import re
 import shutil
-from collections.abc import Mapping, Sequence
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +76,23 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import SingleDeviceSharding
 
+from swarm_jax.outdir import atomic_write_text
+
 __all__ = [
     "CheckpointError",
     "CheckpointStore",
+    "CheckpointWriteError",
+    "MANIFEST",
     "abstract_target",
     "is_complete_checkpoint",
+    "is_verified_checkpoint",
+    "newest_verified_step",
     "load_params_only",
     "read_config",
     "restore_checkpoint",
     "save_final",
+    "verify_checkpoint",
+    "write_manifest",
 ]
 
 STATE, CONFIG, META = "state", "config", "meta"
@@ -80,6 +109,47 @@ _REQUIRED_FILES = (
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete, or does not match the template it is restored into."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, file-size limit, permissions). The message is
+    one line; the checkpoints committed before it are untouched."""
+
+
+class _OrbaxErrorLogFilter(logging.Filter):
+    """Drops orbax's own ERROR log records (a failed write logs its traceback from each of its
+    threads, ~20 of them): every orbax error reaches the caller of this module as one exception
+    (:class:`CheckpointWriteError` / :class:`CheckpointError`), which is what users see."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR
+                    and "orbax" in Path(record.pathname).parts)
+
+
+logging.getLogger("absl").addFilter(_OrbaxErrorLogFilter())
+
+
+def _install_unraisable_filter() -> None:
+    """After a failed write orbax closes its asyncio loop while TensorStore still completes the
+    other writes in flight; each completion then fails with ``RuntimeError('Event loop is
+    closed')`` as an *unraisable* exception (dozens of tracebacks on stderr). Those, and only
+    those, are dropped; the failure itself reaches the caller as one exception."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        err = unraisable.exc_value
+        if isinstance(err, RuntimeError) and str(err) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
+_install_unraisable_filter()
+
+#: The checksum manifest of a checkpoint: one ``<sha256>  <bytes>  <relative path>`` line per file.
+MANIFEST = "MANIFEST.sha256"
+_MANIFEST_HEADER = "# swarm_jax checkpoint manifest v1: sha256  bytes  path\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,6 +242,121 @@ def is_complete_checkpoint(path: str | Path) -> bool:
     return all((path / f).exists() for f in _REQUIRED_FILES)
 
 
+# --------------------------------------------------------------------------------------------
+# Integrity: a SHA-256 manifest of every file, written after the data, checked before a restore
+# --------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _data_files(ckpt: Path) -> list[Path]:
+    """Every regular file under ``ckpt`` but the manifest (and its temporary copies), sorted."""
+    return sorted(p for p in ckpt.rglob("*")
+                  if p.is_file() and p.name != MANIFEST
+                  and not (p.name.startswith(f".{MANIFEST}.") and p.name.endswith(".tmp")))
+
+
+def write_manifest(ckpt: str | Path) -> Path:
+    """Write ``ckpt/MANIFEST.sha256`` (SHA-256 and size of every file), atomically; return it.
+
+    Called once the checkpoint's files are all written and flushed (by :meth:`CheckpointStore.save`
+    and :func:`save_final`); a checkpoint without the manifest is *unverified*.
+    """
+    ckpt = Path(ckpt)
+    lines = [f"{_sha256(f)}  {f.stat().st_size}  {f.relative_to(ckpt).as_posix()}\n"
+             for f in _data_files(ckpt)]
+    return atomic_write_text(ckpt / MANIFEST, _MANIFEST_HEADER + "".join(lines))
+
+
+_MANIFEST_LINE = re.compile(r"([0-9a-f]{64})  (\d+)  (.+)")
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """``None`` when ``path`` is a complete checkpoint whose files all match its manifest; else
+    the first problem found, as a short phrase (e.g. ``"state/d/3f2a... fails its SHA-256
+    check"``, ``"no checksum manifest"``)."""
+    path = Path(path)
+    if not is_complete_checkpoint(path):
+        return "incomplete (orbax metadata files missing)"
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return "no checksum manifest (the save was interrupted before it was verified, or it " \
+               "was written by an older version)"
+    try:
+        text = manifest.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return f"unreadable checksum manifest ({type(err).__name__})"
+    if not text.startswith(_MANIFEST_HEADER):
+        return "malformed checksum manifest"
+    entries = text[len(_MANIFEST_HEADER):].splitlines()
+    if not entries:
+        return "empty checksum manifest"
+    for line in entries:
+        m = _MANIFEST_LINE.fullmatch(line)
+        if m is None:
+            return "malformed checksum manifest"
+        digest, size, rel = m.group(1), int(m.group(2)), m.group(3)
+        f = path / rel
+        if not f.is_file():
+            return f"file {rel} is missing"
+        got = f.stat().st_size
+        if got != size:
+            return f"file {rel} has {got} bytes, {size} were written (truncated or overwritten)"
+        if _sha256(f) != digest:
+            return f"file {rel} fails its SHA-256 check (corrupted)"
+    return None
+
+
+def newest_verified_step(directory: str | Path) -> int | None:
+    """The newest step of a store directory that passes :func:`verify_checkpoint` (read-only:
+    nothing is reported or renamed; see :meth:`CheckpointStore.latest_verified_step`)."""
+    directory = Path(directory)
+    return next((s for s in reversed(_complete_steps(directory))
+                 if verify_checkpoint(directory / str(s)) is None), None)
+
+
+def is_verified_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is complete and every file matches its checksum manifest."""
+    return verify_checkpoint(path) is None
+
+
+def _check_integrity(ckpt: Path) -> None:
+    """Raise :class:`CheckpointError` when ``ckpt`` has a manifest that its files do not match.
+
+    A checkpoint without a manifest (written before manifests existed) is read as it is.
+    """
+    if (ckpt / MANIFEST).exists():
+        problem = verify_checkpoint(ckpt)
+        if problem is not None:
+            raise CheckpointError(f"checkpoint {ckpt} is corrupt: {problem}")
+
+
+def _short_error(err: BaseException) -> str:
+    """One short line for an exception from a write (orbax/TensorStore messages run to 1000s of
+    characters): the OS error when one can be recognised, else the first line, shortened."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:  # an OSError anywhere in the chain
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno:
+            return f"{e.strerror or errno.errorcode.get(e.errno, e.errno)} ({errno.errorcode.get(e.errno, '')})"
+        e = e.__cause__ or e.__context__
+    text = str(err)
+    for code, words in (("EFBIG", "File too large"), ("ENOSPC", "No space left on device"),
+                        ("EDQUOT", "Disk quota exceeded"), ("EACCES", "Permission denied"),
+                        ("EROFS", "Read-only file system")):
+        if words.lower() in text.lower() or code in text:
+            return f"{words} ({code})"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"{type(err).__name__}: {first[:200]}"
+
+
 def abstract_target(template: Any, device: jax.Device | None = None) -> Any:
     """The orbax restore target for ``template``: one :class:`jax.ShapeDtypeStruct` per leaf.
 
@@ -241,8 +426,9 @@ def _resolve(path: str | Path) -> Path:
         return path
     if path.is_dir():
         steps = _complete_steps(path)
-        if steps:
-            return path / str(steps[-1])
+        verified = [s for s in steps if is_verified_checkpoint(path / str(s))]
+        if verified or steps:  # the newest verified step; unverified ones only if none is
+            return path / str((verified or steps)[-1])
     raise CheckpointError(
         f"{path} is neither a complete checkpoint nor a checkpoint directory holding one"
     )
@@ -277,8 +463,17 @@ def read_config(path: str | Path) -> tuple[dict, dict]:
     JSON turns tuples into lists; nothing else changes.
     """
     ckpt = _resolve(path)
+    _check_integrity(ckpt)
+    return _read_json_items(ckpt)
+
+
+def _read_json_items(ckpt: Path) -> tuple[dict, dict]:
     reader = ocp.Checkpointer(ocp.JsonCheckpointHandler())
-    return reader.restore(epath.Path(ckpt / CONFIG)), reader.restore(epath.Path(ckpt / META))
+    try:
+        return reader.restore(epath.Path(ckpt / CONFIG)), reader.restore(epath.Path(ckpt / META))
+    except Exception as err:  # noqa: BLE001  (e.g. a truncated JSON file: JSONDecodeError)
+        raise CheckpointError(f"could not read the config/metadata of {ckpt}: "
+                              f"{_short_error(err)}") from None
 
 
 def _restore_numpy(state_dir: Path) -> Any:
@@ -309,6 +504,7 @@ def restore_checkpoint(
             (the message names the first mismatching leaf and both shapes), or orbax failed.
     """
     ckpt = _resolve(path)
+    _check_integrity(ckpt)
     state_dir = ckpt / STATE
     try:
         if target is None:
@@ -322,10 +518,8 @@ def restore_checkpoint(
     except CheckpointError:
         raise
     except Exception as err:  # noqa: BLE001  (orbax raises many types; report them uniformly)
-        raise CheckpointError(
-            f"could not restore {state_dir}: {type(err).__name__}: {err}"
-        ) from err
-    config, meta = read_config(ckpt)
+        raise CheckpointError(f"could not restore {state_dir}: {_short_error(err)}") from err
+    config, meta = _read_json_items(ckpt)
     return state, config, meta
 
 
@@ -344,13 +538,12 @@ def load_params_only(path: str | Path, subtree: str | Sequence[str] = "params") 
         CheckpointError: no checkpoint, or no such subtree (the message lists what exists).
     """
     ckpt = _resolve(path)
+    _check_integrity(ckpt)
     keys = subtree.split(".") if isinstance(subtree, str) else list(subtree)
     try:
         tree = _restore_numpy(ckpt / STATE)
     except Exception as err:  # noqa: BLE001
-        raise CheckpointError(
-            f"could not read {ckpt / STATE}: {type(err).__name__}: {err}"
-        ) from err
+        raise CheckpointError(f"could not read {ckpt / STATE}: {_short_error(err)}") from err
     node, walked = tree, "state"
     for k in keys:
         if isinstance(node, Mapping) and k in node:
@@ -374,34 +567,52 @@ class CheckpointStore:
 
     Example::
 
-        store = CheckpointStore("runs/stage1/checkpoints", max_to_keep=3)
+        store = CheckpointStore("runs/stage1/checkpoints", max_to_keep=3, async_save=True)
         store.save(step, runner_state, config_to_dict(cfg), {"wall_time_s": t})
         ...
-        if store.latest_step() is not None:
-            runner_state, cfg_dict, meta = store.restore(target=fresh_runner_state)
+        step = store.latest_verified_step(report=print)   # falls back past corrupt ones
+        if step is not None:
+            runner_state, cfg_dict, meta = store.restore(step, target=fresh_runner_state)
+
+    Args:
+        directory: the store folder (created).
+        max_to_keep: newest checkpoints kept (``None``: all).
+        async_save: :meth:`save` returns once the state is copied off the device; writing,
+            committing and the checksum manifest complete in the background. Every later call
+            that touches the store (:meth:`save`, :meth:`restore`, :meth:`wait`, :meth:`close`)
+            first waits for that save and raises its error, if any.
     """
 
-    def __init__(self, directory: str | Path, max_to_keep: int | None = 3):
+    def __init__(self, directory: str | Path, max_to_keep: int | None = 3, async_save: bool = False):
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"max_to_keep = {max_to_keep}: must be >= 1 or None (keep all)")
         self.directory = Path(directory).absolute()
         self.max_to_keep = max_to_keep
+        self.async_save = bool(async_save)
+        self._pending: threading.Thread | None = None
+        self._pending_step: int | None = None
+        self._pending_error: BaseException | None = None
         self.removed_tmp: list[Path] = self._remove_tmp_dirs()
         self.quarantined: list[Path] = self._quarantine_incomplete()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=True,
             todelete_subdir=_TRASH,  # prune by atomic rename, never by partial rmtree
+            enable_async_checkpointing=True,
         )
-        self._manager = ocp.CheckpointManager(
-            epath.Path(self.directory),
-            options=options,
-            item_handlers={
-                STATE: ocp.StandardCheckpointHandler(),
-                CONFIG: ocp.JsonCheckpointHandler(),
-                META: ocp.JsonCheckpointHandler(),
-            },
-        )
+        try:
+            self._manager = ocp.CheckpointManager(
+                epath.Path(self.directory),
+                options=options,
+                item_handlers={
+                    STATE: ocp.StandardCheckpointHandler(),
+                    CONFIG: ocp.JsonCheckpointHandler(),
+                    META: ocp.JsonCheckpointHandler(),
+                },
+            )
+        except OSError as err:
+            raise CheckpointWriteError(f"cannot use {self.directory} for checkpoints: "
+                                       f"{_short_error(err)}") from None
         self._empty_trash()
 
     # -- housekeeping -------------------------------------------------------------------------
@@ -426,22 +637,68 @@ class CheckpointStore:
             return moved
         for p in sorted(self.directory.iterdir()):
             if p.name.isdigit() and p.is_dir() and not is_complete_checkpoint(p):
-                dest, n = p.with_name(f"{p.name}.incomplete"), 0
-                while dest.exists():
-                    n += 1
-                    dest = p.with_name(f"{p.name}.incomplete-{n}")
-                p.rename(dest)
-                moved.append(dest)
+                moved.append(self._set_aside(p, "incomplete"))
         return moved
+
+    @staticmethod
+    def _set_aside(p: Path, suffix: str) -> Path:
+        dest, n = p.with_name(f"{p.name}.{suffix}"), 0
+        while dest.exists():
+            n += 1
+            dest = p.with_name(f"{p.name}.{suffix}-{n}")
+        p.rename(dest)
+        return dest
 
     def _empty_trash(self) -> None:
         if _is_primary():
             shutil.rmtree(self.directory / _TRASH, ignore_errors=True)
 
+    def wait(self) -> Path | None:
+        """Wait for a pending asynchronous save; return its directory (``None`` if none was
+        pending).
+
+        Raises:
+            CheckpointWriteError: the pending save failed (one line; the checkpoints committed
+                before it are intact, a half-written one is never listed).
+        """
+        thread, step = self._pending, self._pending_step
+        if thread is None:
+            return None
+        thread.join()
+        self._pending = self._pending_step = None
+        err, self._pending_error = self._pending_error, None
+        if err is not None:
+            self._discard_failed(step)
+            raise CheckpointWriteError(
+                f"could not write checkpoint {self.step_path(step)}: {_short_error(err)}"
+            ) from None
+        return self.step_path(step)
+
+    def _discard_failed(self, step: int) -> None:
+        """After a failed save: no temporary directory, no unverified step left behind."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception:  # noqa: BLE001  (the error was reported already)
+            pass
+        self._remove_tmp_dirs()
+        path = self.step_path(step)
+        if _is_primary() and path.exists() and not is_verified_checkpoint(path):
+            self._set_aside(path, "failed")
+        try:
+            self._manager.reload()
+        except Exception:  # noqa: BLE001
+            pass
+
     def close(self) -> None:
-        """Wait for pending work and release orbax's threads (errors are raised)."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Wait for pending work and release orbax's threads (a failed pending save raises
+        :class:`CheckpointWriteError` after the threads are released)."""
+        try:
+            self.wait()
+        finally:
+            try:
+                self._manager.close()
+            except Exception:  # noqa: BLE001  (a failed save was reported by wait())
+                pass
 
     def __enter__(self) -> CheckpointStore:
         return self
@@ -452,13 +709,47 @@ class CheckpointStore:
     # -- queries ------------------------------------------------------------------------------
 
     def all_steps(self) -> list[int]:
-        """Steps of the complete checkpoints on disk, ascending."""
+        """Steps of the complete checkpoints on disk, ascending (see :meth:`verified_steps`)."""
         return _complete_steps(self.directory)
 
     def latest_step(self) -> int | None:
         """The newest complete step, or ``None`` if there is none."""
         steps = self.all_steps()
         return steps[-1] if steps else None
+
+    def verified_steps(self) -> list[int]:
+        """Steps whose every file matches its checksum manifest, ascending (reads every file)."""
+        return [s for s in self.all_steps() if is_verified_checkpoint(self.step_path(s))]
+
+    def latest_verified_step(self, report: Callable[[str], None] | None = None,
+                             set_aside: bool = True) -> int | None:
+        """The newest step that passes :func:`verify_checkpoint`, checking from the newest down.
+
+        Every newer step that fails is reported with one line through ``report`` and, with
+        ``set_aside`` (process 0), renamed ``<step>.corrupt`` so that the run writes a fresh
+        checkpoint in its place; nothing is deleted.
+        """
+        self.wait()
+        bad = []
+        found = None
+        for step in reversed(self.all_steps()):
+            problem = verify_checkpoint(self.step_path(step))
+            if problem is None:
+                found = step
+                break
+            bad.append((step, problem))
+        for step, problem in bad:
+            path = self.step_path(step)
+            where = ""
+            if set_aside and _is_primary():
+                where = f"; set aside as {self._set_aside(path, 'corrupt').name}"
+            if report is not None:
+                fallback = (f"using {self.step_path(found)}" if found is not None
+                            else "no older verified checkpoint")
+                report(f"checkpoint {path} is not usable ({problem}){where}; {fallback}")
+        if bad and set_aside:
+            self._manager.reload()
+        return found
 
     def step_path(self, step: int) -> Path:
         return self.directory / str(int(step))
@@ -473,7 +764,11 @@ class CheckpointStore:
         metadata: Mapping[str, Any] | None = None,
         force: bool = False,
     ) -> Path:
-        """Write checkpoint ``step`` and return its directory once it is committed.
+        """Write checkpoint ``step``; return its directory.
+
+        Synchronous stores return once the checkpoint is committed and verified (its checksum
+        manifest written); asynchronous ones once the state is copied off the device (see the
+        class docstring). A previous asynchronous save is waited for first.
 
         Args:
             step: a non-negative integer (e.g. environment steps done).
@@ -484,12 +779,14 @@ class CheckpointStore:
 
         Raises:
             CheckpointError: ``step`` exists and not ``force``, or config/metadata not JSON-able.
-            Exception: whatever orbax raises while writing (never swallowed).
+            CheckpointWriteError: this (synchronous) or the previous (asynchronous) save could
+                not be written; one line, earlier checkpoints intact.
         """
         step = int(step)
         if step < 0:
             raise CheckpointError(f"step = {step}: must be >= 0")
         args = _composite_save_args(state, config, metadata)  # validates JSON before any write
+        self.wait()
         if step in self._manager.all_steps() or self.step_path(step).exists():
             if not force:
                 raise CheckpointError(
@@ -498,21 +795,49 @@ class CheckpointStore:
                 )
             self._manager.delete(step)
             self._manager.wait_until_finished()
-        # force=True: save whenever asked (orbax would otherwise skip steps <= its latest step).
-        saved = self._manager.save(step, args=args, force=True)
-        self._manager.wait_until_finished()
-        if not saved:  # pragma: no cover - orbax declined without an error
-            raise CheckpointError(f"orbax declined to save step {step} in {self.directory}")
-        self._empty_trash()
+            if self.step_path(step).exists():  # not known to orbax (e.g. set aside and back)
+                shutil.rmtree(self.step_path(step), ignore_errors=True)
+        self._pending_step, self._pending_error = step, None
+        try:
+            # force=True: save whenever asked (orbax would otherwise skip steps <= its latest).
+            saved = self._manager.save(step, args=args, force=True)
+            if not saved:  # pragma: no cover - orbax declined without an error
+                raise CheckpointError(f"orbax declined to save step {step} in {self.directory}")
+        except CheckpointError:
+            self._pending_step = None
+            raise
+        except Exception as err:  # noqa: BLE001  (e.g. a write error in the blocking part)
+            self._pending_step = None
+            self._discard_failed(step)
+            raise CheckpointWriteError(
+                f"could not write checkpoint {self.step_path(step)}: {_short_error(err)}"
+            ) from None
+        self._pending = threading.Thread(target=self._finish, args=(step,),
+                                         name=f"checkpoint-{step}", daemon=True)
+        self._pending.start()
+        if not self.async_save:
+            self.wait()
         return self.step_path(step)
+
+    def _finish(self, step: int) -> None:
+        """Background part of a save: wait for orbax's commit, write the manifest, prune."""
+        try:
+            self._manager.wait_until_finished()
+            if _is_primary():
+                write_manifest(self.step_path(step))
+            self._empty_trash()
+        except BaseException as err:  # noqa: BLE001  (re-raised by wait())
+            self._pending_error = err
 
     def restore(
         self, step: int | None = None, target: Any = None, device: jax.Device | None = None
     ) -> tuple[Any, dict, dict]:
         """``(state, config, meta)`` of checkpoint ``step`` (default: the latest complete one).
 
-        See :func:`restore_checkpoint` for ``target`` and ``device``.
+        See :func:`restore_checkpoint` for ``target`` and ``device``; a checkpoint whose files do
+        not match its manifest raises :class:`CheckpointError`.
         """
+        self.wait()
         if step is None:
             step = self.latest_step()
             if step is None:
@@ -535,35 +860,49 @@ def save_final(
 ) -> Path:
     """Write a standalone checkpoint (e.g. ``results/stage1_final``) atomically; return its path.
 
-    The checkpoint is written by orbax into a temporary directory and renamed into place. When
-    ``directory`` already holds a checkpoint and ``overwrite``, the new one is first committed
-    as ``<directory>.incoming``, then the old one is renamed to ``<directory>.replaced``, the new
-    one renamed into place, and the old one deleted: at every instant a complete checkpoint
-    exists under one of these names (``directory`` itself except between the two renames).
+    The checkpoint is written by orbax into ``<directory>.incoming`` (itself committed by an
+    atomic rename), its checksum manifest is added, and only then is it renamed into place.
+    When ``directory`` already holds a checkpoint and ``overwrite``, the old one is first renamed
+    to ``<directory>.replaced``, the new one renamed into place, and the old one deleted: at every
+    instant a complete checkpoint exists under one of these names (``directory`` itself except
+    between the two renames).
 
     Raises:
         CheckpointError: ``directory`` exists and not ``overwrite``; config/meta not JSON-able.
+        CheckpointWriteError: the checkpoint could not be written (one line); any previous
+            ``directory`` is untouched.
     """
     final = Path(directory).absolute()
     args = _composite_save_args(state, config, meta)
     if final.exists() and not overwrite:
         raise CheckpointError(f"{final} already exists (pass overwrite=True to replace it)")
-    target = final.with_name(final.name + ".incoming") if final.exists() else final
+    target = final.with_name(final.name + ".incoming")
     if _is_primary():
         for stale in final.parent.glob(f"{target.name}{_TMP_MARKER}*"):
             shutil.rmtree(stale, ignore_errors=True)
-        if target != final:
-            shutil.rmtree(target, ignore_errors=True)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        shutil.rmtree(target, ignore_errors=True)
     try:
-        checkpointer.save(epath.Path(target), args=args)
-    finally:
-        checkpointer.close()
-    if target != final and _is_primary():
-        replaced = final.with_name(final.name + ".replaced")
-        shutil.rmtree(replaced, ignore_errors=True)
-        final.rename(replaced)
-        target.rename(final)
-        shutil.rmtree(replaced, ignore_errors=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        try:
+            checkpointer.save(epath.Path(target), args=args)
+        finally:
+            checkpointer.close()
+        if _is_primary():
+            write_manifest(target)
+    except Exception as err:  # noqa: BLE001  (orbax/TensorStore/OS errors alike)
+        if _is_primary():
+            shutil.rmtree(target, ignore_errors=True)
+            for stale in final.parent.glob(f"{target.name}{_TMP_MARKER}*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        raise CheckpointWriteError(f"could not write {final}: {_short_error(err)}") from None
+    if _is_primary():
+        if final.exists():
+            replaced = final.with_name(final.name + ".replaced")
+            shutil.rmtree(replaced, ignore_errors=True)
+            final.rename(replaced)
+            target.rename(final)
+            shutil.rmtree(replaced, ignore_errors=True)
+        else:
+            target.rename(final)
     return final

@@ -153,11 +153,27 @@ def _bounds_text(gt=None, ge=None, lt=None, le=None, unit: str = "") -> str:
     return "finite"
 
 
+#: Largest value of an integer setting that JAX holds as int32 (episode step counters, update
+#: counters, array sizes and scan lengths).
+INT32_MAX = 2**31 - 1
+#: Largest env-step count (training.total_timesteps, checkpoint_freq): env-step counters are int64
+#: and grow by n_envs per step, so keep a factor-2 headroom below 2**63.
+STEPS_MAX = 2**62
+
+
 def _number(path: str, value: Any, *, integer: bool = False, gt=None, ge=None, lt=None, le=None,
-            unit: str = ""):
-    """Coerces ``value`` to an int or a finite float and checks the bounds (numeric strings ok)."""
+            unit: str = "", cap: int | None = INT32_MAX):
+    """Coerces ``value`` to an int or a finite float and checks the bounds (numeric strings ok).
+
+    Integers without an upper bound (``le``/``lt``) are capped at ``cap`` (default
+    :data:`INT32_MAX`: values JAX stores as int32), so that ``1e30`` is one clear line rather than
+    an ``OverflowError`` later.
+    """
     kind = "an integer" if integer else "a number"
     allowed = f"{kind} {_bounds_text(gt, ge, lt, le, unit)}"
+    if integer and le is None and lt is None and cap is not None:
+        le = cap
+        allowed += f" and <= {cap}"
     if isinstance(value, bool) or value is None:
         raise _fail(path, value, allowed)
     raw = value
@@ -223,7 +239,7 @@ def _int_list(path: str, value: Any, *, allowed: str, mins, length: int | None =
         try:
             n = _number(f"{path}[{i}]", v, integer=True, ge=mins(i))
         except ConfigError:
-            raise _fail(path, value, allowed) from None
+            raise _fail(path, value, allowed, f" (each <= {INT32_MAX})") from None
         out.append(n)
     return tuple(out)
 
@@ -444,6 +460,10 @@ class TrainingSection:
       total_timesteps: env-step budget summed over all environments.
       checkpoint_freq: checkpoint every this many env steps (summed over environments), at the
         first update boundary at or after each multiple.
+      checkpoint_every_s: wall-time floor between periodic checkpoints, s (>= 0; 0: none): a
+        checkpoint that ``checkpoint_freq`` makes due waits until this long after the previous
+        one, so that checkpoint time stays a small fraction of wall time at any budget. Saves
+        are asynchronous; the final and interruption checkpoints are never deferred.
       keep_checkpoints: checkpoints kept on disk (oldest deleted first).
       log_every: PPO updates between host-side logs (the jitted chunk length).
       seed: PRNG seed, in [0, 2**32 - 1].
@@ -458,6 +478,7 @@ class TrainingSection:
     n_envs: int = 8
     total_timesteps: int = 100_000
     checkpoint_freq: int = 10_000
+    checkpoint_every_s: float = 0.0
     keep_checkpoints: int = 3
     log_every: int = 1
     seed: int = 0
@@ -467,9 +488,13 @@ class TrainingSection:
 
     def __post_init__(self):
         p = "training."
-        for name in ("n_envs", "total_timesteps", "checkpoint_freq", "keep_checkpoints",
-                     "log_every", "ess_patience"):
+        for name in ("n_envs", "keep_checkpoints", "log_every", "ess_patience"):
             _set(self, name, _number(p + name, getattr(self, name), integer=True, ge=1))
+        for name in ("total_timesteps", "checkpoint_freq"):  # env steps: int64 counters
+            _set(self, name, _number(p + name, getattr(self, name), integer=True, ge=1,
+                                     cap=STEPS_MAX))
+        _set(self, "checkpoint_every_s",
+             _number(p + "checkpoint_every_s", self.checkpoint_every_s, ge=0, le=1e7, unit="s"))
         _set(self, "seed", _number(p + "seed", self.seed, integer=True, ge=0, le=2**32 - 1))
         if self.ess_threshold is not None:
             _set(self, "ess_threshold",
@@ -571,6 +596,11 @@ class TrainConfig:
             raise ConfigError(
                 f"training.total_timesteps = {_show(self.training.total_timesteps)}: must be >= one "
                 f"rollout, {sizes}", field="training.total_timesteps")
+        if self.training.total_timesteps // rollout > INT32_MAX:
+            raise ConfigError(
+                f"training.total_timesteps = {_show(self.training.total_timesteps)}: gives "
+                f"{self.training.total_timesteps // rollout} PPO updates of {sizes}; at most "
+                f"{INT32_MAX} (the update counter is int32)", field="training.total_timesteps")
 
     @property
     def rollout_size(self) -> int:

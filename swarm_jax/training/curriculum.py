@@ -34,6 +34,7 @@ from swarm_jax.training.checkpoint import (
     CheckpointError,
     is_complete_checkpoint,
     load_params_only,
+    newest_verified_step,
     read_config,
 )
 from swarm_jax.training.config import TrainConfig, config_to_dict
@@ -220,15 +221,19 @@ def plan_stages(
         elif has_final:
             plans.append(StagePlan(stage, cfg, "skip"))
         elif steps:
-            latest = paths.checkpoints / str(steps[-1])
-            saved, _ = read_config(latest)
-            diffs = resume_differences(cfg, saved)
-            if diffs:
-                raise TrainError(
-                    f"cannot resume {latest} with a different setup: "
-                    f"{'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''} (a resumed run "
-                    "may only change total_timesteps, checkpoint_freq, keep_checkpoints, "
-                    "log_every and the ESS stop)")
+            # The checkpoint --resume will use: the newest that verifies (run_stage reports the
+            # corrupt newer ones, and refuses with one line when none verifies).
+            newest = newest_verified_step(paths.checkpoints)
+            if newest is not None:
+                latest = paths.checkpoints / str(newest)
+                saved, _ = read_config(latest)
+                diffs = resume_differences(cfg, saved)
+                if diffs:
+                    raise TrainError(
+                        f"cannot resume {latest} with a different setup: "
+                        f"{'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''} (a resumed "
+                        "run may only change total_timesteps, checkpoint_freq, "
+                        "checkpoint_every_s, keep_checkpoints, log_every and the ESS stop)")
             plans.append(StagePlan(stage, cfg, "resume"))
         else:
             plans.append(StagePlan(stage, cfg, "run", init_from))

@@ -11,10 +11,19 @@ checkpoint (``resume=True``), then runs the host loop::
         check finite -> log (TensorBoard, CSV, progress bar) -> ESS monitor -> checkpoint?
 
 **Deterministic chunks.** Chunk boundaries sit at the multiples of ``training.log_every``
-updates (counted from update 0; the last chunk may be shorter), checkpoints are written only at
-chunk boundaries (the first one at or after each multiple of ``training.checkpoint_freq`` env
-steps) and the whole random state lives in the runner state, so a run that is interrupted and
-resumed ends with bitwise the same parameters and the same metric rows as an uninterrupted one.
+updates (counted from update 0; the last chunk may be shorter; the schedule is generated lazily),
+checkpoints are written only at chunk boundaries (the first one at or after each multiple of
+``training.checkpoint_freq`` env steps, and at least ``training.checkpoint_every_s`` seconds after
+the previous one) and the whole random state lives in the runner state, so a run that is
+interrupted and resumed ends with bitwise the same parameters and the same metric rows as an
+uninterrupted one.
+
+**Checkpoints** are saved asynchronously (:class:`CheckpointStore` with ``async_save``): the
+next chunk runs while orbax writes; every later save, a stop, the final checkpoint and the end of
+the stage wait for it. Each one is verified by its SHA-256 manifest; ``resume=True`` continues
+from the newest checkpoint that verifies (reporting and setting aside newer corrupt ones), and a
+checkpoint that cannot be written raises :class:`CheckpointWriteError` (one line naming the last
+verified checkpoint and the resume command).
 
 **Outputs** under ``out`` for stage ``N`` (:class:`StagePaths`)::
 
@@ -29,7 +38,8 @@ resumed ends with bitwise the same parameters and the same metric rows as an uni
 **Stops.** SIGINT/SIGTERM (:class:`~swarm_jax.training.safety.GracefulInterrupt`): the current
 chunk finishes, a checkpoint is saved, status ``interrupted``, exit code ``128 + signal``
 (130 for SIGINT). NaN/inf in the metrics or the network/optimiser state after a chunk: nothing
-is saved (the last good checkpoint stays), status ``numerical_fault``, exit code 3. ESS ratio
+is saved (the last verified checkpoint stays, and only a verified one is named), status
+``numerical_fault``, exit code 3. ESS ratio
 below ``training.ess_threshold`` for ``training.ess_patience`` consecutive logs
 (:class:`~swarm_jax.training.logging.ESSMonitor`): checkpoint + final, status
 ``stopped_early``, exit code 0.
@@ -47,7 +57,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +72,11 @@ from swarm_jax.env.tio2_env import TiO2GrowthEnv
 from swarm_jax.training.checkpoint import (
     CheckpointError,
     CheckpointStore,
+    CheckpointWriteError,
     is_complete_checkpoint,
     read_config,
     save_final,
+    verify_checkpoint,
 )
 from swarm_jax.training.config import TrainConfig, config_to_dict
 from swarm_jax.training.logging import ESSMonitor, TensorBoardLogger, plot_learning_curves
@@ -79,6 +91,9 @@ __all__ = [
     "TrainResult",
     "chunk_sizes",
     "complete_steps",
+    "count_chunks",
+    "estimate_network_params",
+    "iter_chunk_sizes",
     "initial_runner_state",
     "make_env",
     "make_trainer",
@@ -103,6 +118,7 @@ RUN_CONTROL_KEYS = (
     "name",
     "training.total_timesteps",
     "training.checkpoint_freq",
+    "training.checkpoint_every_s",
     "training.keep_checkpoints",
     "training.log_every",
     "training.ess_threshold",
@@ -211,12 +227,38 @@ def make_trainer(cfg: TrainConfig, n_devices: int | None = None) -> PPOTrainer:
                            resolve_devices(n_devices, cfg))
 
 
-def estimate_training_bytes(cfg: TrainConfig) -> int:
+def _mlp_params(n_in: int, hidden: Sequence[int], n_out: int) -> int:
+    """Weights and biases of a dense MLP ``n_in -> hidden... -> n_out``."""
+    sizes = [int(n_in), *map(int, hidden), int(n_out)]
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def estimate_network_params(cfg: TrainConfig) -> int:
+    """Parameters of the actor-critic of ``cfg.network`` (exact for its dense layers; a Python
+    int, so absurd widths cannot overflow). ``swarm``: per-candidate actor on ``D + G`` inputs and
+    a critic on the pooled ``2 D + G``; ``flat_mlp``: two MLPs on ``K D + G`` (K and 1 outputs)."""
+    from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM as D
+    from swarm_jax.swarm.features import GLOBAL_FEATURE_DIM as G
+
+    hidden, k = cfg.network.hidden_sizes, cfg.environment.n_swarm
+    if cfg.network.kind == "flat_mlp":
+        return _mlp_params(k * D + G, hidden, k) + _mlp_params(k * D + G, hidden, 1)
+    return _mlp_params(D + G, hidden, 1) + _mlp_params(2 * D + G, hidden, 1)
+
+
+def estimate_training_bytes(cfg: TrainConfig, parts: dict | None = None) -> int:
     """Bytes a training run of ``cfg`` needs beyond the JAX runtime (an estimate, rounded up).
 
-    The ``n_envs`` lattice states four times (runner state, the step's output, gymnax's auto-reset
-    select, a checkpoint's host copy), and the rollout buffer twice (observations of
-    ``n_steps × n_envs`` transitions, float32 ``K × D + G`` each, and their minibatch shuffle).
+    * lattices: the ``n_envs`` lattice states four times (runner state, the step's output,
+      gymnax's auto-reset select, a checkpoint's host copy);
+    * rollout: the rollout buffer twice (observations of ``n_steps × n_envs`` transitions,
+      float32 ``K × D + G`` each, and their minibatch shuffle);
+    * network: float32 parameters five times (parameters, gradients, Adam's two moments, a
+      checkpoint's host copy) plus the activations of one minibatch (forward and backward, per
+      candidate for the ``swarm`` network).
+
+    Args:
+        parts: if given, filled with the three terms (``lattices``, ``rollout``, ``network``).
     """
     from swarm_jax.physics import estimate_state_bytes
     from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM
@@ -225,35 +267,66 @@ def estimate_training_bytes(cfg: TrainConfig) -> int:
     states = 4 * t.n_envs * estimate_state_bytes(e.lattice_size)
     obs = 4 * (e.n_swarm * CANDIDATE_FEATURE_DIM + GLOBAL_FEATURE_DIM)
     rollout = 2 * cfg.ppo.n_steps * t.n_envs * (obs + 64)
-    return int(states + rollout)
+    rows = cfg.ppo.batch_size * (e.n_swarm if cfg.network.kind == "swarm" else 1)
+    activations = 3 * 4 * rows * sum(cfg.network.hidden_sizes) * 2  # actor + critic
+    network = 5 * 4 * estimate_network_params(cfg) + activations
+    if parts is not None:
+        parts.update(lattices=int(states), rollout=int(rollout), network=int(network))
+    return int(states + rollout + network)
 
 
 def check_training_memory(cfg: TrainConfig, available: int | None = None) -> int:
     """The estimate of :func:`estimate_training_bytes`; raises :class:`TrainError` (before any
     allocation) when it exceeds the memory available (device memory on an accelerator, else
-    MemAvailable)."""
+    MemAvailable). The message names the network when it alone cannot fit, else the lattices
+    and rollout."""
     from swarm_jax.training.safety import available_memory_bytes
 
-    need = estimate_training_bytes(cfg)
+    parts: dict = {}
+    need = estimate_training_bytes(cfg, parts)
     available = available_memory_bytes() if available is None else available
     if available is not None and need > available:
+        if parts["network"] > available:  # the network alone cannot fit
+            n = estimate_network_params(cfg)
+            raise TrainError(
+                f"network.hidden_sizes = {list(cfg.network.hidden_sizes)} gives a {cfg.network.kind} "
+                f"network of {n:.3g} parameters; with its gradients, Adam's two moments and the "
+                f"activations of a ppo.batch_size = {cfg.ppo.batch_size} minibatch training needs "
+                f"about {need / 1e9:.3g} GB, more than the {available / 1e9:.3g} GB available; "
+                "reduce network.hidden_sizes")
         lx, ly, lz = cfg.environment.lattice_size
         raise TrainError(
             f"training.n_envs = {cfg.training.n_envs} lattices of {lx}x{ly}x{lz} with ppo.n_steps = "
-            f"{cfg.ppo.n_steps} need about {need / 1e9:.3g} GB, more than the "
-            f"{available / 1e9:.3g} GB available; reduce training.n_envs or ppo.n_steps")
+            f"{cfg.ppo.n_steps} need about {need / 1e9:.3g} GB (network and optimiser included), "
+            f"more than the {available / 1e9:.3g} GB available; reduce training.n_envs or "
+            "ppo.n_steps")
     return need
 
 
-def chunk_sizes(start_update: int, num_updates: int, log_every: int) -> list[int]:
-    """Updates per chunk from ``start_update`` to ``num_updates``: chunks end at the multiples of
-    ``log_every`` (counted from update 0) and at ``num_updates``, whatever the start."""
-    sizes, u = [], int(start_update)
+def iter_chunk_sizes(start_update: int, num_updates: int, log_every: int) -> Iterator[int]:
+    """Updates per chunk from ``start_update`` to ``num_updates``, lazily (memory O(1) whatever
+    the budget): chunks end at the multiples of ``log_every`` (counted from update 0) and at
+    ``num_updates``, whatever the start."""
+    u = int(start_update)
     while u < num_updates:
         n = min(log_every - u % log_every, num_updates - u)
-        sizes.append(n)
+        yield n
         u += n
-    return sizes
+
+
+def count_chunks(start_update: int, num_updates: int, log_every: int) -> int:
+    """``len(list(iter_chunk_sizes(...)))``, computed arithmetically."""
+    start, end = int(start_update), int(num_updates)
+    if start >= end:
+        return 0
+    # chunk ends: every multiple of log_every in (start, end), plus end itself
+    return (end - 1) // log_every - start // log_every + 1
+
+
+def chunk_sizes(start_update: int, num_updates: int, log_every: int) -> list[int]:
+    """The list of :func:`iter_chunk_sizes` (for small budgets and tests; the training loop
+    iterates lazily)."""
+    return list(iter_chunk_sizes(start_update, num_updates, log_every))
 
 
 def _default_device() -> jax.Device:
@@ -529,7 +602,8 @@ def _progress_bar(progress: bool, total: int, initial: int, desc: str):
         return None
     from tqdm.auto import tqdm
 
-    # No tqdm rate/ETA: they would count compilation; the postfix carries the measured SPS.
+    # No tqdm rate/ETA: they would count compilation; the postfix carries the measured SPS and
+    # an ETA from it (remaining env steps / env steps per second of training).
     return tqdm(total=total, initial=initial, desc=desc, unit="step", unit_scale=True,
                 dynamic_ncols=True, file=sys.stderr,
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} env steps "
@@ -596,8 +670,10 @@ def run_stage(
         log: where progress lines and messages go.
 
     Raises:
-        TrainError: ``resume`` without a checkpoint, a fresh start over existing results, or a
-            checkpoint that does not fit ``cfg``.
+        TrainError: ``resume`` without a (verified) checkpoint, a fresh start over existing
+            results, or a checkpoint that does not fit ``cfg``.
+        CheckpointWriteError: a checkpoint could not be written (disk full, file-size limit);
+            the earlier checkpoints are intact.
     """
     with _CompileClock() as clock:
         return _run_stage(cfg, out, stage, clock, init_params=init_params, init_from=init_from,
@@ -610,7 +686,6 @@ def _run_stage(cfg, out, stage, clock, *, init_params, init_from, resume, progre
     t_start = time.perf_counter()
     paths = StagePaths(Path(out), int(stage))
     trainer = trainer if trainer is not None else make_trainer(cfg, n_devices)
-    cfg_dict = config_to_dict(cfg)
     key = jax.random.PRNGKey(cfg.training.seed)
     template = jax.eval_shape(trainer.init, key)
     backend = jax.default_backend()
@@ -625,12 +700,59 @@ def _run_stage(cfg, out, stage, clock, *, init_params, init_from, resume, progre
     if resume and not existing:
         raise TrainError(f"nothing to resume: no complete checkpoint in {paths.checkpoints}")
 
-    store = CheckpointStore(paths.checkpoints, max_to_keep=cfg.training.keep_checkpoints)
+    store = CheckpointStore(paths.checkpoints, max_to_keep=cfg.training.keep_checkpoints,
+                            async_save=True)
+    try:
+        return _train_with_store(cfg, paths, stage, clock, store, trainer, template, device,
+                                 backend, t_start, init_params=init_params, init_from=init_from,
+                                 resume=resume, progress=progress, callbacks=callbacks,
+                                 resume_hint=resume_hint, log=log)
+    except CheckpointWriteError as err:
+        last = _last_verified(store, None)
+        where = (f"the last verified checkpoint is {last}" if last is not None
+                 else "no verified checkpoint was written")
+        raise CheckpointWriteError(f"{paths.label}: {err}; {where}; free disk space (or raise the "
+                                   f"file-size limit) and resume with: {resume_hint}") from None
+    finally:
+        try:
+            store.close()
+        except CheckpointError:
+            pass  # a failed pending save was reported above
+
+
+def _last_verified(store: CheckpointStore, candidate: Path | None) -> Path | None:
+    """The newest checkpoint of ``store`` known to be verified: ``candidate`` if it verifies,
+    else the newest verified step (after waiting for a pending save; never raises)."""
+    try:
+        store.wait()
+    except CheckpointError:
+        pass
+    if candidate is not None and verify_checkpoint(candidate) is None:
+        return candidate
+    steps = store.verified_steps()
+    return store.step_path(steps[-1]) if steps else None
+
+
+def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
+
+
+def _train_with_store(cfg, paths, stage, clock, store, trainer, template, device, backend,
+                      t_start, *, init_params, init_from, resume, progress, callbacks,
+                      resume_hint, log) -> TrainResult:
+    cfg_dict = config_to_dict(cfg)
     monitor = ESSMonitor(cfg.training.ess_threshold, cfg.training.ess_patience)
     wall_before = 0.0
     restored_step = None
     if resume:
-        restored_step = store.latest_step()
+        restored_step = store.latest_verified_step(report=lambda m: log(f"[{paths.label}] {m}"))
+        if restored_step is None:
+            raise TrainError(f"cannot resume: no verified checkpoint in {paths.checkpoints} "
+                             "(each one is reported above)")
         saved_cfg = read_config(store.step_path(restored_step))[0]
         diffs = resume_differences(cfg, saved_cfg)
         if diffs:
@@ -660,11 +782,12 @@ def _run_stage(cfg, out, stage, clock, *, init_params, init_from, resume, progre
         purge = 0  # an earlier attempt that never checkpointed: start the curves afresh
 
     num_updates, rollout = cfg.num_updates, cfg.rollout_size
-    freq = cfg.training.checkpoint_freq
+    freq, every_s = cfg.training.checkpoint_freq, cfg.training.checkpoint_every_s
     update, env_steps = int(runner_state.update_step), int(runner_state.env_steps)
     start_steps = env_steps
-    sizes = chunk_sizes(update, num_updates, cfg.training.log_every)
+    sizes = iter_chunk_sizes(update, num_updates, cfg.training.log_every)
     timings = {"train": 0.0, "checkpoint": 0.0}
+    last_save = {"steps": env_steps, "time": time.perf_counter()}
     status, message, last_metrics = COMPLETED, "", {}
     signal_number = None
     last_ckpt = store.step_path(restored_step) if restored_step is not None else None
@@ -683,13 +806,35 @@ def _run_stage(cfg, out, stage, clock, *, init_params, init_from, resume, progre
             "jax_backend": backend, "jax_version": jax.__version__, "init_from": init_from,
         }
 
-    def checkpoint(state_status: str) -> Path:
+    def checkpoint(state_status: str, wait: bool = False) -> Path:
+        """Save (asynchronously; ``wait``: until committed and verified); time it."""
         t0 = time.perf_counter()
-        path = store.save(env_steps, runner_state, cfg_dict, meta(state_status), force=True)
-        timings["checkpoint"] += time.perf_counter() - t0
+        try:
+            path = store.save(env_steps, runner_state, cfg_dict, meta(state_status), force=True)
+            if wait:
+                store.wait()
+        finally:
+            timings["checkpoint"] += time.perf_counter() - t0
+        last_save.update(steps=env_steps, time=time.perf_counter())
         return path
 
+    def checkpoint_due() -> bool:
+        """A multiple of checkpoint_freq env steps passed since the last save, and at least
+        checkpoint_every_s seconds of wall time."""
+        return (env_steps // freq > last_save["steps"] // freq
+                and time.perf_counter() - last_save["time"] >= every_s)
+
+    log(f"[{paths.label}] compiling the update (first start; cached afterwards)...")
     bar = _progress_bar(progress, num_updates * rollout, env_steps, paths.label)
+
+    def say(message: str) -> None:
+        if bar is not None:
+            bar.clear()
+        log(message)
+        if bar is not None:
+            bar.refresh()
+
+    first_chunk = True
     try:
         with GracefulInterrupt() as interrupt, \
                 TensorBoardLogger(paths.tensorboard, purge_step=purge) as tb:
@@ -700,12 +845,17 @@ def _run_stage(cfg, out, stage, clock, *, init_params, init_from, resume, progre
                 compile_s = clock.total - c0
                 train_s = max(time.perf_counter() - t0 - compile_s, 1e-9)
                 timings["train"] += train_s
+                if first_chunk:
+                    first_chunk = False
+                    say(f"[{paths.label}] compiled in {compile_s:.1f} s (first chunk "
+                        f"{time.perf_counter() - t0:.1f} s)")
 
                 fault = _first_fault(new_state, metrics)
                 if fault is not None:
                     status = NUMERICAL_FAULT
-                    where = (f"the last good checkpoint is {last_ckpt}" if last_ckpt
-                             else "no checkpoint was written before it")
+                    last_ckpt = _last_verified(store, last_ckpt)  # never an unverified one
+                    where = (f"the last good (verified) checkpoint is {last_ckpt}" if last_ckpt
+                             else "no verified checkpoint was written before it")
                     message = (f"{paths.label}: {fault} after update {update + n} "
                                f"(env steps {env_steps + n * rollout}); stopped, {where}")
                     break
@@ -720,10 +870,13 @@ def _run_stage(cfg, out, stage, clock, *, init_params, init_from, resume, progre
                                     "time_s": wall_before + time.perf_counter() - t_start,
                                     "fps": fps, **{k: v for k, v in metrics.items()
                                                    if k not in _COUNTER_KEYS}})
+                session_sps = (env_steps - start_steps) / timings["train"]
+                eta = (num_updates * rollout - env_steps) / session_sps if session_sps > 0 \
+                    else math.inf
                 postfix = dict(sps=_fmt(fps, ".0f"), ep_rew=_fmt(metrics.get("ep_rew_mean")),
                                ess=_fmt(metrics.get("ess_ratio")),
                                lam=_fmt(metrics.get("ess_lambda")),
-                               rough=_fmt(metrics.get("roughness")))
+                               rough=_fmt(metrics.get("roughness")), eta=_fmt_duration(eta))
                 if bar is not None:
                     bar.update(env_steps - prev_steps)
                     bar.set_postfix(postfix, refresh=True)
@@ -735,14 +888,14 @@ def _run_stage(cfg, out, stage, clock, *, init_params, init_from, resume, progre
                     cb(ChunkReport(paths.stage, update, num_updates, env_steps, metrics,
                                    runner_state))
 
-                due = env_steps // freq > prev_steps // freq
+                due = checkpoint_due()
                 if monitor.update(metrics["ess_ratio"]):
                     status, message = STOPPED_EARLY, f"{paths.label}: {monitor.reason}"
-                    last_ckpt = checkpoint(STOPPED_EARLY)
+                    last_ckpt = checkpoint(STOPPED_EARLY, wait=True)
                     break
                 if interrupt.requested:
                     signal_number = int(signal.Signals[interrupt.signal_name])
-                    last_ckpt = checkpoint(INTERRUPTED)
+                    last_ckpt = checkpoint(INTERRUPTED, wait=True)
                     status = INTERRUPTED
                     message = (f"{paths.label}: {interrupt.signal_name} received; saved "
                                f"{last_ckpt} at update {update}/{num_updates}; resume with: "
@@ -754,6 +907,9 @@ def _run_stage(cfg, out, stage, clock, *, init_params, init_from, resume, progre
         if bar is not None:
             bar.close()
 
+    t0 = time.perf_counter()
+    store.wait()  # the last periodic save is committed and verified (or its error raised)
+    timings["checkpoint"] += time.perf_counter() - t0
     final_dir = None
     if status in (COMPLETED, STOPPED_EARLY):
         t0 = time.perf_counter()
@@ -764,7 +920,6 @@ def _run_stage(cfg, out, stage, clock, *, init_params, init_from, resume, progre
                        f"final checkpoint {final_dir}")
         else:
             message += f"; final checkpoint {final_dir}"
-    store.close()
     _plot(paths, log)
     timings["wall"] = time.perf_counter() - t_start
     timings["compile"] = clock.total
