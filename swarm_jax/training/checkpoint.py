@@ -126,7 +126,23 @@ class _OrbaxErrorLogFilter(logging.Filter):
                     and "orbax" in Path(record.pathname).parts)
 
 
+class _OrbaxOrphanTaskFilter(logging.Filter):
+    """Drops asyncio's "... exception was never retrieved" records of orbax's own write tasks
+    (the other writes in flight when one failed; logged when they are garbage-collected, often at
+    exit). The failure itself reaches the caller as one exception."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001
+            return True
+        return not ("exception was never retrieved" in text and "orbax" in text)
+
+
 logging.getLogger("absl").addFilter(_OrbaxErrorLogFilter())
+logging.getLogger("asyncio").addFilter(_OrbaxOrphanTaskFilter())
 
 
 def _install_unraisable_filter() -> None:
