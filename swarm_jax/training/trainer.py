@@ -741,192 +741,250 @@ def _fmt_duration(seconds: float) -> str:
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
 
 
+def _restore_or_init(cfg, paths, store, trainer, template, device, init_params, init_from,
+                     resume, log):
+    """The stage's starting point: the newest verified checkpoint (``resume``) or a fresh state.
+
+    Returns ``(runner_state, restored_step, wall_before, init_from, ess_below_count)``.
+    """
+    if not resume:
+        return initial_runner_state(trainer, cfg, init_params), None, 0.0, init_from, 0
+    restored_step = store.latest_verified_step(report=lambda m: log(f"[{paths.label}] {m}"))
+    if restored_step is None:
+        raise TrainError(f"cannot resume: no verified checkpoint in {paths.checkpoints} "
+                         "(each one is reported above)")
+    saved_cfg = read_config(store.step_path(restored_step))[0]
+    diffs = resume_differences(cfg, saved_cfg)
+    if diffs:
+        raise TrainError(f"cannot resume {store.step_path(restored_step)} with a different "
+                         f"setup ({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''})")
+    try:
+        runner_state, _, meta = store.restore(restored_step, target=template, device=device)
+    except CheckpointError as err:
+        raise TrainError(f"cannot resume: {err}") from None
+    log(f"[{paths.label}] resuming from {store.step_path(restored_step)} "
+        f"(update {int(runner_state.update_step)}, {int(runner_state.env_steps)} env steps)")
+    return (runner_state, restored_step, float(meta.get("wall_time_s", 0.0)),
+            meta.get("init_from"), int(meta.get("ess_below_count", 0)))
+
+
+class _StageOutputs:
+    """The four output channels of a stage: TensorBoard, ``metrics_stageN.csv``, the progress bar
+    (or one log line per chunk) and the user's callbacks."""
+
+    def __init__(self, paths, restored_step, start_steps, progress, num_updates, rollout,
+                 callbacks, log):
+        self.paths, self.log, self.callbacks = paths, log, callbacks
+        self.num_updates, self.rollout = num_updates, rollout
+        self.csv = _MetricsCSV(paths.metrics_csv, restored_step)
+        purge = None
+        if restored_step is not None:
+            purge = restored_step + 1  # drop events logged after the checkpoint by the lost session
+        elif paths.tensorboard.is_dir() and any(paths.tensorboard.glob("*tfevents*")):
+            purge = 0  # an earlier attempt that never checkpointed: start the curves afresh
+        self.tb = TensorBoardLogger(paths.tensorboard, purge_step=purge)
+        self.bar = _progress_bar(progress, num_updates * rollout, start_steps, paths.label)
+
+    def say(self, message: str) -> None:
+        """A message that does not tear the progress bar."""
+        if self.bar is not None:
+            self.bar.clear()
+        self.log(message)
+        if self.bar is not None:
+            self.bar.refresh()
+
+    def chunk(self, runner_state, metrics, prev_steps, fps, eta, compile_s, time_s) -> None:
+        """Report one good chunk on every channel."""
+        update, env_steps = int(runner_state.update_step), int(runner_state.env_steps)
+        self.tb.log_scalars(env_steps, _tb_scalars(metrics, fps))
+        self.csv.append({"env_steps": env_steps, "update": update, "time_s": time_s, "fps": fps,
+                         **{k: v for k, v in metrics.items() if k not in _COUNTER_KEYS}})
+        postfix = dict(sps=_fmt(fps, ".0f"), ep_rew=_fmt(metrics.get("ep_rew_mean")),
+                       ess=_fmt(metrics.get("ess_ratio")), lam=_fmt(metrics.get("ess_lambda")),
+                       rough=_fmt(metrics.get("roughness")), eta=_fmt_duration(eta))
+        if self.bar is not None:
+            self.bar.update(env_steps - prev_steps)
+            self.bar.set_postfix(postfix, refresh=True)
+        else:
+            self.log(f"[{self.paths.label}] update {update}/{self.num_updates} | env steps "
+                     f"{env_steps} | " + " | ".join(f"{k} {v}" for k, v in postfix.items())
+                     + (f" | compile {compile_s:.1f}s" if compile_s > 0.5 else ""))
+        for cb in self.callbacks:
+            cb(ChunkReport(self.paths.stage, update, self.num_updates, env_steps, metrics,
+                           runner_state))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.tb.close()
+
+
+class _StageCheckpoints:
+    """Periodic, stop and final checkpoints of a stage, their schedule and their cost.
+
+    A periodic save is due when a multiple of ``checkpoint_freq`` env steps passed since the
+    last save and at least ``checkpoint_every_s`` seconds of wall time did (saves are
+    asynchronous; ``wait`` blocks until one is committed and verified).
+    """
+
+    def __init__(self, cfg, paths, store, monitor, t_start, wall_before, backend, init_from,
+                 last_ckpt, env_steps):
+        self.cfg, self.paths, self.store, self.monitor = cfg, paths, store, monitor
+        self.cfg_dict = config_to_dict(cfg)
+        self.t_start, self.wall_before = t_start, wall_before
+        self.backend, self.init_from = backend, init_from
+        self.last = last_ckpt
+        self.seconds = 0.0
+        self._last_steps, self._last_time = env_steps, time.perf_counter()
+
+    def meta(self, runner_state, status: str) -> dict:
+        return {
+            "stage": self.paths.stage, "status": status,
+            "env_steps": int(runner_state.env_steps), "update": int(runner_state.update_step),
+            "num_updates": self.cfg.num_updates, "ess_below_count": self.monitor.below_count,
+            "wall_time_s": self.wall_before + time.perf_counter() - self.t_start,
+            "jax_backend": self.backend, "jax_version": jax.__version__,
+            "init_from": self.init_from,
+        }
+
+    def due(self, env_steps: int) -> bool:
+        freq = self.cfg.training.checkpoint_freq
+        return (env_steps // freq > self._last_steps // freq
+                and time.perf_counter() - self._last_time >= self.cfg.training.checkpoint_every_s)
+
+    def save(self, runner_state, status: str, wait: bool = False) -> Path:
+        t0 = time.perf_counter()
+        env_steps = int(runner_state.env_steps)
+        try:
+            path = self.store.save(env_steps, runner_state, self.cfg_dict,
+                                   self.meta(runner_state, status), force=True)
+            if wait:
+                self.store.wait()
+        finally:
+            self.seconds += time.perf_counter() - t0
+        self._last_steps, self._last_time = env_steps, time.perf_counter()
+        self.last = path
+        return path
+
+    def last_verified(self) -> Path | None:
+        """The newest checkpoint known to be verified (never an unverified one)."""
+        self.last = _last_verified(self.store, self.last)
+        return self.last
+
+    def finish(self, runner_state, status: str) -> Path | None:
+        """Wait for the pending save; write ``stageN_final`` when the stage completed or stopped
+        early. Returns the final folder (or None)."""
+        t0 = time.perf_counter()
+        self.store.wait()  # the last periodic save is committed and verified (or its error raised)
+        final_dir = None
+        if status in (COMPLETED, STOPPED_EARLY):
+            final_dir = save_final(self.paths.final, runner_state, self.cfg_dict,
+                                   self.meta(runner_state, status))
+        self.seconds += time.perf_counter() - t0
+        return final_dir
+
+
+def _chunk_loop(trainer, runner_state, sizes, clock, outputs, ckpts, monitor, timings, t_start,
+                wall_before, resume_hint):
+    """Train chunk by chunk until done, a fault, an ESS stop or a signal.
+
+    Returns ``(runner_state, status, message, last_metrics, signal_number)``.
+    """
+    label, num_steps = outputs.paths.label, outputs.num_updates * outputs.rollout
+    start_steps = int(runner_state.env_steps)
+    status, message, last_metrics, signal_number = COMPLETED, "", {}, None
+    first_chunk = True
+    with GracefulInterrupt() as interrupt:
+        for n in sizes:
+            t0, c0 = time.perf_counter(), clock.total
+            new_state, metrics = trainer.train_chunk(runner_state, n)
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            compile_s = clock.total - c0
+            train_s = max(time.perf_counter() - t0 - compile_s, 1e-9)
+            timings["train"] += train_s
+            if first_chunk:
+                first_chunk = False
+                outputs.say(f"[{label}] compiled in {compile_s:.1f} s (first chunk "
+                            f"{time.perf_counter() - t0:.1f} s)")
+            fault = _first_fault(new_state, metrics)
+            if fault is not None:
+                last = ckpts.last_verified()
+                where = (f"the last good (verified) checkpoint is {last}" if last
+                         else "no verified checkpoint was written before it")
+                message = (f"{label}: {fault} after update {int(runner_state.update_step) + n} "
+                           f"(env steps {int(runner_state.env_steps) + n * outputs.rollout}); "
+                           f"stopped, {where}")
+                return runner_state, NUMERICAL_FAULT, message, last_metrics, None
+            prev_steps = int(runner_state.env_steps)
+            runner_state, last_metrics = new_state, metrics
+            env_steps = int(runner_state.env_steps)
+            session_sps = (env_steps - start_steps) / timings["train"]
+            eta = (num_steps - env_steps) / session_sps if session_sps > 0 else math.inf
+            outputs.chunk(runner_state, metrics, prev_steps, (env_steps - prev_steps) / train_s,
+                          eta, compile_s, wall_before + time.perf_counter() - t_start)
+
+            due = ckpts.due(env_steps)
+            if monitor.update(metrics["ess_ratio"]):
+                ckpts.save(runner_state, STOPPED_EARLY, wait=True)
+                return runner_state, STOPPED_EARLY, f"{label}: {monitor.reason}", metrics, None
+            if interrupt.requested:
+                signal_number = int(signal.Signals[interrupt.signal_name])
+                path = ckpts.save(runner_state, INTERRUPTED, wait=True)
+                message = (f"{label}: {interrupt.signal_name} received; saved {path} at update "
+                           f"{int(runner_state.update_step)}/{outputs.num_updates}; resume with: "
+                           f"{resume_hint}")
+                return runner_state, INTERRUPTED, message, metrics, signal_number
+            if due:
+                ckpts.save(runner_state, "running")
+    return runner_state, status, message, last_metrics, signal_number
+
+
 def _train_with_store(cfg, paths, stage, clock, store, trainer, template, device, backend,
                       t_start, *, init_params, init_from, resume, progress, callbacks,
                       resume_hint, log) -> TrainResult:
-    cfg_dict = config_to_dict(cfg)
-    monitor = ESSMonitor(cfg.training.ess_threshold, cfg.training.ess_patience)
-    wall_before = 0.0
-    restored_step = None
-    if resume:
-        restored_step = store.latest_verified_step(report=lambda m: log(f"[{paths.label}] {m}"))
-        if restored_step is None:
-            raise TrainError(f"cannot resume: no verified checkpoint in {paths.checkpoints} "
-                             "(each one is reported above)")
-        saved_cfg = read_config(store.step_path(restored_step))[0]
-        diffs = resume_differences(cfg, saved_cfg)
-        if diffs:
-            raise TrainError(f"cannot resume {store.step_path(restored_step)} with a different "
-                             f"setup ({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''})")
-        try:
-            runner_state, _, meta = store.restore(restored_step, target=template, device=device)
-        except CheckpointError as err:
-            raise TrainError(f"cannot resume: {err}") from None
-        monitor.below_count = int(meta.get("ess_below_count", 0))
-        wall_before = float(meta.get("wall_time_s", 0.0))
-        init_from = meta.get("init_from")
-        log(f"[{paths.label}] resuming from {store.step_path(restored_step)} "
-            f"(update {int(runner_state.update_step)}, {int(runner_state.env_steps)} env steps)")
-    else:
-        runner_state = initial_runner_state(trainer, cfg, init_params)
+    """Restore or start, train chunk by chunk, checkpoint, finish: the body of :func:`run_stage`."""
+    runner_state, restored_step, wall_before, init_from, below = _restore_or_init(
+        cfg, paths, store, trainer, template, device, init_params, init_from, resume, log)
     runner_state = _canonical(runner_state)
-
+    monitor = ESSMonitor(cfg.training.ess_threshold, cfg.training.ess_patience)
+    monitor.below_count = below
     write_config_yaml(cfg, paths.config_yaml,
                       header=f"Effective configuration of {paths.label} (jax backend: {backend}).\n"
                              "Re-run with: python train.py --config <this file>")
-    metrics_csv = _MetricsCSV(paths.metrics_csv, restored_step)
-    purge = None
-    if restored_step is not None:
-        purge = restored_step + 1  # drop events logged after the checkpoint by the lost session
-    elif paths.tensorboard.is_dir() and any(paths.tensorboard.glob("*tfevents*")):
-        purge = 0  # an earlier attempt that never checkpointed: start the curves afresh
-
     num_updates, rollout = cfg.num_updates, cfg.rollout_size
-    freq, every_s = cfg.training.checkpoint_freq, cfg.training.checkpoint_every_s
-    update, env_steps = int(runner_state.update_step), int(runner_state.env_steps)
-    start_steps = env_steps
-    sizes = iter_chunk_sizes(update, num_updates, cfg.training.log_every)
-    timings = {"train": 0.0, "checkpoint": 0.0}
-    last_save = {"steps": env_steps, "time": time.perf_counter()}
-    status, message, last_metrics = COMPLETED, "", {}
-    signal_number = None
-    last_ckpt = store.step_path(restored_step) if restored_step is not None else None
+    update, start_steps = int(runner_state.update_step), int(runner_state.env_steps)
     if not resume:
         log(f"[{paths.label}] {cfg.name}: lattice {'x'.join(map(str, cfg.environment.lattice_size))}"
             f", {cfg.training.n_envs} envs x {cfg.ppo.n_steps} steps = {rollout} per update, "
             f"{num_updates} updates ({num_updates * rollout} env steps), backend {backend}"
             + (f", from {init_from}" if init_from else ""))
-
-    def meta(state_status: str) -> dict:
-        return {
-            "stage": paths.stage, "status": state_status, "env_steps": env_steps,
-            "update": update, "num_updates": num_updates,
-            "ess_below_count": monitor.below_count,
-            "wall_time_s": wall_before + time.perf_counter() - t_start,
-            "jax_backend": backend, "jax_version": jax.__version__, "init_from": init_from,
-        }
-
-    def checkpoint(state_status: str, wait: bool = False) -> Path:
-        """Save (asynchronously; ``wait``: until committed and verified); time it."""
-        t0 = time.perf_counter()
-        try:
-            path = store.save(env_steps, runner_state, cfg_dict, meta(state_status), force=True)
-            if wait:
-                store.wait()
-        finally:
-            timings["checkpoint"] += time.perf_counter() - t0
-        last_save.update(steps=env_steps, time=time.perf_counter())
-        return path
-
-    def checkpoint_due() -> bool:
-        """A multiple of checkpoint_freq env steps passed since the last save, and at least
-        checkpoint_every_s seconds of wall time."""
-        return (env_steps // freq > last_save["steps"] // freq
-                and time.perf_counter() - last_save["time"] >= every_s)
-
+    ckpts = _StageCheckpoints(cfg, paths, store, monitor, t_start, wall_before, backend, init_from,
+                              store.step_path(restored_step) if restored_step is not None else None,
+                              start_steps)
+    timings = {"train": 0.0, "checkpoint": 0.0}
     log(f"[{paths.label}] compiling the update (first start; cached afterwards)...")
-    bar = _progress_bar(progress, num_updates * rollout, env_steps, paths.label)
-
-    def say(message: str) -> None:
-        if bar is not None:
-            bar.clear()
-        log(message)
-        if bar is not None:
-            bar.refresh()
-
-    first_chunk = True
+    outputs = _StageOutputs(paths, restored_step, start_steps, progress, num_updates, rollout,
+                            callbacks, log)
     try:
-        with GracefulInterrupt() as interrupt, \
-                TensorBoardLogger(paths.tensorboard, purge_step=purge) as tb:
-            for n in sizes:
-                t0, c0 = time.perf_counter(), clock.total
-                new_state, metrics = trainer.train_chunk(runner_state, n)
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                compile_s = clock.total - c0
-                train_s = max(time.perf_counter() - t0 - compile_s, 1e-9)
-                timings["train"] += train_s
-                if first_chunk:
-                    first_chunk = False
-                    say(f"[{paths.label}] compiled in {compile_s:.1f} s (first chunk "
-                        f"{time.perf_counter() - t0:.1f} s)")
-
-                fault = _first_fault(new_state, metrics)
-                if fault is not None:
-                    status = NUMERICAL_FAULT
-                    last_ckpt = _last_verified(store, last_ckpt)  # never an unverified one
-                    where = (f"the last good (verified) checkpoint is {last_ckpt}" if last_ckpt
-                             else "no verified checkpoint was written before it")
-                    message = (f"{paths.label}: {fault} after update {update + n} "
-                               f"(env steps {env_steps + n * rollout}); stopped, {where}")
-                    break
-                runner_state = new_state
-                prev_steps = env_steps
-                update, env_steps = int(runner_state.update_step), int(runner_state.env_steps)
-                fps = (env_steps - prev_steps) / train_s
-                last_metrics = metrics
-
-                tb.log_scalars(env_steps, _tb_scalars(metrics, fps))
-                metrics_csv.append({"env_steps": env_steps, "update": update,
-                                    "time_s": wall_before + time.perf_counter() - t_start,
-                                    "fps": fps, **{k: v for k, v in metrics.items()
-                                                   if k not in _COUNTER_KEYS}})
-                session_sps = (env_steps - start_steps) / timings["train"]
-                eta = (num_updates * rollout - env_steps) / session_sps if session_sps > 0 \
-                    else math.inf
-                postfix = dict(sps=_fmt(fps, ".0f"), ep_rew=_fmt(metrics.get("ep_rew_mean")),
-                               ess=_fmt(metrics.get("ess_ratio")),
-                               lam=_fmt(metrics.get("ess_lambda")),
-                               rough=_fmt(metrics.get("roughness")), eta=_fmt_duration(eta))
-                if bar is not None:
-                    bar.update(env_steps - prev_steps)
-                    bar.set_postfix(postfix, refresh=True)
-                else:
-                    log(f"[{paths.label}] update {update}/{num_updates} | env steps {env_steps} | "
-                        + " | ".join(f"{k} {v}" for k, v in postfix.items())
-                        + (f" | compile {compile_s:.1f}s" if compile_s > 0.5 else ""))
-                for cb in callbacks:
-                    cb(ChunkReport(paths.stage, update, num_updates, env_steps, metrics,
-                                   runner_state))
-
-                due = checkpoint_due()
-                if monitor.update(metrics["ess_ratio"]):
-                    status, message = STOPPED_EARLY, f"{paths.label}: {monitor.reason}"
-                    last_ckpt = checkpoint(STOPPED_EARLY, wait=True)
-                    break
-                if interrupt.requested:
-                    signal_number = int(signal.Signals[interrupt.signal_name])
-                    last_ckpt = checkpoint(INTERRUPTED, wait=True)
-                    status = INTERRUPTED
-                    message = (f"{paths.label}: {interrupt.signal_name} received; saved "
-                               f"{last_ckpt} at update {update}/{num_updates}; resume with: "
-                               f"{resume_hint}")
-                    break
-                if due:
-                    last_ckpt = checkpoint("running")
+        runner_state, status, message, last_metrics, signal_number = _chunk_loop(
+            trainer, runner_state, iter_chunk_sizes(update, num_updates, cfg.training.log_every),
+            clock, outputs, ckpts, monitor, timings, t_start, wall_before, resume_hint)
     finally:
-        if bar is not None:
-            bar.close()
-
-    t0 = time.perf_counter()
-    store.wait()  # the last periodic save is committed and verified (or its error raised)
-    timings["checkpoint"] += time.perf_counter() - t0
-    final_dir = None
-    if status in (COMPLETED, STOPPED_EARLY):
-        t0 = time.perf_counter()
-        final_dir = save_final(paths.final, runner_state, cfg_dict, meta(status))
-        timings["checkpoint"] += time.perf_counter() - t0
-        if status == COMPLETED:
-            message = (f"{paths.label}: completed {update} updates, {env_steps} env steps; "
-                       f"final checkpoint {final_dir}")
-        else:
-            message += f"; final checkpoint {final_dir}"
+        outputs.close()
+    final_dir = ckpts.finish(runner_state, status)
+    update, env_steps = int(runner_state.update_step), int(runner_state.env_steps)
+    if status == COMPLETED:
+        message = (f"{paths.label}: completed {update} updates, {env_steps} env steps; "
+                   f"final checkpoint {final_dir}")
+    elif status == STOPPED_EARLY:
+        message += f"; final checkpoint {final_dir}"
     _plot(paths, log)
-    timings["wall"] = time.perf_counter() - t_start
-    timings["compile"] = clock.total
-    timings["sps"] = (env_steps - start_steps) / timings["train"] if timings["train"] else 0.0
+    timings.update(checkpoint=ckpts.seconds, wall=time.perf_counter() - t_start,
+                   compile=clock.total,
+                   sps=(env_steps - start_steps) / timings["train"] if timings["train"] else 0.0)
     return TrainResult(stage=paths.stage, status=status, message=message, env_steps=env_steps,
                        updates=update, num_updates=num_updates, paths=paths,
-                       final_dir=final_dir, last_checkpoint=last_ckpt, metrics=last_metrics,
+                       final_dir=final_dir, last_checkpoint=ckpts.last, metrics=last_metrics,
                        timings=timings, signal_number=signal_number)
 
 
