@@ -31,7 +31,10 @@ from swarm_jax.training.config import (
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_LATTICES = {1: (8, 8, 5), 2: (20, 20, 10), 3: (50, 50, 20)}
-STAGE_BUDGETS = {1: 100_000, 2: 500_000, 3: 1_000_000}
+# Accelerator budgets (seconds to minutes on one GPU) and the CPU overrides' budgets (minutes on
+# two cores; stage 1 keeps the seed's 100k).
+STAGE_BUDGETS = {1: 2_000_000, 2: 10_000_000, 3: 50_000_000}
+CPU_BUDGETS = {1: 100_000, 2: 200_000, 3: 200_000}
 
 # The example config of the seed README, verbatim (flat layout; `3e-4` is a string to PyYAML).
 SEED_YAML = """\
@@ -81,8 +84,10 @@ def test_stage_yaml_loads_with_seed_values(stage):
             ppo.n_epochs) == (3e-4, 0.99, 0.95, 0.2, 0.01, 10)
     assert (rew.w_roughness, rew.w_coverage, rew.w_ratio, rew.w_ess) == (1.0, 0.5, 0.2, 0.3)
     assert cfg.training.total_timesteps == STAGE_BUDGETS[stage]
-    # The seed's 10k; stage 3 saves every ~6 updates instead (its state is 1024 films of 50x50x20).
-    assert cfg.training.checkpoint_freq == (10_000 if stage < 3 else 100_000)
+    assert apply_cpu_overrides(cfg).training.total_timesteps == CPU_BUDGETS[stage]
+    # Periodic checkpoints about every 100-300 updates on an accelerator, at most once a minute.
+    assert cfg.training.checkpoint_freq >= 90 * cfg.rollout_size
+    assert cfg.training.checkpoint_every_s == 60
     for c in (cfg, apply_cpu_overrides(cfg)):
         assert c.rollout_size % 2048 == 0
         assert c.rollout_size == c.num_minibatches * c.ppo.batch_size
@@ -533,12 +538,21 @@ def valid_configs(draw):
             "n_steps": rollout // n_envs,
             "batch_size": batch,
             "n_epochs": draw(st.integers(1, 20)),
-            "gamma": draw(st.floats(0, 1)),
+            "gamma": (gamma := draw(st.floats(0, 1))),
             "gae_lambda": draw(st.floats(0, 1)),
             "clip_range": draw(st.floats(1e-3, 1, **_finite)),
             "ent_coef": draw(st.floats(0, 1)),
             "vf_coef": draw(st.floats(0, 2)),
             "max_grad_norm": draw(st.floats(1e-3, 10, **_finite)),
+            "ess_constraint": draw(st.booleans()),
+            "ess_target": draw(st.floats(0, 1)),
+            "ess_lambda_init": draw(st.floats(0, 100)),
+            "ess_lambda_lr": draw(st.floats(0, 100)),
+            "ess_penalty_coef": draw(st.floats(0, 1e4)),
+            # potential shaping needs gamma < 1 (its potential is L / (1 - gamma))
+            "reward_shaping": draw(st.sampled_from(["potential", "none"])) if gamma < 1 else "none",
+            "normalize_reward": draw(st.booleans()),
+            "stagger_episodes": draw(st.booleans()),
         },
         "network": {
             "kind": draw(st.sampled_from(["swarm", "flat_mlp"])),
@@ -618,6 +632,10 @@ INVALID = {
     ("ppo", "clip_range"): _below(0, exclude=False) | _non_number,
     ("ppo", "ent_coef"): _below(0) | _non_number,
     ("ppo", "max_grad_norm"): _below(0, exclude=False) | _non_number,
+    ("ppo", "ess_target"): _above(1) | _below(0) | _non_number,
+    ("ppo", "ess_penalty_coef"): _below(0) | _non_number,
+    ("ppo", "reward_shaping"): _letters.filter(lambda s: s not in ("potential", "none")),
+    ("ppo", "stagger_episodes"): st.integers() | _letters | st.none(),
     ("network", "kind"): _letters.filter(lambda s: s not in ("swarm", "flat_mlp")),
     ("network", "hidden_sizes"): st.one_of(
         st.just([]), st.lists(_ints_below(1), min_size=1, max_size=3),

@@ -26,17 +26,23 @@ SEED_TAGS = {
     "batch_ess": "custom/batch_ess", "roughness": "custom/roughness",
     "coverage": "custom/coverage", "o_ti_ratio": "custom/o_ti_ratio", "fps": "time/fps",
 }
+# The ESS constraint's multiplier and value, its loss term and the reward normaliser's scale.
+LEARNING_TAGS = {
+    "ess_lambda": "train/ess_lambda", "ess_constraint": "train/ess_constraint",
+    "ess_loss": "train/ess_loss", "reward_scale": "train/reward_scale",
+}
+ALL_TAGS = {**SEED_TAGS, **LEARNING_TAGS}
 
 
 def test_metric_tags_match_the_seed_names():
-    assert METRIC_TAGS == SEED_TAGS
+    assert METRIC_TAGS == ALL_TAGS  # the seed's names unchanged, plus the constraint's
     assert metric_tag("learning_rate") == "custom/learning_rate"
     assert metric_tag("train/learning_rate") == "train/learning_rate"
 
 
 def metrics_at(i: int) -> dict:
     """Distinct, exactly float32-representable values per metric and step."""
-    return {key: float(np.float32(0.125 * i + k)) for k, key in enumerate(SEED_TAGS)}
+    return {key: float(np.float32(0.125 * i + k)) for k, key in enumerate(ALL_TAGS)}
 
 
 def test_logger_writes_every_tag_and_read_scalars_returns_them(tmp_path):
@@ -49,9 +55,9 @@ def test_logger_writes_every_tag_and_read_scalars_returns_them(tmp_path):
             m["entropy"] = np.array([m["entropy"]])  # so are size-1 arrays
             logger.log_scalars(step, {**m, "kl_coef": 0.5 * i, "skipped": None})
     scalars = read_scalars(tmp_path)
-    assert set(scalars) == set(SEED_TAGS.values()) | {"custom/kl_coef"}
-    for k, key in enumerate(SEED_TAGS):
-        assert scalars[SEED_TAGS[key]] == [(s, 0.125 * i + k) for i, s in enumerate(steps)]
+    assert set(scalars) == set(ALL_TAGS.values()) | {"custom/kl_coef"}
+    for k, key in enumerate(ALL_TAGS):
+        assert scalars[ALL_TAGS[key]] == [(s, 0.125 * i + k) for i, s in enumerate(steps)]
     assert scalars["custom/kl_coef"] == [(s, 0.5 * i) for i, s in enumerate(steps)]
 
 

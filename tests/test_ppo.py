@@ -354,20 +354,40 @@ def test_ess_constraint_holds_the_target_where_unconstrained_ppo_collapses():
     assert reward_free > reward_con
 
 
-def test_episode_window_keeps_the_last_finished_episodes_in_order():
+def test_episode_window_keeps_the_last_finished_episodes_over_all_envs():
     from swarm_jax.agents.ppo import EpisodeWindow
 
-    win = EpisodeWindow.empty(size=4)
+    win = EpisodeWindow.empty(n_envs=2, size=4)
     assert np.isnan(float(win.mean(win.returns)))
     # (T=3, N=2): episodes finish at (t=0, n=1), (t=2, n=0), (t=2, n=1).
     ret = jnp.array([[9.0, 1.0], [9.0, 9.0], [2.0, 3.0]])
     fin = jnp.array([[False, True], [False, False], [True, True]])
-    win = win.push(ret, ret, fin)
-    assert np.asarray(win.valid).tolist() == [False, True, True, True]
-    assert np.asarray(win.returns)[1:].tolist() == [1.0, 2.0, 3.0]
-    win = win.push(jnp.array([[4.0, 5.0]]), jnp.array([[4.0, 5.0]]), jnp.array([[True, True]]))
-    assert np.asarray(win.returns).tolist() == [2.0, 3.0, 4.0, 5.0]  # the oldest (1.0) dropped
-    assert float(win.mean(win.returns)) == pytest.approx(3.5)
+    win = win.push(ret, ret, fin, jnp.int64(0))
+    assert float(win.mean(win.returns)) == pytest.approx(2.0)  # (1 + 2 + 3) / 3
+    win = win.push(jnp.array([[4.0, 5.0]]), jnp.array([[4.0, 5.0]]), jnp.array([[True, True]]),
+                   jnp.int64(6))
+    assert float(win.mean(win.returns)) == pytest.approx(3.5)  # the oldest (1.0) dropped
+    # One env finishing many episodes while the other finishes none: still the global last 4.
+    many = jnp.array([[10.0, 0.0], [11.0, 0.0], [12.0, 0.0], [13.0, 0.0], [14.0, 0.0]])
+    win = win.push(many, many, jnp.array([[True, False]] * 5), jnp.int64(8))
+    assert float(win.mean(win.returns)) == pytest.approx((11 + 12 + 13 + 14) / 4)
+
+
+def test_episode_window_matches_a_plain_fifo():
+    """Against an obviously-correct list of the last 100 episodes, over random finish patterns."""
+    from swarm_jax.agents.ppo import EpisodeWindow
+
+    rng = np.random.default_rng(3)
+    n_envs, t_len = 7, 9
+    win, fifo, stamp = EpisodeWindow.empty(n_envs), [], 0
+    push = jax.jit(EpisodeWindow.push)
+    for _ in range(40):
+        ret = rng.normal(size=(t_len, n_envs)).astype(np.float32)
+        fin = rng.random((t_len, n_envs)) < rng.uniform(0.05, 0.9)
+        win = push(win, jnp.asarray(ret), jnp.asarray(ret), jnp.asarray(fin), jnp.int64(stamp))
+        fifo = (fifo + [float(ret[t, n]) for t, n in zip(*np.nonzero(fin))])[-100:]
+        stamp += t_len * n_envs
+        assert float(win.mean(win.returns)) == pytest.approx(np.mean(fifo), rel=1e-5, abs=1e-6)
 
 
 def test_reward_normaliser_matches_numpy_running_variance():

@@ -106,41 +106,68 @@ def finished_summary(records: dict) -> dict:
 
 @struct.dataclass
 class EpisodeWindow:
-    """The most recent finished episodes, oldest first (a fixed-size window, SB3's ``ep_info_buffer``).
+    """The most recent finished episodes over all environments (SB3's ``ep_info_buffer``).
+
+    Each environment keeps its own last ``size`` finished episodes with a global *stamp*
+    ``first_stamp + t·n_envs + n`` (unique, increasing with time: step t, then env n); the window
+    is the ``size`` highest stamps over all environments, selected by a stamp threshold that
+    :meth:`threshold` finds by bisection on counts. Everything is per-env or a reduction, so with
+    the environments sharded over devices no per-env data crosses devices (only sums do).
 
     Attributes:
-        returns: ``(EPISODE_WINDOW,)`` float32 undiscounted env returns.
-        lengths: ``(EPISODE_WINDOW,)`` float32 episode lengths (env steps).
-        valid: ``(EPISODE_WINDOW,)`` bool, the slot holds an episode (fewer have finished so far).
+        returns: ``(n_envs, size)`` float32 undiscounted env returns.
+        lengths: ``(n_envs, size)`` float32 episode lengths (env steps).
+        stamps: ``(n_envs, size)`` int64 stamps; −1 marks an empty slot.
     """
 
     returns: Array
     lengths: Array
-    valid: Array
+    stamps: Array
 
     @classmethod
-    def empty(cls, size: int = EPISODE_WINDOW) -> "EpisodeWindow":
-        return cls(returns=jnp.zeros((size,), jnp.float32), lengths=jnp.zeros((size,), jnp.float32),
-                   valid=jnp.zeros((size,), bool))
+    def empty(cls, n_envs: int, size: int = EPISODE_WINDOW) -> "EpisodeWindow":
+        return cls(returns=jnp.zeros((n_envs, size), jnp.float32),
+                   lengths=jnp.zeros((n_envs, size), jnp.float32),
+                   stamps=jnp.full((n_envs, size), -1, jnp.int64))
 
-    def push(self, returns: Array, lengths: Array, finished: Array) -> "EpisodeWindow":
-        """Append the entries of ``(T, N)`` arrays where ``finished``, in time-major order (step t,
-        then env n), dropping the oldest beyond the window. Static shapes: one ``top_k``."""
-        size = self.valid.shape[0]
-        new_prio = jnp.where(finished.reshape(-1),
-                             size + jnp.arange(finished.size, dtype=jnp.int32), -1)
-        old_prio = jnp.where(self.valid, jnp.arange(size, dtype=jnp.int32), -1)
-        prio = jnp.concatenate([old_prio, new_prio])
-        _, idx = jax.lax.top_k(prio, size)  # newest first
-        idx = idx[::-1]  # oldest first
+    @property
+    def size(self) -> int:
+        return int(self.stamps.shape[-1])
+
+    def push(self, returns: Array, lengths: Array, finished: Array, first_stamp: Array) -> "EpisodeWindow":
+        """Add the entries of time-major ``(T, n_envs)`` arrays where ``finished``; each env keeps
+        its ``size`` most recent. ``first_stamp``: int64 stamp of entry ``(0, 0)``."""
+        t_len, n_envs = finished.shape
+        stamp = (jnp.asarray(first_stamp, jnp.int64)
+                 + jnp.arange(t_len, dtype=jnp.int64)[:, None] * n_envs
+                 + jnp.arange(n_envs, dtype=jnp.int64)[None, :])
+        new_stamps = jnp.where(finished, stamp, -1).T  # (n_envs, T)
+        stamps = jnp.concatenate([self.stamps, new_stamps], axis=1)
+        _, idx = jax.lax.top_k(stamps, self.size)  # per env, newest first
 
         def pick(old, new):
-            return jnp.concatenate([old, new.reshape(-1).astype(old.dtype)])[idx]
+            both = jnp.concatenate([old, new.T.astype(old.dtype)], axis=1)
+            return jnp.take_along_axis(both, idx, axis=1)
 
         return EpisodeWindow(returns=pick(self.returns, returns), lengths=pick(self.lengths, lengths),
-                             valid=prio[idx] >= 0)
+                             stamps=jnp.take_along_axis(stamps, idx, axis=1))
+
+    def threshold(self) -> Array:
+        """The smallest stamp τ with at most ``size`` stamps ≥ τ (bisection over counts)."""
+        size = self.size
+
+        def body(_, lo_hi):
+            lo, hi = lo_hi
+            mid = lo + (hi - lo) // 2
+            fits = jnp.sum(self.stamps >= mid) <= size
+            return jnp.where(fits, lo, mid + 1), jnp.where(fits, mid, hi)
+
+        hi = jnp.maximum(jnp.max(self.stamps), 0) + 1
+        lo, _ = jax.lax.fori_loop(0, 64, body, (jnp.zeros((), jnp.int64), hi.astype(jnp.int64)))
+        return jnp.maximum(lo, 0)
 
     def mean(self, values: Array) -> Array:
-        """Mean of ``values`` over the valid slots; NaN while none is."""
-        n = self.valid.sum().astype(jnp.float32)
-        return safe_mean(jnp.sum(jnp.where(self.valid, values, 0.0)), n)
+        """Mean of ``values`` (``returns`` or ``lengths``) over the window; NaN while empty."""
+        selected = self.stamps >= self.threshold()
+        n = jnp.sum(selected).astype(jnp.float32)
+        return safe_mean(jnp.sum(jnp.where(selected, values, 0.0)), n)

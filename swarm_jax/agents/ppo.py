@@ -132,7 +132,8 @@ class RunnerState:
         env_steps: ``()`` int64, env steps taken over all envs.
         ep_partial: ``(n_envs,)`` bool, the running episode began before training did (the
             staggered first episode): it is not counted in the episode statistics.
-        episodes: the last :data:`EPISODE_WINDOW` finished episodes (``ep_rew_mean``).
+        episodes: the last :data:`EPISODE_WINDOW` finished episodes (``ep_rew_mean``), kept per
+            env (leading axis ``n_envs``) so that sharded runs never gather per-env data.
         ess_lambda: ``()`` float32, the Lagrange multiplier of the ESS constraint.
         reward_norm: running statistics of the discounted learning return.
     """
@@ -314,7 +315,8 @@ def minibatch_indices(key: Array, n_envs: int, n_steps: int, n_minibatches: int)
 def _runner_state_sharding(abstract: RunnerState, mesh: Mesh) -> RunnerState:
     """A :class:`RunnerState` of shardings: per-env fields over ``"data"``, the rest replicated."""
     data, repl = _dist.data_sharding(mesh), _dist.replicated_sharding(mesh)
-    per_env = {"env_state", "last_obs", "traj_log_weight", "ep_return", "ep_length", "ep_partial"}
+    per_env = {"env_state", "last_obs", "traj_log_weight", "ep_return", "ep_length", "ep_partial",
+               "episodes"}
     out = abstract.replace(**{
         f.name: jax.tree.map(lambda _, s=(data if f.name in per_env else repl): s,
                              getattr(abstract, f.name))
@@ -418,7 +420,7 @@ def _init(s: _Setup, key: Array) -> RunnerState:
         env_state=env_state, last_obs=obs, rng=key,
         traj_log_weight=running.log_weight, ep_return=running.ret, ep_length=running.length,
         update_step=jnp.zeros((), jnp.int32), env_steps=jnp.zeros((), jnp.int64),
-        ep_partial=running.partial, episodes=EpisodeWindow.empty(),
+        ep_partial=running.partial, episodes=EpisodeWindow.empty(cfg.n_envs),
         ess_lambda=jnp.asarray(cfg.ess_lambda_init if cfg.ess_constraint else 0.0, jnp.float32),
         reward_norm=RewardNormState.create(cfg.n_envs),
     )
@@ -480,6 +482,7 @@ def _optimise(s: _Setup, train_state: TrainState, ess_lambda: Array, batch, key:
 def _update(s: _Setup, rs: RunnerState, _):
     """One PPO update: rollout, GAE, optimisation, dual ascent, episode window; per-update stats."""
     cfg = s.cfg
+    first_stamp = rs.env_steps  # stamps of this rollout's finished episodes start here
     rs, (traj, record) = jax.lax.scan(lambda r, x: _env_step(s, r, x), rs, None,
                                       length=cfg.n_steps)
     advantages, returns = compute_gae(traj.reward, traj.value, traj.next_value, traj.terminated,
@@ -492,7 +495,8 @@ def _update(s: _Setup, rs: RunnerState, _):
     ess_lambda = dual_ascent(cfg, rs.ess_lambda, rollout_ess, s.ess_target)
     rs = rs.replace(
         train_state=train_state, rng=rng, update_step=rs.update_step + 1, ess_lambda=ess_lambda,
-        episodes=rs.episodes.push(record["ep_return"], record["ep_length"], record["counted"]),
+        episodes=rs.episodes.push(record["ep_return"], record["ep_length"], record["counted"],
+                                  first_stamp),
     )
     finished = ep.finished_summary(record)
     return rs, {
