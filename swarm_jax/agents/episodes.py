@@ -108,27 +108,31 @@ def finished_summary(records: dict) -> dict:
 class EpisodeWindow:
     """The most recent finished episodes over all environments (SB3's ``ep_info_buffer``).
 
-    Each environment keeps its own last ``size`` finished episodes with a global *stamp*
-    ``first_stamp + t·n_envs + n`` (unique, increasing with time: step t, then env n); the window
-    is the ``size`` highest stamps over all environments, selected by a stamp threshold that
-    :meth:`threshold` finds by bisection on counts. Everything is per-env or a reduction, so with
-    the environments sharded over devices no per-env data crosses devices (only sums do).
+    Each environment keeps its own last ``size`` finished episodes in a ring, each with a global
+    *stamp* ``first_stamp + t·n_envs + n`` (unique, increasing with time: step t, then env n); the
+    window is the ``size`` highest stamps over all environments, selected by a stamp threshold
+    that :meth:`threshold` finds by bisection on counts. Everything is elementwise along the env
+    axis or a reduction, so with the environments sharded over devices no per-env data crosses
+    devices (only sums do).
 
     Attributes:
         returns: ``(n_envs, size)`` float32 undiscounted env returns.
         lengths: ``(n_envs, size)`` float32 episode lengths (env steps).
         stamps: ``(n_envs, size)`` int64 stamps; −1 marks an empty slot.
+        count: ``(n_envs,)`` int64 episodes pushed so far (the ring's write position).
     """
 
     returns: Array
     lengths: Array
     stamps: Array
+    count: Array
 
     @classmethod
     def empty(cls, n_envs: int, size: int = EPISODE_WINDOW) -> "EpisodeWindow":
         return cls(returns=jnp.zeros((n_envs, size), jnp.float32),
                    lengths=jnp.zeros((n_envs, size), jnp.float32),
-                   stamps=jnp.full((n_envs, size), -1, jnp.int64))
+                   stamps=jnp.full((n_envs, size), -1, jnp.int64),
+                   count=jnp.zeros((n_envs,), jnp.int64))
 
     @property
     def size(self) -> int:
@@ -138,19 +142,24 @@ class EpisodeWindow:
         """Add the entries of time-major ``(T, n_envs)`` arrays where ``finished``; each env keeps
         its ``size`` most recent. ``first_stamp``: int64 stamp of entry ``(0, 0)``."""
         t_len, n_envs = finished.shape
+        size = self.size
+        fin = finished.T  # (n_envs, T)
+        rank = jnp.cumsum(fin, axis=1, dtype=jnp.int64) - 1  # order within the env's new episodes
+        n_new = rank[:, -1:] + 1
+        keep = fin & (rank >= n_new - size)  # at most `size` per env: no two share a slot
+        slot = (self.count[:, None] + rank) % size
+        writes = keep[..., None] & (slot[..., None] == jnp.arange(size))  # (n_envs, T, size)
+        written = writes.any(axis=1)
         stamp = (jnp.asarray(first_stamp, jnp.int64)
-                 + jnp.arange(t_len, dtype=jnp.int64)[:, None] * n_envs
-                 + jnp.arange(n_envs, dtype=jnp.int64)[None, :])
-        new_stamps = jnp.where(finished, stamp, -1).T  # (n_envs, T)
-        stamps = jnp.concatenate([self.stamps, new_stamps], axis=1)
-        _, idx = jax.lax.top_k(stamps, self.size)  # per env, newest first
+                 + jnp.arange(t_len, dtype=jnp.int64)[None, :] * n_envs
+                 + jnp.arange(n_envs, dtype=jnp.int64)[:, None])  # (n_envs, T)
 
-        def pick(old, new):
-            both = jnp.concatenate([old, new.T.astype(old.dtype)], axis=1)
-            return jnp.take_along_axis(both, idx, axis=1)
+        def put(old, new):  # new: (n_envs, T); one write per slot at most, so the sum is exact
+            value = jnp.sum(jnp.where(writes, new[..., None].astype(old.dtype), 0), axis=1)
+            return jnp.where(written, value, old)
 
-        return EpisodeWindow(returns=pick(self.returns, returns), lengths=pick(self.lengths, lengths),
-                             stamps=jnp.take_along_axis(stamps, idx, axis=1))
+        return EpisodeWindow(returns=put(self.returns, returns.T), lengths=put(self.lengths, lengths.T),
+                             stamps=put(self.stamps, stamp), count=self.count + n_new[:, 0])
 
     def threshold(self) -> Array:
         """The smallest stamp τ with at most ``size`` stamps ≥ τ (bisection over counts)."""
