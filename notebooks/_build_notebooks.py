@@ -84,8 +84,13 @@ if importlib.util.find_spec("swarm_jax") is None:
 
 import swarm_jax  # noqa: E402  (turns on JAX's 64-bit mode)
 import jax  # noqa: E402
+from swarm_jax.compile_cache import enable_compilation_cache  # noqa: E402
 
-print(f"swarm_jax {swarm_jax.__version__}, jax {jax.__version__}, backend {jax.default_backend()}")
+# JAX's persistent compilation cache: a second session compiles in seconds
+# (SWARM_JAX_CACHE_DIR moves it; SWARM_JAX_CACHE_DIR=off turns it off).
+CACHE_DIR = enable_compilation_cache()
+print(f"swarm_jax {swarm_jax.__version__}, jax {jax.__version__}, backend {jax.default_backend()}, "
+      f"compilation cache {CACHE_DIR or 'off'}")
 '''
 
 
