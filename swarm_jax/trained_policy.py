@@ -191,11 +191,10 @@ def load_policy(path: str | Path) -> TrainedPolicy:
     path = Path(path)
     if not path.exists():
         raise PolicyLoadError(f"{path}: no such file or directory")
-    resolved = path
-    if not ckpt.is_complete_checkpoint(path) and path.is_dir():  # a store: its latest step
-        steps = sorted(int(p.name) for p in path.iterdir()
-                       if p.name.isdigit() and ckpt.is_complete_checkpoint(p))
-        resolved = path / str(steps[-1]) if steps else path
+    try:  # a store directory means its newest verified step
+        resolved = ckpt.resolve_checkpoint(path)
+    except ckpt.CheckpointError as err:
+        raise PolicyLoadError(f"{path}: not a readable training checkpoint ({err})") from None
     try:
         config, _ = ckpt.read_config(resolved)
         tree, _, _ = ckpt.restore_checkpoint(resolved)

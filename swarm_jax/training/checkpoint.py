@@ -177,7 +177,7 @@ def _is_primary() -> bool:
     return jax.process_index() == 0
 
 
-def _default_device(device: jax.Device | None = None) -> jax.Device:
+def default_device(device: jax.Device | None = None) -> jax.Device:
     """The device restored arrays are placed on: ``device``, else JAX's current default device."""
     if device is not None:
         return device
@@ -333,7 +333,7 @@ def newest_verified_step(directory: str | Path) -> int | None:
     """The newest step of a store directory that passes :func:`verify_checkpoint` (read-only:
     nothing is reported or renamed; see :meth:`CheckpointStore.latest_verified_step`)."""
     directory = Path(directory)
-    return next((s for s in reversed(_complete_steps(directory))
+    return next((s for s in reversed(complete_steps(directory))
                  if verify_checkpoint(directory / str(s)) is None), None)
 
 
@@ -382,7 +382,7 @@ def abstract_target(template: Any, device: jax.Device | None = None) -> Any:
             values are ignored. Typed PRNG keys stay typed keys.
         device: where restored arrays live; default: JAX's current default device.
     """
-    sharding = SingleDeviceSharding(_default_device(device))
+    sharding = SingleDeviceSharding(default_device(device))
 
     def one(leaf):
         if _is_typed_key(leaf):
@@ -435,13 +435,14 @@ def _check_matches(template: Any, stored: Any, path: Path) -> None:
         )
 
 
-def _resolve(path: str | Path) -> Path:
-    """A checkpoint directory from ``path``: itself, or the latest complete step of a store."""
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from ``path``: itself, or a store's newest verified complete step
+    (an unverified one only if none verifies); :class:`CheckpointError` if there is none."""
     path = Path(path).absolute()  # orbax wants absolute paths; users give relative ones
     if is_complete_checkpoint(path):
         return path
     if path.is_dir():
-        steps = _complete_steps(path)
+        steps = complete_steps(path)
         verified = [s for s in steps if is_verified_checkpoint(path / str(s))]
         if verified or steps:  # the newest verified step; unverified ones only if none is
             return path / str((verified or steps)[-1])
@@ -450,7 +451,9 @@ def _resolve(path: str | Path) -> Path:
     )
 
 
-def _complete_steps(directory: Path) -> list[int]:
+def complete_steps(directory: str | Path) -> list[int]:
+    """Steps of the complete checkpoints in a store directory, ascending (read-only)."""
+    directory = Path(directory)
     if not directory.is_dir():
         return []
     return sorted(
@@ -478,7 +481,7 @@ def read_config(path: str | Path) -> tuple[dict, dict]:
 
     JSON turns tuples into lists; nothing else changes.
     """
-    ckpt = _resolve(path)
+    ckpt = resolve_checkpoint(path)
     _check_integrity(ckpt)
     return _read_json_items(ckpt)
 
@@ -519,7 +522,7 @@ def restore_checkpoint(
         CheckpointError: no complete checkpoint at ``path``, or ``target`` does not match it
             (the message names the first mismatching leaf and both shapes), or orbax failed.
     """
-    ckpt = _resolve(path)
+    ckpt = resolve_checkpoint(path)
     _check_integrity(ckpt)
     state_dir = ckpt / STATE
     try:
@@ -553,7 +556,7 @@ def load_params_only(path: str | Path, subtree: str | Sequence[str] = "params") 
     Raises:
         CheckpointError: no checkpoint, or no such subtree (the message lists what exists).
     """
-    ckpt = _resolve(path)
+    ckpt = resolve_checkpoint(path)
     _check_integrity(ckpt)
     keys = subtree.split(".") if isinstance(subtree, str) else list(subtree)
     try:
@@ -726,7 +729,7 @@ class CheckpointStore:
 
     def all_steps(self) -> list[int]:
         """Steps of the complete checkpoints on disk, ascending (see :meth:`verified_steps`)."""
-        return _complete_steps(self.directory)
+        return complete_steps(self.directory)
 
     def latest_step(self) -> int | None:
         """The newest complete step, or ``None`` if there is none."""

@@ -73,6 +73,8 @@ from swarm_jax.training.checkpoint import (
     CheckpointError,
     CheckpointStore,
     CheckpointWriteError,
+    complete_steps,
+    default_device,
     is_complete_checkpoint,
     read_config,
     save_final,
@@ -329,16 +331,6 @@ def chunk_sizes(start_update: int, num_updates: int, log_every: int) -> list[int
     return list(iter_chunk_sizes(start_update, num_updates, log_every))
 
 
-def _default_device() -> jax.Device:
-    """The device a run lives on (JAX's default device, as checkpoint restores use)."""
-    default = jax.config.jax_default_device
-    if isinstance(default, jax.Device):
-        return default
-    if isinstance(default, str):
-        return jax.devices(default)[0]
-    return jax.devices()[0]
-
-
 def initial_runner_state(trainer: PPOTrainer, cfg: TrainConfig, init_params: Any = None
                          ) -> RunnerState:
     """The runner state a fresh run starts from: ``trainer.init(PRNGKey(seed))``, with the
@@ -354,7 +346,7 @@ def initial_runner_state(trainer: PPOTrainer, cfg: TrainConfig, init_params: Any
 def _canonical(runner_state: RunnerState) -> RunnerState:
     """The state committed to the run's device without weak types: fresh and restored states
     must look alike to jit, or a resumed run would compile its chunk function a second time."""
-    return jax.device_put(_drop_weak_types(runner_state), _default_device())
+    return jax.device_put(_drop_weak_types(runner_state), default_device())
 
 
 def _drop_weak_types(tree: Any) -> Any:
@@ -401,15 +393,6 @@ class StagePaths:
     @property
     def learning_curve(self) -> Path:
         return self.root / f"learning_curve_{self.label}.png"
-
-
-def complete_steps(directory: Path) -> list[int]:
-    """Steps of the complete checkpoints in a store directory, ascending (read-only)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir()
-                  if p.name.isdigit() and is_complete_checkpoint(p))
 
 
 class _ConfigDumper(yaml.SafeDumper):
@@ -689,7 +672,7 @@ def _run_stage(cfg, out, stage, clock, *, init_params, init_from, resume, progre
     key = jax.random.PRNGKey(cfg.training.seed)
     template = jax.eval_shape(trainer.init, key)
     backend = jax.default_backend()
-    device = _default_device()
+    device = default_device()
     resume_hint = resume_hint or f"python train.py --stage {stage} --resume --out {paths.root}"
 
     existing = complete_steps(paths.checkpoints)
