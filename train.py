@@ -40,6 +40,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from swarm_jax.cli import OneLineParser, count
+
 PROG = "train.py"
 
 
@@ -58,24 +60,11 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block, no SystemExit from inside main()
-        raise _UsageError(message)
+class _Parser(OneLineParser):
+    error_class = _UsageError  # one line, no usage block, no SystemExit from inside main()
 
 
-def _count(text: str) -> int:
-    """An integer count; also accepts ``1e5`` and ``100_000``."""
-    try:
-        return int(text.replace("_", ""))
-    except ValueError:
-        pass
-    try:
-        value = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
-    if not value.is_integer():
-        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}")
-    return int(value)
+_count = count
 
 
 def _stage(text: str) -> str:

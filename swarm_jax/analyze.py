@@ -56,6 +56,7 @@ import numpy as np
 
 from swarm_jax.analysis import exponents as ex
 from swarm_jax.analysis import gsf, importance, morphology
+from swarm_jax.cli import OneLineParser
 from swarm_jax.outdir import OutputDirError, atomic_write_text, check_output_dir, claim_output_dir
 
 __all__ = ["RunInputError", "RunData", "load_run", "analyze_run", "main"]
@@ -523,9 +524,8 @@ def _add_caveats(result: dict, lw_final) -> None:
     result["caveats"] = caveats
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit status 2, no usage dump
-        raise RunInputError(message)
+class _Parser(OneLineParser):
+    error_class = RunInputError  # one line, exit status 2, no usage dump
 
 
 def _build_parser() -> argparse.ArgumentParser:

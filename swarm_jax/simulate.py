@@ -141,6 +141,7 @@ from swarm_jax.physics import (
 from swarm_jax.swarm import full_lattice
 from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM
 from swarm_jax.compile_cache import enable_compilation_cache
+from swarm_jax.cli import OneLineParser, count
 from swarm_jax.env.tio2_env import METRIC_KEYS
 from swarm_jax.swarm.policy import FilmStats, candidates_step, film_stats
 from swarm_jax.trained_policy import PolicyLoadError, TrainedPolicy, load_policy
@@ -183,24 +184,11 @@ class UsageError(Exception):
 # =========================================================================== arguments
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump
-        raise UsageError(message)
+class _Parser(OneLineParser):
+    error_class = UsageError  # one line, no usage dump
 
 
-def _count(text: str) -> int:
-    """An integer count; accepts ``100000``, ``1e5``, ``100_000``."""
-    try:
-        value = int(text)
-    except ValueError:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
-        if not (math.isfinite(value) and value.is_integer()):
-            raise argparse.ArgumentTypeError(f"invalid integer: {text!r}")
-        value = int(value)
-    return value
+_count = count
 
 
 def _real(text: str) -> float:
