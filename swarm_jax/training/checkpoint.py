@@ -442,10 +442,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if is_complete_checkpoint(path):
         return path
     if path.is_dir():
-        steps = complete_steps(path)
-        verified = [s for s in steps if is_verified_checkpoint(path / str(s))]
-        if verified or steps:  # the newest verified step; unverified ones only if none is
-            return path / str((verified or steps)[-1])
+        step = newest_verified_step(path)  # checked from the newest down: older ones not hashed
+        if step is None:  # an unverified step only if none verifies
+            steps = complete_steps(path)
+            step = steps[-1] if steps else None
+        if step is not None:
+            return path / str(step)
     raise CheckpointError(
         f"{path} is neither a complete checkpoint nor a checkpoint directory holding one"
     )
