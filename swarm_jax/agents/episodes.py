@@ -89,7 +89,7 @@ def advance(episodes: RunningEpisodes, reward: Array, step_log_weight: Array,
 
 def finished_summary(records: dict) -> dict:
     """Episode statistics of the ``counted`` entries of stacked step records (any shape):
-    ``n_episodes``, ``ep_return_sum``, ``ep_return_sq_sum``, ``ep_length_sum`` and the batch-ESS
+    ``n_episodes``, ``ep_return_sum``, ``ep_length_sum`` and the batch-ESS
     log-sums ``log_sum_w``, ``log_sum_w2``."""
     counted = records["counted"]
     c = counted.astype(jnp.float32)
@@ -97,7 +97,6 @@ def finished_summary(records: dict) -> dict:
     return {
         "n_episodes": n,
         "ep_return_sum": jnp.sum(records["ep_return"] * c),
-        "ep_return_sq_sum": jnp.sum(records["ep_return"] ** 2 * c),
         "ep_length_sum": jnp.sum(records["ep_length"].astype(jnp.float32) * c),
         "log_sum_w": lsw,
         "log_sum_w2": lsw2,
@@ -175,8 +174,13 @@ class EpisodeWindow:
         lo, _ = jax.lax.fori_loop(0, 64, body, (jnp.zeros((), jnp.int64), hi.astype(jnp.int64)))
         return jnp.maximum(lo, 0)
 
-    def mean(self, values: Array) -> Array:
-        """Mean of ``values`` (``returns`` or ``lengths``) over the window; NaN while empty."""
+    def means(self, *values: Array) -> tuple[Array, ...]:
+        """Means of each of ``values`` (``returns``, ``lengths``) over the window, with one
+        threshold search for all; NaN while the window is empty."""
         selected = self.stamps >= self.threshold()
         n = jnp.sum(selected).astype(jnp.float32)
-        return safe_mean(jnp.sum(jnp.where(selected, values, 0.0)), n)
+        return tuple(safe_mean(jnp.sum(jnp.where(selected, v, 0.0)), n) for v in values)
+
+    def mean(self, values: Array) -> Array:
+        """Mean of ``values`` (``returns`` or ``lengths``) over the window; NaN while empty."""
+        return self.means(values)[0]

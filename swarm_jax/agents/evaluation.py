@@ -35,8 +35,8 @@ def _summarise(out: dict, policy: str, info_keys: tuple[str, ...]) -> dict:
     s = ep.finished_summary(out)
     n_ep = s["n_episodes"]
     mean = ep.safe_mean(s["ep_return_sum"], n_ep)
-    var = ep.safe_mean(s["ep_return_sq_sum"] - n_ep * mean**2, n_ep - 1.0)
     counted = out["counted"].astype(jnp.float32)
+    var = ep.safe_mean(jnp.sum((out["ep_return"] - mean) ** 2 * counted), n_ep - 1.0)
     res = {
         "ep_rew_mean": mean,
         "ep_rew_sem": jnp.sqrt(jnp.maximum(var, 0.0) / jnp.maximum(n_ep, 1.0)),

@@ -529,8 +529,8 @@ def _train_chunk(s: _Setup, rs: RunnerState, n_updates: int):
     finished = ep.batch_ess_from_sums(jax.nn.logsumexp(m["log_sum_w"]),
                                       jax.nn.logsumexp(m["log_sum_w2"]), n_ep)
     metrics = {
-        "ep_rew_mean": rs.episodes.mean(rs.episodes.returns),
-        "ep_len_mean": rs.episodes.mean(rs.episodes.lengths),
+        **dict(zip(("ep_rew_mean", "ep_len_mean"),
+                   rs.episodes.means(rs.episodes.returns, rs.episodes.lengths))),
         "n_episodes": n_ep,
         "batch_ess": jnp.where(n_ep > 0, finished, running),
         "batch_ess_running": running,
