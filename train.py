@@ -64,9 +64,6 @@ class _Parser(OneLineParser):
     error_class = _UsageError  # one line, no usage block, no SystemExit from inside main()
 
 
-_count = count
-
-
 def _stage(text: str) -> str:
     if text not in ("1", "2", "3", "all"):
         raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from 1, 2, 3, all)")
@@ -88,28 +85,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest verified checkpoint in OUT/checkpoints/stageN "
                         "(a corrupt or unverified newer one is reported and set aside)")
-    p.add_argument("--total-timesteps", type=_count, default=None, metavar="N",
+    p.add_argument("--total-timesteps", type=count, default=None, metavar="N",
                    help="env-step budget of the stage (summed over environments; default: the "
                         "config's training.total_timesteps)")
-    p.add_argument("--n-envs", type=_count, default=None, metavar="N",
+    p.add_argument("--n-envs", type=count, default=None, metavar="N",
                    help="parallel environments (default: the config's training.n_envs)")
-    p.add_argument("--seed", type=_count, default=None, metavar="N",
+    p.add_argument("--seed", type=count, default=None, metavar="N",
                    help="PRNG seed (default: the config's training.seed)")
     p.add_argument("--out", default="runs/train", metavar="DIR", help="output folder")
     p.add_argument("--ess-threshold", type=float, default=None, metavar="X",
                    help="stop early when the ESS ratio stays below X (in (0, 1])")
-    p.add_argument("--ess-patience", type=_count, default=None, metavar="N",
+    p.add_argument("--ess-patience", type=count, default=None, metavar="N",
                    help="consecutive logs below --ess-threshold before stopping")
-    p.add_argument("--log-every", type=_count, default=None, metavar="N",
+    p.add_argument("--log-every", type=count, default=None, metavar="N",
                    help="PPO updates per jitted chunk (one log line / TensorBoard point each)")
-    p.add_argument("--devices", type=_count, default=None, metavar="N",
+    p.add_argument("--devices", type=count, default=None, metavar="N",
                    help="local devices to shard the environments over (default: all local "
                         "devices that divide n_envs; 1 = no sharding)")
     p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                    help="multi-host: address of process 0 (or SWARM_JAX_COORDINATOR)")
-    p.add_argument("--num-processes", type=_count, default=None, metavar="N",
+    p.add_argument("--num-processes", type=count, default=None, metavar="N",
                    help="multi-host: number of processes (or SWARM_JAX_NUM_PROCESSES)")
-    p.add_argument("--process-id", type=_count, default=None, metavar="I",
+    p.add_argument("--process-id", type=count, default=None, metavar="I",
                    help="multi-host: this process's index (or SWARM_JAX_PROCESS_ID)")
     p.add_argument("--coordinator-timeout", type=float, default=None, metavar="S",
                    help="multi-host: seconds to wait for the coordinator and the other processes "

@@ -188,9 +188,6 @@ class _Parser(OneLineParser):
     error_class = UsageError  # one line, no usage dump
 
 
-_count = count
-
-
 def _real(text: str) -> float:
     try:
         return float(text)
@@ -200,7 +197,7 @@ def _real(text: str) -> float:
 
 def _size(text: str) -> Optional[int]:
     """A lattice dimension, or ``auto`` (None)."""
-    return None if text.strip().lower() == "auto" else _count(text)
+    return None if text.strip().lower() == "auto" else count(text)
 
 
 DEFAULT_MONOLAYERS = 5.0
@@ -231,10 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("candidates", "full"),
                    help="trained policy mode: K candidates per event (default) or the full "
                         "lattice (--policy trained)")
-    p.add_argument("--context-refresh", type=_count, default=None, metavar="N",
+    p.add_argument("--context-refresh", type=count, default=None, metavar="N",
                    help="full mode: events between refreshes of the policy's global context "
                         "(a full rescoring of the lattice; default Lx*Ly)")
-    p.add_argument("--react-slots", type=_count, default=None, metavar="R",
+    p.add_argument("--react-slots", type=count, default=None, metavar="R",
                    help="full mode: reactive sites per column scored by the network (default "
                         f"{full_lattice.DEFAULT_REACT_SLOTS}; >= LZ scores every slot)")
     p.add_argument("--lattice-size", nargs=3, type=_size, metavar=("LX", "LY", "LZ"),
@@ -247,18 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="total deposition flux F, monolayers per second (default 1.0)")
     p.add_argument("--o-ti-ratio", type=_real, default=2.0, metavar="R",
                    help="O/Ti flux ratio r (default 2.0, stoichiometric)")
-    p.add_argument("--events", type=_count, default=None, metavar="N",
+    p.add_argument("--events", type=count, default=None, metavar="N",
                    help="KMC events per replica (with --monolayers: the most it may take, "
                         f"default {EVENTS_PER_ATOM_CAP} per deposited atom)")
     p.add_argument("--monolayers", type=_real, default=None, metavar="ML",
                    help="deposit ML monolayers (ML*LX*LY atoms per replica; the run ends when "
                         f"every replica has); default {DEFAULT_MONOLAYERS:g} when --events is "
                         "not given")
-    p.add_argument("--log-every", type=_count, default=None, metavar="N",
+    p.add_argument("--log-every", type=count, default=None, metavar="N",
                    help="events between time-series rows (default events/100, at least 1)")
-    p.add_argument("--replicas", type=_count, default=1, metavar="R",
+    p.add_argument("--replicas", type=count, default=1, metavar="R",
                    help="independent lattices run batched (default 1)")
-    p.add_argument("--seed", type=_count, default=0, help="PRNG seed (default 0)")
+    p.add_argument("--seed", type=count, default=0, help="PRNG seed (default 0)")
     p.add_argument("--physics", action="append", default=[], metavar="KEY=VALUE",
                    help="override a PhysicsParams field, e.g. e_es=0.2 (repeatable)")
     p.add_argument("--max-memory-gb", type=_real, default=None, metavar="GB",
@@ -268,13 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint (same settings; "
                         "the result is identical to an uninterrupted run)")
-    p.add_argument("--checkpoint-every", type=_count, default=None, metavar="N",
+    p.add_argument("--checkpoint-every", type=count, default=None, metavar="N",
                    help="write a checkpoint every N events per replica (default: off; see "
                         "--checkpoint-minutes)")
     p.add_argument("--checkpoint-minutes", type=_real, default=DEFAULT_CHECKPOINT_MINUTES,
                    metavar="M", help="write a checkpoint every M minutes of wall time (default "
                                      f"{DEFAULT_CHECKPOINT_MINUTES:g}; 0: off)")
-    p.add_argument("--check-every", type=_count, default=None, metavar="N",
+    p.add_argument("--check-every", type=count, default=None, metavar="N",
                    help="at most N events per replica between host checks of the ceiling, "
                         "signals and checkpoints (default: about 2^17 events over all replicas)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no final line")
