@@ -288,7 +288,6 @@ def make_run_dir(path: Path, n_replicas=3, lx=16, ly=12, lz=80, weights=True, su
     rng = np.random.default_rng(seed)
     thetas = np.geomspace(0.05, 40.0, 24)
     h = random_deposition(rng, n_replicas, lx, ly, thetas)  # (R, T, Lx, Ly)
-    n_cols = lx * ly
     rows = []
     for r in range(n_replicas):
         for k, theta in enumerate(thetas):

@@ -64,9 +64,10 @@ class _Crash(Exception):
     """Stands for a process killed right after a checkpoint was committed."""
 
 
-@pytest.mark.slow
-def test_crash_after_checkpoint_then_resume_is_identical(reference, tmp_path, monkeypatch):
-    out = tmp_path / "run"
+def _crash_after_two_checkpoints(out, monkeypatch) -> list[int]:
+    """Run into ``out`` with a checkpoint every 300 events and 'kill' it right after the second
+    one is committed; return the event counts of the checkpoints written. Later calls of
+    ``simulate.main`` in the test run without the crash."""
     saved = []
 
     def crash_after_second(progress):
@@ -77,9 +78,16 @@ def test_crash_after_checkpoint_then_resume_is_identical(reference, tmp_path, mo
     monkeypatch.setattr(simulate, "_after_checkpoint", crash_after_second)
     with pytest.raises(_Crash):
         simulate.main(_argv(out, "--checkpoint-every", "300"))
+    monkeypatch.setattr(simulate, "_after_checkpoint", lambda progress: None)
+    return saved
+
+
+@pytest.mark.slow
+def test_crash_after_checkpoint_then_resume_is_identical(reference, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    saved = _crash_after_two_checkpoints(out, monkeypatch)
     assert saved == [300, 600]
     assert (out / "checkpoints" / "600").is_dir() and not (out / "summary.json").exists()
-    monkeypatch.setattr(simulate, "_after_checkpoint", lambda progress: None)
     assert simulate.main(["--resume", "--out", str(out), "--quiet"]) == 0
     _assert_same_run(out, reference / "log300")
     assert json.loads((out / "summary.json").read_text())["resumed_from_events"] == 600
@@ -391,17 +399,7 @@ def test_library_interface_steps_to_the_same_run(reference, tmp_path):
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path,
                                                                    monkeypatch, capsys):
     out = tmp_path / "run"
-    saved = []
-
-    def crash_after_second(progress):
-        saved.append(progress.done)
-        if len(saved) == 2:
-            raise _Crash
-
-    monkeypatch.setattr(simulate, "_after_checkpoint", crash_after_second)
-    with pytest.raises(_Crash):
-        simulate.main(_argv(out, "--checkpoint-every", "300"))
-    monkeypatch.setattr(simulate, "_after_checkpoint", lambda progress: None)
+    _crash_after_two_checkpoints(out, monkeypatch)
     data = [p for p in (out / "checkpoints" / "600" / "state").rglob("*")
             if p.is_file() and p.stat().st_size > 64 and "metadata" not in p.name]
     assert data
