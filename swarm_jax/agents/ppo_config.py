@@ -20,6 +20,11 @@ REWARD_SHAPINGS = ("potential", "none")
 #: ``reward_shaping="potential"`` reads (TiO2GrowthEnv reports them; zeros in delta mode).
 LEVEL_KEYS = ("reward_level", "reward_level_before")
 
+#: The learning keys the YAML's ``ppo`` section carries under the same names and defaults
+#: (``swarm_jax.training.config.PPOSection`` takes its defaults from here).
+LEARNING_FIELDS = ("ess_constraint", "ess_target", "ess_lambda_init", "ess_lambda_lr",
+                   "ess_penalty_coef", "reward_shaping", "normalize_reward", "stagger_episodes")
+
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:

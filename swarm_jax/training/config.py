@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import yaml
 
 from swarm_jax.agents.networks import NETWORK_KINDS
-from swarm_jax.agents.ppo import REWARD_SHAPINGS
+from swarm_jax.agents.ppo_config import DEFAULT_ESS_TARGET, REWARD_SHAPINGS, PPOConfig
 from swarm_jax.env.reward import REWARD_MODES
 
 __all__ = [
@@ -396,14 +396,15 @@ class PPOSection:
     ent_coef: float = 0.01
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
-    ess_constraint: bool = True
-    ess_target: float = 0.5
-    ess_lambda_init: float = 0.0
-    ess_lambda_lr: float = 1.0
-    ess_penalty_coef: float = 100.0
-    reward_shaping: str = "potential"
-    normalize_reward: bool = True
-    stagger_episodes: bool = True
+    # The learning keys: PPOConfig's defaults (its ess_target None means "the env's", 0.5).
+    ess_constraint: bool = PPOConfig.ess_constraint
+    ess_target: float = DEFAULT_ESS_TARGET
+    ess_lambda_init: float = PPOConfig.ess_lambda_init
+    ess_lambda_lr: float = PPOConfig.ess_lambda_lr
+    ess_penalty_coef: float = PPOConfig.ess_penalty_coef
+    reward_shaping: str = PPOConfig.reward_shaping
+    normalize_reward: bool = PPOConfig.normalize_reward
+    stagger_episodes: bool = PPOConfig.stagger_episodes
 
     def __post_init__(self):
         p = "ppo."

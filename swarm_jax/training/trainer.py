@@ -67,6 +67,7 @@ import yaml
 
 from swarm_jax.agents.networks import NetworkConfig
 from swarm_jax.agents.ppo import PPOConfig, PPOTrainer, RunnerState, make_train
+from swarm_jax.agents.ppo_config import LEARNING_FIELDS
 from swarm_jax.env.reward import RewardConfig
 from swarm_jax.env.tio2_env import TiO2GrowthEnv
 from swarm_jax.training.checkpoint import (
@@ -76,6 +77,7 @@ from swarm_jax.training.checkpoint import (
     complete_steps,
     default_device,
     is_complete_checkpoint,
+    newest_verified_step,
     read_config,
     save_final,
     verify_checkpoint,
@@ -179,10 +181,7 @@ def ppo_config(cfg: TrainConfig) -> PPOConfig:
         n_epochs=p.n_epochs, learning_rate=p.learning_rate, anneal_lr=p.anneal_lr,
         gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range, ent_coef=p.ent_coef,
         vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
-        ess_constraint=p.ess_constraint, ess_target=p.ess_target,
-        ess_lambda_init=p.ess_lambda_init, ess_lambda_lr=p.ess_lambda_lr,
-        ess_penalty_coef=p.ess_penalty_coef, reward_shaping=p.reward_shaping,
-        normalize_reward=p.normalize_reward, stagger_episodes=p.stagger_episodes,
+        **{name: getattr(p, name) for name in LEARNING_FIELDS},
         total_timesteps=cfg.training.total_timesteps,
     )
 
@@ -712,8 +711,8 @@ def _last_verified(store: CheckpointStore, candidate: Path | None) -> Path | Non
         pass
     if candidate is not None and verify_checkpoint(candidate) is None:
         return candidate
-    steps = store.verified_steps()
-    return store.step_path(steps[-1]) if steps else None
+    step = newest_verified_step(store.directory)  # from the newest down; older ones not hashed
+    return store.step_path(step) if step is not None else None
 
 
 def _fmt_duration(seconds: float) -> str:
