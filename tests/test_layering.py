@@ -7,8 +7,8 @@ calls with a literal name. The rules:
 
 - core layers, low to high: ``physics < swarm < env < agents < training``. A module may import
   its own layer and lower ones, never a higher one;
-- edges (``gym``, ``simulate``, ``analyze``, ``analysis``, ``bench``, ``parity``,
-  ``trained_policy``) may import
+- edges (``gym``, ``simulate``, ``production``, ``analyze``, ``analysis``, ``bench``,
+  ``parity``, ``trained_policy``) may import
   anything; no core module may import an edge;
 - utilities (``distributed``, ``outdir``, ``compile_cache``, ``cli``) may be imported from anywhere and import no core layer
   and no edge themselves (only other utilities);
@@ -33,7 +33,8 @@ PACKAGE = "swarm_jax"
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 
 CORE_LAYERS = ("physics", "swarm", "env", "agents", "training")  # low -> high
-EDGES = ("gym", "simulate", "analyze", "analysis", "bench", "parity", "trained_policy")
+EDGES = ("gym", "simulate", "production", "analyze", "analysis", "bench", "parity",
+         "trained_policy")
 UTILITIES = ("distributed", "outdir", "compile_cache", "cli")
 FORBIDDEN_IN_CORE = ("gymnasium", "stable_baselines3", "torch")
 
