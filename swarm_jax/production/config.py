@@ -37,6 +37,7 @@ __all__ = [
 
 PROG = "swarm_jax.simulate"  # the prefix of every message (the command line's name)
 
+# PhysicsParams fields with a flag of their own (not accepted through --physics).
 _OWN_FLAGS = {"temperature": "--temperature", "deposition_rate": "--deposition-rate",
               "o_ti_flux_ratio": "--o-ti-ratio"}
 # Physical ranges of --physics overrides (others only need to be finite).

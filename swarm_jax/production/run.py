@@ -31,7 +31,7 @@ from swarm_jax.distributed import batch_mesh, shard_batch
 from swarm_jax.physics import CEILING, RUNNING, LatticeState, film_arrays, observables
 from swarm_jax.production.config import SimulationConfig, UsageError, say
 from swarm_jax.production.runners import (
-    CandidateCarry, CompiledChunks, PolicyRunner, fold_keys, initial_state, make_runner,
+    CandidateCarry, CompiledChunks, PolicyRunner, fold_keys, make_runner, simulator,
 )
 from swarm_jax.production.writers import (
     FINAL_OBSERVABLES, TimeseriesStream, log_rows, read_timeseries_rows, replica_status_names,
@@ -210,8 +210,7 @@ class SimulationRun:
                  on_checkpoint: Callable = _no_hook):
         self.config, self.runner = config, runner
         self.chunks = CompiledChunks(runner)
-        params = config.physics_params()
-        self.carry = runner.init(initial_state(config, params))
+        self.carry = simulator(config, runner).init_fn()  # chunks: CompiledChunks (= step_fn)
         self.replica_keys = jax.random.split(jax.random.key(config.seed), config.replicas)
         self.mesh = batch_mesh(config.replicas)
         self.progress = RunProgress()

@@ -234,7 +234,8 @@ def _jitted(chunk_fn: ChunkFn):
 
 class CompiledChunks:
     """Calls a runner's ``chunk_fn``, compiling it ahead of time (and timing that) once per
-    distinct chunk length; compiled code is reused across runs of a process."""
+    distinct chunk length; compiled code is reused across runs of a process. The run loop's
+    ``step_fn``: the same jitted function as :func:`simulator`'s, with the same arguments."""
 
     def __init__(self, runner: PolicyRunner):
         self._jitted = _jitted(runner.chunk_fn)
@@ -253,6 +254,8 @@ class CompiledChunks:
 
 
 fold_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+"""``fold_keys(keys, i)``: the (R,) keys ``fold_in(keys[r], i)`` (chunk ``i`` of a run whose
+replica keys are ``keys``)."""
 
 
 def initial_state(config: SimulationConfig, params: PhysicsParams) -> LatticeState:
