@@ -103,6 +103,11 @@ checkpoint.
 
 Other policies plug in through :data:`POLICY_FACTORIES`: a factory builds a :class:`PolicyRunner`
 whose ``chunk_fn(carry, keys, n_events, *operands) -> carry`` advances a batch of lattices.
+
+This module is the command line only (the parser, the checks of ``--out`` and ``--resume``, the
+messages and :func:`main`); the library is :mod:`swarm_jax.production` (configuration, runners
+and their ``(init_fn, step_fn)`` pair, the run loop, the writers), whose public names are
+re-exported here as they always were.
 """
 
 from __future__ import annotations
@@ -118,7 +123,9 @@ from typing import Optional, Sequence
 
 from swarm_jax.cli import OneLineParser, count
 from swarm_jax.compile_cache import enable_compilation_cache
-from swarm_jax.outdir import LOCK_NAME, OutputDirError, atomic_write_text, check_output_dir, claim_output_dir
+from swarm_jax.outdir import (
+    LOCK_NAME, OutputDirError, atomic_write_text, check_output_dir, claim_output_dir,
+)
 from swarm_jax.physics import estimate_state_bytes
 from swarm_jax.swarm import full_lattice
 # The library (swarm_jax.production), re-exported under the names this module always had.
