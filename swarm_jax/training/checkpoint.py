@@ -76,6 +76,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import SingleDeviceSharding
 
+from swarm_jax.agents.params import check_tree_matches, is_typed_key, stored_shape_dtype
 from swarm_jax.outdir import atomic_write_text
 
 __all__ = [
@@ -187,35 +188,6 @@ def default_device(device: jax.Device | None = None) -> jax.Device:
     if isinstance(default, str):  # a platform name, e.g. "cpu"
         return jax.devices(default)[0]
     return jax.devices()[0]
-
-
-def _is_typed_key(x: Any) -> bool:
-    return isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) and jax.dtypes.issubdtype(
-        x.dtype, jax.dtypes.prng_key
-    )
-
-
-def _key_name(k: Any) -> str:
-    """One key of a pytree path as the plain string orbax uses in its metadata tree."""
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
-def _norm_path(path: Sequence[Any]) -> tuple[str, ...]:
-    return tuple(_key_name(k) for k in path)
-
-
-def _stored_shape_dtype(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype a template leaf has on disk (typed PRNG keys are stored as key data)."""
-    if _is_typed_key(leaf):
-        raw = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype))
-        return tuple(raw.shape), np.dtype(raw.dtype)
-    if isinstance(leaf, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct)):
-        return tuple(leaf.shape), np.dtype(leaf.dtype)
-    arr = np.asarray(leaf)
-    return tuple(arr.shape), np.dtype(jax.dtypes.canonicalize_dtype(arr.dtype))
 
 
 def _to_json(obj: Any, where: str = "config") -> Any:
@@ -385,9 +357,9 @@ def abstract_target(template: Any, device: jax.Device | None = None) -> Any:
     sharding = SingleDeviceSharding(default_device(device))
 
     def one(leaf):
-        if _is_typed_key(leaf):
+        if is_typed_key(leaf):
             return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
-        shape, dtype = _stored_shape_dtype(leaf)
+        shape, dtype = stored_shape_dtype(leaf)
         return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
     return jax.tree.map(one, template)
@@ -397,42 +369,6 @@ def _state_metadata_tree(state_dir: Path) -> Any:
     """The checkpoint's tree of ``ArrayMetadata`` (nested dicts/lists; typed keys as key data)."""
     meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir))
     return getattr(meta, "tree", meta)
-
-
-def _check_matches(template: Any, stored: Any, path: Path) -> None:
-    """Raise :class:`CheckpointError` naming the first leaf where template and checkpoint differ."""
-    stored_leaves = {
-        _norm_path(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]
-    }
-    seen = set()
-    for p, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
-        key = _norm_path(p)
-        name = f"state{jax.tree_util.keystr(p)}"
-        if key not in stored_leaves:
-            raise CheckpointError(
-                f"checkpoint {path} does not match the template: leaf {name} "
-                f"(shape {_stored_shape_dtype(leaf)[0]}) is missing from the checkpoint"
-            )
-        seen.add(key)
-        want_shape, want_dtype = _stored_shape_dtype(leaf)
-        got = stored_leaves[key]
-        got_shape, got_dtype = tuple(got.shape), np.dtype(got.dtype)
-        if want_shape != got_shape or want_dtype != got_dtype:
-            kind = "shape" if want_shape != got_shape else "dtype"
-            raise CheckpointError(
-                f"checkpoint {path} does not match the template ({kind} differs) at leaf {name}: "
-                f"checkpoint has shape {got_shape} {got_dtype}, template has shape {want_shape} "
-                f"{want_dtype}" + (" (typed PRNG key, stored as key data)" if _is_typed_key(leaf)
-                                   else "")
-            )
-    extra = [k for k in stored_leaves if k not in seen]
-    if extra:
-        name = "state" + "".join(f"[{k!r}]" for k in extra[0])
-        raise CheckpointError(
-            f"checkpoint {path} does not match the template: leaf {name} "
-            f"(shape {tuple(stored_leaves[extra[0]].shape)}) is in the checkpoint but not in the "
-            f"template ({len(extra)} such leaves)"
-        )
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -531,7 +467,8 @@ def restore_checkpoint(
         if target is None:
             state = _restore_numpy(state_dir)
         else:
-            _check_matches(target, _state_metadata_tree(state_dir), ckpt)
+            check_tree_matches(_state_metadata_tree(state_dir), target, f"checkpoint {ckpt}",
+                               root="state", error=CheckpointError)
             state = ocp.Checkpointer(ocp.StandardCheckpointHandler()).restore(
                 epath.Path(state_dir),
                 args=ocp.args.StandardRestore(abstract_target(target, device)),
