@@ -45,6 +45,16 @@ What is guaranteed (orbax 0.12 on a local/POSIX file system, plus what this modu
   limit) raises :class:`CheckpointWriteError` with one line; the half-written step is never
   listed (its directory is set aside as ``<step>.failed``) and earlier checkpoints are intact.
 
+What is orbax's and what is ours. Orbax does the writing, the atomic commit, the pruning and the
+recognition of uncommitted saves (:meth:`CheckpointStore` deletes exactly the directories
+``ocp.utils.tmp_checkpoints`` returns, synchronously and reporting them, rather than through
+``cleanup_tmp_directories``, which runs in the background and only when a manager is created).
+The step listing (:func:`complete_steps`, :meth:`CheckpointStore.latest_step`) stays ours because
+orbax's (``ocp.utils.checkpoint_steps``, ``CheckpointManager.all_steps``/``latest_step``) counts
+every directory with a step-like name that is not temporary, including one whose files a killed
+delete left half gone, and orbax has no checksum of a checkpoint's files at all, so the verified
+fallback to the newest intact step (:func:`newest_verified_step`) has no orbax counterpart.
+
 Restoring never depends on the device a checkpoint was written on: the abstract target is built
 from a freshly created template pytree with a :class:`~jax.sharding.SingleDeviceSharding` on the
 *current* default device (or the ``device`` argument), so a GPU checkpoint restores on a CPU-only
@@ -98,7 +108,7 @@ __all__ = [
 
 STATE, CONFIG, META = "state", "config", "meta"
 _TRASH = ".deleted"  # pruned steps are renamed here, then removed
-_TMP_MARKER = ".orbax-checkpoint-tmp"
+_TMP_MARKER = ocp.utils.TMP_DIR_SUFFIX  # orbax's name for a save not committed yet
 # Files orbax writes last-ish into every committed item; all must exist for a complete checkpoint.
 _REQUIRED_FILES = (
     "_CHECKPOINT_METADATA",
@@ -576,10 +586,12 @@ class CheckpointStore:
     # -- housekeeping -------------------------------------------------------------------------
 
     def _remove_tmp_dirs(self) -> list[Path]:
-        """Delete orbax temporary directories left by saves that were killed before commit."""
+        """Delete the orbax temporary directories (as orbax itself recognises them:
+        ``ocp.utils.tmp_checkpoints``) left by saves that were killed or failed before commit."""
         removed = []
         if _is_primary() and self.directory.is_dir():
-            for p in sorted(self.directory.glob(f"*{_TMP_MARKER}*")):
+            tmp = ocp.utils.tmp_checkpoints(epath.Path(self.directory))  # orbax TemporaryPaths
+            for p in sorted(Path(t.get()) for t in tmp):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
         return removed
