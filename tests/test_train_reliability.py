@@ -162,6 +162,18 @@ def test_help_shows_each_default_once_and_documents_the_new_flags(capsys):
         assert flag in text
 
 
+def test_override_flags_map_to_config_keys_and_come_back_in_the_resume_hint():
+    args = train_cli.build_parser().parse_args(
+        ["--stage", "1", "--n-envs", "1e2", "--ess-threshold", "0.3", "--log-every", "4",
+         "--total-timesteps", "5_000", "--no-progress"])
+    assert train_cli._flag_overrides(args) == {
+        "training.n_envs": 100, "training.ess_threshold": 0.3, "training.log_every": 4,
+        "training.total_timesteps": 5000}
+    assert train_cli._resume_hint(args) == (
+        "python train.py --stage 1 --resume --out runs/train --total-timesteps 5000 "
+        "--n-envs 100 --ess-threshold 0.3 --log-every 4 --no-progress")
+
+
 # ---- subprocess runs: compilation cache, file-size limit -----------------------------------------
 
 
