@@ -68,7 +68,8 @@ def check_tree_matches(stored: Any, template: Any, source: str, *, root: str = "
 
     Args:
         stored: the tree read from disk (nested dicts/lists of arrays or of anything with
-            ``shape`` and ``dtype``, e.g. orbax ``ArrayMetadata``).
+            ``shape`` and ``dtype``, e.g. orbax ``ArrayMetadata``; Python numbers are read as
+            numpy reads them).
         template: the tree it is loaded into (arrays, ``jax.ShapeDtypeStruct``, typed PRNG keys
             compared as their stored key data); dataclass fields match dict keys of that name.
         source: what ``stored`` came from, leading the message (e.g. ``"checkpoint /runs/3"``).
@@ -89,7 +90,8 @@ def check_tree_matches(stored: Any, template: Any, source: str, *, root: str = "
             raise error(f"{source} does not match the template: leaf {root}{name} "
                         f"({_describe(leaf)}) is missing from the checkpoint{suffix}")
         got = have.pop(key)[1]
-        got_shape, got_dtype = tuple(np.shape(got)), np.dtype(got.dtype)
+        got_shape = tuple(np.shape(got))
+        got_dtype = np.dtype(got.dtype) if hasattr(got, "dtype") else np.asarray(got).dtype
         want_shape, want_dtype = stored_shape_dtype(leaf)
         if (got_shape, got_dtype) != (want_shape, want_dtype):
             kind = "shape" if got_shape != want_shape else "dtype"

@@ -59,7 +59,8 @@ Restoring never depends on the device a checkpoint was written on: the abstract 
 from a freshly created template pytree with a :class:`~jax.sharding.SingleDeviceSharding` on the
 *current* default device (or the ``device`` argument), so a GPU checkpoint restores on a CPU-only
 host. A template whose tree structure, shapes or dtypes differ from the checkpoint raises
-:class:`CheckpointError` naming the first mismatching leaf, before orbax is asked to read anything.
+:class:`CheckpointError` naming the first mismatching leaf, before orbax is asked to read anything
+(:func:`swarm_jax.agents.params.check_tree_matches`, the check every loader of saved trees uses).
 
 Multi-host: every process must call :meth:`CheckpointStore.save` (orbax coordinates, the primary
 host writes the metadata); the housekeeping done here (emptying ``.deleted/``, swapping
