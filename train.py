@@ -70,6 +70,26 @@ def _stage(text: str) -> str:
     return text
 
 
+#: Flags that each override one config key: (flag, type, metavar, config key, help).
+_OVERRIDE_FLAGS = (
+    ("--total-timesteps", count, "N", "training.total_timesteps",
+     "env-step budget of the stage, summed over environments"),
+    ("--n-envs", count, "N", "training.n_envs", "parallel environments"),
+    ("--seed", count, "N", "training.seed", "PRNG seed"),
+    ("--ess-threshold", float, "X", "training.ess_threshold",
+     "stop early when the ESS ratio stays below X, in (0, 1]"),
+    ("--ess-patience", count, "N", "training.ess_patience",
+     "consecutive logs below --ess-threshold before stopping"),
+    ("--log-every", count, "N", "training.log_every",
+     "PPO updates per jitted chunk, one log line and TensorBoard point each"),
+)
+
+
+def _dest(flag: str) -> str:
+    """argparse's attribute name of ``flag`` (``--n-envs`` -> ``n_envs``)."""
+    return flag.lstrip("-").replace("-", "_")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Train the SwarmThinkers policy with PPO (JAX).",
                 formatter_class=_HelpFormatter)
@@ -85,32 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest verified checkpoint in OUT/checkpoints/stageN "
                         "(a corrupt or unverified newer one is reported and set aside)")
-    p.add_argument("--total-timesteps", type=count, default=None, metavar="N",
-                   help="env-step budget of the stage (summed over environments; default: the "
-                        "config's training.total_timesteps)")
-    p.add_argument("--n-envs", type=count, default=None, metavar="N",
-                   help="parallel environments (default: the config's training.n_envs)")
-    p.add_argument("--seed", type=count, default=None, metavar="N",
-                   help="PRNG seed (default: the config's training.seed)")
     p.add_argument("--out", default="runs/train", metavar="DIR", help="output folder")
-    p.add_argument("--ess-threshold", type=float, default=None, metavar="X",
-                   help="stop early when the ESS ratio stays below X (in (0, 1])")
-    p.add_argument("--ess-patience", type=count, default=None, metavar="N",
-                   help="consecutive logs below --ess-threshold before stopping")
-    p.add_argument("--log-every", type=count, default=None, metavar="N",
-                   help="PPO updates per jitted chunk (one log line / TensorBoard point each)")
+    for flag, type_, metavar, key, text in _OVERRIDE_FLAGS:
+        p.add_argument(flag, type=type_, default=None, metavar=metavar,
+                       help=f"{text} (default: the config's {key})")
     p.add_argument("--devices", type=count, default=None, metavar="N",
                    help="local devices to shard the environments over (default: all local "
                         "devices that divide n_envs; 1 = no sharding)")
-    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
-                   help="multi-host: address of process 0 (or SWARM_JAX_COORDINATOR)")
-    p.add_argument("--num-processes", type=count, default=None, metavar="N",
-                   help="multi-host: number of processes (or SWARM_JAX_NUM_PROCESSES)")
-    p.add_argument("--process-id", type=count, default=None, metavar="I",
-                   help="multi-host: this process's index (or SWARM_JAX_PROCESS_ID)")
-    p.add_argument("--coordinator-timeout", type=float, default=None, metavar="S",
-                   help="multi-host: seconds to wait for the coordinator and the other processes "
-                        "(default 300, or SWARM_JAX_DISTRIBUTED_TIMEOUT)")
+    hosts = p.add_argument_group("multi-host", "one process per host, all started alike")
+    hosts.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="address of process 0 (or SWARM_JAX_COORDINATOR)")
+    hosts.add_argument("--num-processes", type=count, default=None, metavar="N",
+                       help="number of processes (or SWARM_JAX_NUM_PROCESSES)")
+    hosts.add_argument("--process-id", type=count, default=None, metavar="I",
+                       help="this process's index (or SWARM_JAX_PROCESS_ID)")
+    hosts.add_argument("--coordinator-timeout", type=float, default=None, metavar="S",
+                       help="seconds to wait for the coordinator and the other processes "
+                            "(default 300, or SWARM_JAX_DISTRIBUTED_TIMEOUT)")
     p.add_argument("--no-progress", action="store_true",
                    help="print one line per log instead of a progress bar")
     p.add_argument("--no-compile-cache", action="store_true",
@@ -120,19 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_FLAG_KEYS = {
-    "total_timesteps": "training.total_timesteps",
-    "n_envs": "training.n_envs",
-    "seed": "training.seed",
-    "ess_threshold": "training.ess_threshold",
-    "ess_patience": "training.ess_patience",
-    "log_every": "training.log_every",
-}
-
-
 def _flag_overrides(args) -> dict:
-    return {key: getattr(args, name) for name, key in _FLAG_KEYS.items()
-            if getattr(args, name) is not None}
+    """{config key: value} of the override flags given on the command line."""
+    return {key: getattr(args, _dest(flag)) for flag, _, _, key, _ in _OVERRIDE_FLAGS
+            if getattr(args, _dest(flag)) is not None}
 
 
 def _resume_hint(args) -> str:
@@ -140,10 +142,10 @@ def _resume_hint(args) -> str:
     if args.config:
         parts += ["--config", args.config]
     parts += ["--resume", "--out", args.out]
-    for name in _FLAG_KEYS:
-        value = getattr(args, name)
+    for flag, *_ in _OVERRIDE_FLAGS:
+        value = getattr(args, _dest(flag))
         if value is not None:
-            parts += [f"--{name.replace('_', '-')}", str(value)]
+            parts += [flag, str(value)]
     if args.no_progress:
         parts.append("--no-progress")
     if args.no_compile_cache:

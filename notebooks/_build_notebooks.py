@@ -187,8 +187,8 @@ CHECKPOINT = paths.final
 ## 3. Learning curves
 
 In Colab the TensorBoard extension shows the live dashboard (`%load_ext tensorboard`,
-`%tensorboard --logdir ...`). Everywhere, the same scalars are read back from the event files with
-`read_scalars` and plotted with `plot_learning_curves`.
+`%tensorboard --logdir ...`). Everywhere, the same metrics are read back from the trainer's
+`metrics_stage1.csv` with `read_metrics` and plotted with `plot_learning_curves`.
 '''),
     code(r'''
 if IN_COLAB:  # the magics %load_ext tensorboard and %tensorboard --logdir ..., Colab only
@@ -201,14 +201,14 @@ else:
     code(r'''
 from IPython.display import Image, display
 
-from swarm_jax.training.logging import plot_learning_curves, read_scalars
+from swarm_jax.training.logging import plot_learning_curves, read_metrics
 
-scalars = read_scalars(paths.tensorboard)
-for tag in ("rollout/ep_rew_mean", "train/entropy", "custom/ess_ratio", "custom/roughness", "time/fps"):
-    points = scalars.get(tag, [])
+metrics = read_metrics(paths.metrics_csv)
+for name in ("ep_rew_mean", "entropy", "ess_ratio", "roughness", "fps"):
+    points = metrics.get(name, [])
     if points:
-        print(f"{tag:22s} {len(points):3d} points, last {points[-1][1]:.4g} at step {points[-1][0]}")
-png = plot_learning_curves(scalars, RUN_DIR / "learning_curves.png", title="stage 1")
+        print(f"{name:12s} {len(points):3d} points, last {points[-1][1]:.4g} at step {points[-1][0]}")
+png = plot_learning_curves(metrics, RUN_DIR / "learning_curves.png", title="stage 1")
 display(Image(filename=str(png)))
 '''),
     md(r'''

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from swarm_jax.agents.networks import NetworkConfig, make_network
+from swarm_jax.agents.params import check_tree_matches, network_template
 from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM
 
 __all__ = ["PolicyLoadError", "TrainedPolicy", "load_policy", "network_config_from_dict",
@@ -146,34 +147,16 @@ def find_params(tree: Any) -> Any:
     raise PolicyLoadError(f"no network parameters at {' or '.join(tried)} (the saved state has {have})")
 
 
-def _check_params(network: nn.Module, params: Any, k: int) -> None:
-    """Raises :class:`PolicyLoadError` unless ``params`` fits ``network`` (structure and shapes)."""
-    obs = {"candidates": jax.ShapeDtypeStruct((k, CANDIDATE_FEATURE_DIM), jnp.float32),
-           "global": jax.ShapeDtypeStruct((GLOBAL_FEATURE_DIM,), jnp.float32)}
-    expected = jax.eval_shape(lambda o: network.init(jax.random.key(0), o), obs)
-    want = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(expected)[0]}
-    got = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-    for name, leaf in want.items():
-        if name not in got:
-            raise PolicyLoadError(f"parameter {name} (shape {tuple(leaf.shape)}) is missing: the "
-                                  "checkpoint does not hold this network")
-        if tuple(np.shape(got[name])) != tuple(leaf.shape):
-            raise PolicyLoadError(
-                f"parameter {name} has shape {tuple(np.shape(got[name]))} in the checkpoint but "
-                f"{tuple(leaf.shape)} in the network of its config (features or architecture "
-                "changed since training?)")
-    extra = sorted(set(got) - set(want))
-    if extra:
-        raise PolicyLoadError(f"parameter {extra[0]} is in the checkpoint but not in the network "
-                              f"of its config ({len(extra)} such)")
-
-
 def policy_from_params(params: Any, network_config: NetworkConfig, n_swarm: int, path: str = "",
                        config: Mapping | None = None) -> TrainedPolicy:
     """A :class:`TrainedPolicy` from in-memory parameters (checked against the architecture)."""
     network = make_network(network_config, n_swarm)
     params = find_params({"params": params}) if "params" not in params else params
-    _check_params(network, params, n_swarm)
+    template = network_template(network, {"candidates": (n_swarm, CANDIDATE_FEATURE_DIM),
+                                          "global": (GLOBAL_FEATURE_DIM,)})
+    check_tree_matches(params, template, f"checkpoint {path}" if path else "the parameters",
+                       error=PolicyLoadError,
+                       hint="(features or architecture changed since training?)")
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     return TrainedPolicy(network=network, params=params, network_config=network_config,
                          n_swarm=int(n_swarm), path=str(path), config=dict(config or {}))

@@ -1,4 +1,5 @@
-"""TensorBoard logger (tags, read-back, purge on resume), learning-curve plot, ESS early stop."""
+"""TensorBoard logger (tags, what TensorBoard shows, purge on resume), metrics CSV read-back,
+learning-curve plot, ESS early stop."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import numpy as np
 import pytest
 
 from swarm_jax.training.logging import (
-    DEFAULT_PLOT_TAGS,
+    DEFAULT_PLOT_METRICS,
     METRIC_TAGS,
     ESSMonitor,
     TensorBoardLogger,
     metric_tag,
     plot_learning_curves,
-    read_scalars,
+    read_metrics,
 )
+from tensorboard_events import tensorboard_scalars
 
 SEED_TAGS = {
     "ep_rew_mean": "rollout/ep_rew_mean", "ep_len_mean": "rollout/ep_len_mean",
@@ -45,7 +47,7 @@ def metrics_at(i: int) -> dict:
     return {key: float(np.float32(0.125 * i + k)) for k, key in enumerate(ALL_TAGS)}
 
 
-def test_logger_writes_every_tag_and_read_scalars_returns_them(tmp_path):
+def test_logger_writes_every_tag_and_tensorboard_shows_them(tmp_path):
     steps = [0, 2048, 4096, 8192]
     with TensorBoardLogger(tmp_path) as logger:
         assert logger.active
@@ -54,7 +56,7 @@ def test_logger_writes_every_tag_and_read_scalars_returns_them(tmp_path):
             m["ess_ratio"] = jnp.float32(m["ess_ratio"])  # device scalars are accepted
             m["entropy"] = np.array([m["entropy"]])  # so are size-1 arrays
             logger.log_scalars(step, {**m, "kl_coef": 0.5 * i, "skipped": None})
-    scalars = read_scalars(tmp_path)
+    scalars = tensorboard_scalars(tmp_path)
     assert set(scalars) == set(ALL_TAGS.values()) | {"custom/kl_coef"}
     for k, key in enumerate(ALL_TAGS):
         assert scalars[ALL_TAGS[key]] == [(s, 0.125 * i + k) for i, s in enumerate(steps)]
@@ -70,44 +72,58 @@ def test_resume_with_purge_step_drops_duplicated_steps(tmp_path):
     with TensorBoardLogger(tmp_path) as first:
         for step in (100, 200, 300):
             first.log_scalars(step, {"roughness": step / 100})
-    # the run crashed after step 300, its last checkpoint was at 200: it logs 300 again
+    # the run crashed after step 300, its last checkpoint was at 200: it logs 300 again. Both
+    # writers start within the same second: their files must still sort in creation order.
     with TensorBoardLogger(tmp_path, purge_step=300) as resumed:
         resumed.log_scalars(300, {"roughness": 30.0})
         resumed.log_scalars(400, {"roughness": 40.0})
     assert len(list(tmp_path.glob("*tfevents*"))) == 2
-    assert read_scalars(tmp_path) == {
+    assert tensorboard_scalars(tmp_path) == {
         "custom/roughness": [(100, 1.0), (200, 2.0), (300, 30.0), (400, 40.0)]
     }
 
 
-def test_read_scalars_ignores_a_truncated_tail(tmp_path):
-    with TensorBoardLogger(tmp_path) as logger:
-        for step in range(5):
-            logger.log_scalars(step, {"coverage": float(step)})
-    (event_file,) = tmp_path.glob("*tfevents*")
-    data = event_file.read_bytes()
-    event_file.write_bytes(data[:-7])  # a writer killed mid-record
-    assert read_scalars(tmp_path)["custom/coverage"] == [(s, float(s)) for s in range(4)]
+def write_metrics_csv(path, n_rows: int = 6) -> None:
+    """A file in the trainer's ``metrics_stageN.csv`` layout: every metric of metrics_at, plus an
+    empty and a NaN cell (a chunk in which no episode finished)."""
+    columns = ["env_steps", "update", *ALL_TAGS]
+    lines = [",".join(columns)]
+    for i in range(n_rows):
+        m = metrics_at(i)
+        m["ep_rew_mean"] = "" if i == 1 else ("nan" if i == 2 else m["ep_rew_mean"])
+        lines.append(",".join(str(v) for v in [1000 * i, i + 1, *(m[k] for k in ALL_TAGS)]))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def test_read_scalars_without_event_files_raises(tmp_path):
+def test_read_metrics_returns_every_column_by_env_steps(tmp_path):
+    path = tmp_path / "metrics_stage1.csv"
+    write_metrics_csv(path, n_rows=4)
+    metrics = read_metrics(path)
+    assert set(metrics) == {"update", *ALL_TAGS}
+    assert metrics["update"] == [(1000 * i, i + 1.0) for i in range(4)]
+    for k, key in enumerate(ALL_TAGS):
+        expected = [(1000 * i, 0.125 * i + k) for i in range(4)]
+        if key == "ep_rew_mean":  # the empty and the NaN cell have no point
+            expected = [expected[0], expected[3]]
+        assert metrics[key] == expected, key
+    (tmp_path / "other.csv").write_text("step,x\n1,2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no env_steps column"):
+        read_metrics(tmp_path / "other.csv")
     with pytest.raises(FileNotFoundError):
-        read_scalars(tmp_path)
+        read_metrics(tmp_path / "missing.csv")
 
 
 def test_plot_learning_curves_writes_png(tmp_path):
-    logdir = tmp_path / "tb"
-    with TensorBoardLogger(logdir) as logger:
-        for i in range(6):
-            logger.log_scalars(1000 * i, metrics_at(i))
-    out = plot_learning_curves(logdir, tmp_path / "plots" / "curves.png", title="stage 1")
+    path = tmp_path / "metrics_stage1.csv"
+    write_metrics_csv(path)
+    out = plot_learning_curves(path, tmp_path / "plots" / "curves.png", title="stage 1")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
-    # from a scalars dict, with a tag that has no data (drawn as an empty panel)
-    out2 = plot_learning_curves(read_scalars(logdir), tmp_path / "two.png",
-                                tags=["custom/ess_ratio", "custom/not_logged"])
+    # from a metrics dict, with a metric that has no data (drawn as an empty panel)
+    out2 = plot_learning_curves(read_metrics(path), tmp_path / "two.png",
+                                metrics=["ess_ratio", "not_logged"])
     assert out2.read_bytes()[:4] == b"\x89PNG"
-    assert set(DEFAULT_PLOT_TAGS) <= set(read_scalars(logdir))
+    assert set(DEFAULT_PLOT_METRICS) <= set(read_metrics(path))
     with pytest.raises(ValueError, match="nothing to plot"):
         plot_learning_curves({}, tmp_path / "none.png")
 

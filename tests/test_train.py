@@ -9,7 +9,6 @@ and the subprocess test compile again.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import signal
 import subprocess
@@ -34,7 +33,7 @@ from swarm_jax.training.config import (
     with_overrides,
 )
 from swarm_jax.training.curriculum import load_transfer_params, plan_stages, run_curriculum
-from swarm_jax.training.logging import read_scalars
+from swarm_jax.training.logging import metric_tag, read_metrics
 from swarm_jax.training.trainer import (
     ChunkReport,
     chunk_sizes,
@@ -45,13 +44,9 @@ from swarm_jax.training.trainer import (
     run_stage,
     write_config_yaml,
 )
+from tensorboard_events import tensorboard_scalars
+from train_script import REPO, TINY, one_error_line, train_cli
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "tiny_test.yaml"
-
-_spec = importlib.util.spec_from_file_location("train_cli", REPO / "train.py")
-train_cli = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_cli)
 
 REQUIRED_TAGS = (
     "rollout/ep_rew_mean", "rollout/ep_len_mean", "train/policy_loss", "train/value_loss",
@@ -68,13 +63,6 @@ def _csv_rows(path: Path) -> list[dict]:
 
 def _deterministic(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in rows]
-
-
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("train.py: error: "), err
-    return err[0]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +107,7 @@ def test_end_to_end_writes_all_outputs(tiny_run):
     assert code == 0
     steps_per_log = [64, 128, 192, 256]  # 4 chunks of 2 updates x 32 transitions
 
-    scalars = read_scalars(out / "tensorboard" / "stage1")
+    scalars = tensorboard_scalars(out / "tensorboard" / "stage1")
     for tag in REQUIRED_TAGS:
         assert tag in scalars, (tag, sorted(scalars))
     for tag in ("custom/roughness", "custom/coverage", "custom/o_ti_ratio", "custom/ess_ratio",
@@ -143,8 +131,12 @@ def test_end_to_end_writes_all_outputs(tiny_run):
     rows = _csv_rows(out / "metrics_stage1.csv")
     assert [int(r["env_steps"]) for r in rows] == steps_per_log
     assert [int(r["update"]) for r in rows] == [2, 4, 6, 8]
-    last = scalars["custom/roughness"][-1][1]
-    assert float(rows[-1]["roughness"]) == pytest.approx(last, rel=1e-6)
+    # The metrics CSV, which the package reads back, has the points TensorBoard shows.
+    metrics = read_metrics(out / "metrics_stage1.csv")
+    for key in ("ep_rew_mean", "roughness", "ess_ratio", "policy_loss", "entropy"):
+        tb = scalars[metric_tag(key)]
+        assert [s for s, _ in metrics[key]] == [s for s, _ in tb], key
+        assert [v for _, v in metrics[key]] == pytest.approx([v for _, v in tb], rel=1e-6), key
 
     png = (out / "learning_curve_stage1.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
@@ -200,7 +192,7 @@ def test_interrupt_then_resume_gives_bitwise_identical_run(tiny_run, tmp_path, c
 
     # A resumed run may not change the setup.
     assert train_cli.main(["--resume", "--out", str(out), "--n-envs", "8"]) == 2
-    assert "training.n_envs: 4 -> 8" in _one_error_line(capsys)
+    assert "training.n_envs: 4 -> 8" in one_error_line(capsys)
 
     assert train_cli.main(["--resume", "--out", str(out), "--no-progress"]) == 0
     assert "resuming from" in capsys.readouterr().out
@@ -220,8 +212,8 @@ def test_interrupt_then_resume_gives_bitwise_identical_run(tiny_run, tmp_path, c
 
     assert _deterministic(_csv_rows(out / "metrics_stage1.csv")) == _deterministic(
         _csv_rows(ref_out / "metrics_stage1.csv"))
-    ref_tb = read_scalars(ref_out / "tensorboard" / "stage1")
-    new_tb = read_scalars(out / "tensorboard" / "stage1")
+    ref_tb = tensorboard_scalars(ref_out / "tensorboard" / "stage1")
+    new_tb = tensorboard_scalars(out / "tensorboard" / "stage1")
     for tag in REQUIRED_TAGS:
         if tag != "time/fps":
             assert new_tb[tag] == ref_tb[tag], tag
@@ -442,7 +434,7 @@ def test_pretrained_with_a_different_network_is_refused(tiny_run, tmp_path, caps
     code = train_cli.main(["--config", str(path), "--pretrained", str(ref_out / "stage1_final"),
                            "--out", str(out), "--no-progress"])
     assert code == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "networks differ" in line and "[32, 32]" in line and "[16, 16]" in line
     assert not (out / "checkpoints").exists()  # refused before anything ran
 
@@ -463,7 +455,7 @@ def test_pretrained_with_a_different_network_is_refused(tiny_run, tmp_path, caps
 ])
 def test_cli_errors_are_one_line_and_exit_2(argv, expected, tmp_path, capsys):
     assert train_cli.main(argv + ["--out", str(tmp_path / "o")]) == 2
-    assert expected in _one_error_line(capsys)
+    assert expected in one_error_line(capsys)
     assert not (tmp_path / "o").exists()
 
 
@@ -472,19 +464,19 @@ def test_cli_config_errors(tiny_run, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(TINY.read_text() + "\nlearning_rat: 1.0\n")
     assert train_cli.main(["--config", str(bad), "--out", str(tmp_path / "o")]) == 2
-    assert "learning_rat: unknown key (did you mean 'learning_rate'?)" in _one_error_line(capsys)
+    assert "learning_rat: unknown key (did you mean 'learning_rate'?)" in one_error_line(capsys)
     # A stage-2 config run as stage 1 is a contradiction.
     assert train_cli.main(["--config", "stage2_medium", "--stage", "1",
                            "--out", str(tmp_path / "o")]) == 2
-    assert "contradicts" in _one_error_line(capsys)
+    assert "contradicts" in one_error_line(capsys)
     # Nothing to resume; and a fresh start never overwrites earlier results.
     assert train_cli.main(["--resume", "--out", str(tmp_path / "empty")]) == 2
-    assert "nothing to resume" in _one_error_line(capsys)
+    assert "nothing to resume" in one_error_line(capsys)
     assert train_cli.main(["--config", str(TINY), "--out", str(ref_out)]) == 2
-    assert "already holds stage1 results" in _one_error_line(capsys)
+    assert "already holds stage1 results" in one_error_line(capsys)
     assert train_cli.main(["--pretrained", str(tmp_path / "missing"), "--config", str(TINY),
                            "--out", str(tmp_path / "o")]) == 2
-    assert "no such file or directory" in _one_error_line(capsys)
+    assert "no such file or directory" in one_error_line(capsys)
 
 
 # ---- the entry point ---------------------------------------------------------------------------
@@ -521,4 +513,4 @@ def test_training_that_cannot_fit_in_memory_is_refused_before_allocation(tmp_pat
     code = train_cli.main(["--config", str(big), "--out", str(tmp_path / "out"),
                            "--n-envs", str(2 ** 24), "--total-timesteps", str(2 ** 28)])
     assert code == 2
-    assert "GB available" in _one_error_line(capsys)
+    assert "GB available" in one_error_line(capsys)

@@ -7,7 +7,6 @@ only the first of them compiles the tiny configuration.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socket
@@ -32,20 +31,7 @@ from swarm_jax.training.trainer import (
     count_chunks,
     iter_chunk_sizes,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "tiny_test.yaml"
-
-_spec = importlib.util.spec_from_file_location("train_cli_rel", REPO / "train.py")
-train_cli = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_cli)
-
-
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("train.py: error: "), err
-    return err[0]
+from train_script import REPO, TINY, one_error_line, train_cli
 
 
 # ---- output folder -----------------------------------------------------------------------------
@@ -56,7 +42,7 @@ def test_a_second_run_into_a_live_out_folder_stops_with_one_line(tmp_path, capsy
     with claim_output_dir(out):  # a running train.py holds this claim
         code = train_cli.main(["--config", str(TINY), "--out", str(out), "--no-progress"])
         assert code == 2
-        assert "already in use by process" in _one_error_line(capsys)
+        assert "already in use by process" in one_error_line(capsys)
     assert not (out / "checkpoints").exists() and not (out / "config_stage1.yaml").exists()
 
 
@@ -68,7 +54,7 @@ def test_a_second_run_into_a_live_out_folder_stops_with_one_line(tmp_path, capsy
 ])
 def test_unusable_out_is_refused_before_compiling(tmp_path, capsys, make_out, expected):
     assert train_cli.main(["--config", str(TINY), "--out", make_out(tmp_path)]) == 2
-    assert expected in _one_error_line(capsys)
+    assert expected in one_error_line(capsys)
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
@@ -79,7 +65,7 @@ def test_unwritable_out_is_refused(tmp_path, capsys):
     ro.chmod(0o500)
     try:
         assert train_cli.main(["--config", str(TINY), "--out", str(ro / "run")]) == 2
-        assert "not writable" in _one_error_line(capsys)
+        assert "not writable" in one_error_line(capsys)
     finally:
         ro.chmod(0o700)
 
@@ -88,7 +74,7 @@ def test_unwritable_out_is_refused(tmp_path, capsys):
 def test_out_on_a_file_system_that_refuses_writes_is_one_line(capsys):
     # /proc refuses new folders even to root (the chmod test above is skipped for root)
     assert train_cli.main(["--config", str(TINY), "--out", "/proc/swarm_jax_run"]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "--out /proc/swarm_jax_run" in line and ("cannot create it" in line
                                                      or "not writable" in line)
 
@@ -118,7 +104,7 @@ def test_total_timesteps_1e15_is_refused_by_the_update_counter_not_a_list(capsys
         with_overrides(load_config(TINY), {"training.total_timesteps": 1e15})
     code = train_cli.main(["--config", str(TINY), "--out", str(tmp_path / "o"),
                            "--total-timesteps", "1e15"])
-    assert code == 2 and "at most 2147483647" in _one_error_line(capsys)
+    assert code == 2 and "at most 2147483647" in one_error_line(capsys)
 
 
 def test_the_chunk_schedule_is_lazy_and_counted_arithmetically():
@@ -139,7 +125,7 @@ def test_a_network_that_cannot_fit_is_refused_naming_the_network(tmp_path, capsy
     big = tmp_path / "big.yaml"
     big.write_text(TINY.read_text().replace("hidden_sizes: [32, 32]", "hidden_sizes: [1000000000]"))
     assert train_cli.main(["--config", str(big), "--out", str(tmp_path / "o")]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "network.hidden_sizes" in line and "GB available" in line
     assert not (tmp_path / "o").exists()
 
@@ -174,6 +160,18 @@ def test_help_shows_each_default_once_and_documents_the_new_flags(capsys):
     assert "(default: runs/train)" in text
     for flag in ("--no-progress", "--no-compile-cache", "--coordinator-timeout"):
         assert flag in text
+
+
+def test_override_flags_map_to_config_keys_and_come_back_in_the_resume_hint():
+    args = train_cli.build_parser().parse_args(
+        ["--stage", "1", "--n-envs", "1e2", "--ess-threshold", "0.3", "--log-every", "4",
+         "--total-timesteps", "5_000", "--no-progress"])
+    assert train_cli._flag_overrides(args) == {
+        "training.n_envs": 100, "training.ess_threshold": 0.3, "training.log_every": 4,
+        "training.total_timesteps": 5000}
+    assert train_cli._resume_hint(args) == (
+        "python train.py --stage 1 --resume --out runs/train --total-timesteps 5000 "
+        "--n-envs 100 --ess-threshold 0.3 --log-every 4 --no-progress")
 
 
 # ---- subprocess runs: compilation cache, file-size limit -----------------------------------------

@@ -9,8 +9,8 @@ Rows: per seed the mean episode reward of each (± its standard error over the e
 episodes), their difference, the trained policy's per-step ESS ratio and batch ESS, the final
 ESS multiplier λ, and final roughness / coverage / O:Ti. A last row holds the mean ± standard
 error over seeds, and ``z`` (the mean improvement in units of its standard error over seeds:
-training runs are the independent replicates). Learning curves (reward, per-step ESS, λ) of every
-seed are drawn from the TensorBoard scalars into a PNG.
+training runs are the independent replicates). Learning curves (reward, per-step ESS, λ) of
+seed 0 are drawn from the trainer's metrics CSV into a PNG.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ from swarm_jax.agents.ppo import evaluate
 from swarm_jax.analysis.importance import mean_stderr
 from swarm_jax.training.checkpoint import load_params_only
 from swarm_jax.training.config import for_backend, load_config, resolve_config_path, with_overrides
-from swarm_jax.training.logging import plot_learning_curves, read_scalars
+from swarm_jax.training.logging import plot_learning_curves, read_metrics
 from swarm_jax.training.trainer import StagePaths, make_trainer, run_stage
 
-#: Learning-curve panels: the reward, the constraint and what it costs.
-CURVE_TAGS = ("rollout/ep_rew_mean", "custom/ess_ratio", "train/ess_lambda",
-              "custom/batch_ess", "custom/roughness", "train/value_loss")
+#: Learning-curve panels (metrics CSV columns): the reward, the constraint and what it costs.
+CURVE_METRICS = ("ep_rew_mean", "ess_ratio", "ess_lambda", "batch_ess", "roughness", "value_loss")
 
 #: First PRNG key of the held-out evaluation (training uses keys derived from ``training.seed``).
 EVAL_KEY_BASE = 10_000
@@ -104,7 +103,7 @@ def run(args) -> list[dict]:
     out = Path(args.out)
     eval_steps = args.eval_steps or base.environment.max_steps
     stage = base.stage or 1
-    rows, curves = [], {}
+    rows = []
     for seed in range(args.seeds):
         cfg = with_overrides(base, {"training.seed": seed, "training.cpu_overrides": {}})
         run_dir = out / f"seed{seed}"
@@ -112,8 +111,8 @@ def run(args) -> list[dict]:
         result = run_stage(cfg, run_dir, stage, progress=False, log=lambda _msg: None)
         params = jax.tree.map(np.asarray,
                               load_params_only(result.paths.final, subtree="train_state.params"))
-        scalars = read_scalars(StagePaths(run_dir, stage).tensorboard)
-        lam = scalars.get("train/ess_lambda", [(0, float("nan"))])[-1][1]
+        metrics = read_metrics(result.paths.metrics_csv)
+        lam = metrics.get("ess_lambda", [(0, float("nan"))])[-1][1]
         row = {"seed": seed, "env_steps": result.env_steps,
                "train_sps": result.timings.get("sps", float("nan")),
                **_evaluate_seed(cfg, params, seed, args.eval_envs, eval_steps),
@@ -122,8 +121,6 @@ def run(args) -> list[dict]:
         print(f"  seed {seed}: trained {row['trained_ep_rew']:.3f} ± {row['trained_sem']:.2g} vs "
               f"uniform {row['uniform_ep_rew']:.3f} ± {row['uniform_sem']:.2g} "
               f"(ESS ratio {row['ess_ratio']:.3f}, batch ESS {row['batch_ess']:.3g})", flush=True)
-        for tag, points in scalars.items():
-            curves.setdefault(tag, []).extend(points)
     summary = {"seed": "mean ± s.e."}
     for k in ("trained_ep_rew", "uniform_ep_rew", "improvement", "ess_ratio", "batch_ess",
               "ess_lambda", "trained_final_roughness", "uniform_final_roughness",
@@ -134,8 +131,8 @@ def run(args) -> list[dict]:
     m, se = mean_sem([r["improvement"] for r in rows])
     summary["z"] = f"{m / se:.1f}" if se > 0 else "n/a"
     rows.append(summary)
-    png = plot_learning_curves(str(out / "seed0" / "tensorboard" / f"stage{stage}"),
-                               out / "learning_curve.png",
-                               tags=[t for t in CURVE_TAGS if t in curves])
+    seed0 = read_metrics(StagePaths(out / "seed0", stage).metrics_csv)
+    png = plot_learning_curves(seed0, out / "learning_curve.png",
+                               metrics=[m for m in CURVE_METRICS if m in seed0])
     print(f"# learning curve (seed 0): {png}")
     return rows

@@ -45,11 +45,22 @@ What is guaranteed (orbax 0.12 on a local/POSIX file system, plus what this modu
   limit) raises :class:`CheckpointWriteError` with one line; the half-written step is never
   listed (its directory is set aside as ``<step>.failed``) and earlier checkpoints are intact.
 
+What is orbax's and what is ours. Orbax does the writing, the atomic commit, the pruning and the
+recognition of uncommitted saves (:meth:`CheckpointStore` deletes exactly the directories
+``ocp.utils.tmp_checkpoints`` returns, synchronously and reporting them, rather than through
+``cleanup_tmp_directories``, which runs in the background and only when a manager is created).
+The step listing (:func:`complete_steps`, :meth:`CheckpointStore.latest_step`) stays ours because
+orbax's (``ocp.utils.checkpoint_steps``, ``CheckpointManager.all_steps``/``latest_step``) counts
+every directory with a step-like name that is not temporary, including one whose files a killed
+delete left half gone, and orbax has no checksum of a checkpoint's files at all, so the verified
+fallback to the newest intact step (:func:`newest_verified_step`) has no orbax counterpart.
+
 Restoring never depends on the device a checkpoint was written on: the abstract target is built
 from a freshly created template pytree with a :class:`~jax.sharding.SingleDeviceSharding` on the
 *current* default device (or the ``device`` argument), so a GPU checkpoint restores on a CPU-only
 host. A template whose tree structure, shapes or dtypes differ from the checkpoint raises
-:class:`CheckpointError` naming the first mismatching leaf, before orbax is asked to read anything.
+:class:`CheckpointError` naming the first mismatching leaf, before orbax is asked to read anything
+(:func:`swarm_jax.agents.params.check_tree_matches`, the check every loader of saved trees uses).
 
 Multi-host: every process must call :meth:`CheckpointStore.save` (orbax coordinates, the primary
 host writes the metadata); the housekeeping done here (emptying ``.deleted/``, swapping
@@ -76,6 +87,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import SingleDeviceSharding
 
+from swarm_jax.agents.params import check_tree_matches, is_typed_key, stored_shape_dtype
 from swarm_jax.outdir import atomic_write_text
 
 __all__ = [
@@ -97,7 +109,7 @@ __all__ = [
 
 STATE, CONFIG, META = "state", "config", "meta"
 _TRASH = ".deleted"  # pruned steps are renamed here, then removed
-_TMP_MARKER = ".orbax-checkpoint-tmp"
+_TMP_MARKER = ocp.utils.TMP_DIR_SUFFIX  # orbax's name for a save not committed yet
 # Files orbax writes last-ish into every committed item; all must exist for a complete checkpoint.
 _REQUIRED_FILES = (
     "_CHECKPOINT_METADATA",
@@ -187,35 +199,6 @@ def default_device(device: jax.Device | None = None) -> jax.Device:
     if isinstance(default, str):  # a platform name, e.g. "cpu"
         return jax.devices(default)[0]
     return jax.devices()[0]
-
-
-def _is_typed_key(x: Any) -> bool:
-    return isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) and jax.dtypes.issubdtype(
-        x.dtype, jax.dtypes.prng_key
-    )
-
-
-def _key_name(k: Any) -> str:
-    """One key of a pytree path as the plain string orbax uses in its metadata tree."""
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
-def _norm_path(path: Sequence[Any]) -> tuple[str, ...]:
-    return tuple(_key_name(k) for k in path)
-
-
-def _stored_shape_dtype(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype a template leaf has on disk (typed PRNG keys are stored as key data)."""
-    if _is_typed_key(leaf):
-        raw = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype))
-        return tuple(raw.shape), np.dtype(raw.dtype)
-    if isinstance(leaf, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct)):
-        return tuple(leaf.shape), np.dtype(leaf.dtype)
-    arr = np.asarray(leaf)
-    return tuple(arr.shape), np.dtype(jax.dtypes.canonicalize_dtype(arr.dtype))
 
 
 def _to_json(obj: Any, where: str = "config") -> Any:
@@ -385,9 +368,9 @@ def abstract_target(template: Any, device: jax.Device | None = None) -> Any:
     sharding = SingleDeviceSharding(default_device(device))
 
     def one(leaf):
-        if _is_typed_key(leaf):
+        if is_typed_key(leaf):
             return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
-        shape, dtype = _stored_shape_dtype(leaf)
+        shape, dtype = stored_shape_dtype(leaf)
         return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
     return jax.tree.map(one, template)
@@ -397,42 +380,6 @@ def _state_metadata_tree(state_dir: Path) -> Any:
     """The checkpoint's tree of ``ArrayMetadata`` (nested dicts/lists; typed keys as key data)."""
     meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir))
     return getattr(meta, "tree", meta)
-
-
-def _check_matches(template: Any, stored: Any, path: Path) -> None:
-    """Raise :class:`CheckpointError` naming the first leaf where template and checkpoint differ."""
-    stored_leaves = {
-        _norm_path(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]
-    }
-    seen = set()
-    for p, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
-        key = _norm_path(p)
-        name = f"state{jax.tree_util.keystr(p)}"
-        if key not in stored_leaves:
-            raise CheckpointError(
-                f"checkpoint {path} does not match the template: leaf {name} "
-                f"(shape {_stored_shape_dtype(leaf)[0]}) is missing from the checkpoint"
-            )
-        seen.add(key)
-        want_shape, want_dtype = _stored_shape_dtype(leaf)
-        got = stored_leaves[key]
-        got_shape, got_dtype = tuple(got.shape), np.dtype(got.dtype)
-        if want_shape != got_shape or want_dtype != got_dtype:
-            kind = "shape" if want_shape != got_shape else "dtype"
-            raise CheckpointError(
-                f"checkpoint {path} does not match the template ({kind} differs) at leaf {name}: "
-                f"checkpoint has shape {got_shape} {got_dtype}, template has shape {want_shape} "
-                f"{want_dtype}" + (" (typed PRNG key, stored as key data)" if _is_typed_key(leaf)
-                                   else "")
-            )
-    extra = [k for k in stored_leaves if k not in seen]
-    if extra:
-        name = "state" + "".join(f"[{k!r}]" for k in extra[0])
-        raise CheckpointError(
-            f"checkpoint {path} does not match the template: leaf {name} "
-            f"(shape {tuple(stored_leaves[extra[0]].shape)}) is in the checkpoint but not in the "
-            f"template ({len(extra)} such leaves)"
-        )
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -531,7 +478,8 @@ def restore_checkpoint(
         if target is None:
             state = _restore_numpy(state_dir)
         else:
-            _check_matches(target, _state_metadata_tree(state_dir), ckpt)
+            check_tree_matches(_state_metadata_tree(state_dir), target, f"checkpoint {ckpt}",
+                               root="state", error=CheckpointError)
             state = ocp.Checkpointer(ocp.StandardCheckpointHandler()).restore(
                 epath.Path(state_dir),
                 args=ocp.args.StandardRestore(abstract_target(target, device)),
@@ -639,10 +587,12 @@ class CheckpointStore:
     # -- housekeeping -------------------------------------------------------------------------
 
     def _remove_tmp_dirs(self) -> list[Path]:
-        """Delete orbax temporary directories left by saves that were killed before commit."""
+        """Delete the orbax temporary directories (as orbax itself recognises them:
+        ``ocp.utils.tmp_checkpoints``) left by saves that were killed or failed before commit."""
         removed = []
         if _is_primary() and self.directory.is_dir():
-            for p in sorted(self.directory.glob(f"*{_TMP_MARKER}*")):
+            tmp = ocp.utils.tmp_checkpoints(epath.Path(self.directory))  # orbax TemporaryPaths
+            for p in sorted(Path(t.get()) for t in tmp):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
         return removed

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from swarm_jax.agents.networks import make_network
+from swarm_jax.agents.params import check_tree_matches, network_template
 from swarm_jax.training.checkpoint import (
     CheckpointError,
     is_complete_checkpoint,
@@ -77,9 +78,7 @@ def param_template(cfg: TrainConfig) -> Any:
     """The network parameter tree of ``cfg`` as ``jax.ShapeDtypeStruct`` leaves (nothing is
     computed or compiled)."""
     env = make_env(cfg)
-    network = make_network(network_config(cfg), env.num_actions)
-    obs = {k: jax.ShapeDtypeStruct(shape, jnp.float32) for k, shape in env.obs_shapes.items()}
-    return jax.eval_shape(network.init, jax.random.PRNGKey(0), obs)
+    return network_template(make_network(network_config(cfg), env.num_actions), env.obs_shapes)
 
 
 def _describe_network(net: dict, n_swarm: Any) -> str:
@@ -124,7 +123,7 @@ def load_transfer_params(path: str | Path, cfg: TrainConfig) -> Any:
 
     Raises:
         CurriculumError: missing/unreadable checkpoint, different network config, or a leaf
-            whose path or shape differs (named in the message).
+            whose path, shape or dtype differs (named in the message).
     """
     path = Path(path)
     name = f"checkpoint {path}"
@@ -138,24 +137,9 @@ def load_transfer_params(path: str | Path, cfg: TrainConfig) -> Any:
     if isinstance(saved_cfg, dict) and "network" in saved_cfg:
         check_transferable(saved_cfg, cfg, name, "this config")
     template = param_template(cfg)
-    want, treedef = jax.tree_util.tree_flatten_with_path(template)
-    have = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(raw)[0]}
-    leaves = []
-    for p, spec in want:
-        k = jax.tree_util.keystr(p)
-        if k not in have:
-            raise CurriculumError(f"cannot use {name}: the network parameter {k} (shape "
-                                  f"{tuple(spec.shape)}) is missing; the networks differ")
-        got = have.pop(k)
-        if tuple(got.shape) != tuple(spec.shape):
-            raise CurriculumError(
-                f"cannot use {name}: network shape differs at {k}: checkpoint {tuple(got.shape)}, "
-                f"this config {tuple(spec.shape)} (the network section must be identical)")
-        leaves.append(jnp.asarray(got, dtype=spec.dtype))
-    if have:
-        raise CurriculumError(f"cannot use {name}: it has network parameters this config lacks "
-                              f"(e.g. {next(iter(have))}); the networks differ")
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+    check_tree_matches(raw, template, name, error=CurriculumError,
+                       hint="(the network section must be identical)")
+    return jax.tree.map(lambda spec, leaf: jnp.asarray(leaf, spec.dtype), template, raw)
 
 
 @dataclasses.dataclass

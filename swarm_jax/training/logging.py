@@ -1,4 +1,4 @@
-"""TensorBoard logging, event-file reading, learning-curve plots and the ESS early-stop monitor.
+"""TensorBoard logging, metrics-CSV reading, learning-curve plots and the ESS early-stop monitor.
 
 Tags follow the seed's SB3 pipeline, so existing dashboards keep working::
 
@@ -20,15 +20,20 @@ Tags follow the seed's SB3 pipeline, so existing dashboards keep working::
 A key that already contains ``/`` is used as the tag verbatim; any other unknown key is logged as
 ``custom/<key>``. The x axis (``step``) is environment steps summed over all parallel envs.
 
+The package reads its own metrics back from the trainer's ``metrics_stageN.csv`` (same metrics,
+one column per metric key, :func:`read_metrics`), never from the event files: those are for
+TensorBoard itself.
+
 Only JAX process 0 writes, so multi-host runs produce one event stream. The module is host-side
 Python: call it between jitted chunks of updates, never inside ``jit``.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 import os
-import struct
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -38,13 +43,13 @@ import jax
 import numpy as np
 
 __all__ = [
-    "DEFAULT_PLOT_TAGS",
+    "DEFAULT_PLOT_METRICS",
     "ESSMonitor",
     "METRIC_TAGS",
     "TensorBoardLogger",
     "metric_tag",
     "plot_learning_curves",
-    "read_scalars",
+    "read_metrics",
 ]
 
 METRIC_TAGS: dict[str, str] = {
@@ -67,19 +72,18 @@ METRIC_TAGS: dict[str, str] = {
     "fps": "time/fps",
 }
 
-DEFAULT_PLOT_TAGS: tuple[str, ...] = (
-    "rollout/ep_rew_mean",
-    "train/policy_loss",
-    "train/value_loss",
-    "train/entropy",
-    "custom/ess_ratio",
-    "train/ess_lambda",
-    "custom/roughness",
-    "custom/coverage",
-    "time/fps",
+#: The panels :func:`plot_learning_curves` draws by default (metrics CSV columns).
+DEFAULT_PLOT_METRICS: tuple[str, ...] = (
+    "ep_rew_mean",
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "ess_ratio",
+    "ess_lambda",
+    "roughness",
+    "coverage",
+    "fps",
 )
-
-_EVENT_GLOB = "*tfevents*"
 
 
 def metric_tag(key: str) -> str:
@@ -102,7 +106,7 @@ class TensorBoardLogger:
     Args:
         logdir: directory of the event files (created on process 0).
         purge_step: when resuming from a checkpoint at this step, pass it here: TensorBoard (and
-            :func:`read_scalars`) then drop the earlier events with ``step >= purge_step``,
+            its ``EventAccumulator``) then drop the earlier events with ``step >= purge_step``,
             which a crash after the checkpoint would otherwise duplicate.
         flush_every_log: flush the event file after each :meth:`log_scalars` (default True:
             logs are rare, and a killed run keeps everything logged so far).
@@ -122,8 +126,10 @@ class TensorBoardLogger:
                 purge_step=None if purge_step is None else int(purge_step),
                 flush_secs=30,
                 # tensorboardX names files by the second and opens them "wb": two writers in
-                # the same second (a quick restart) would overwrite each other without this.
-                filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}",
+                # the same second (a quick restart) would overwrite each other without a
+                # suffix, and TensorBoard reads a folder's files in name order, so the suffix
+                # starts with the creation time in ns (19 digits: names sort in time order).
+                filename_suffix=f".{time.time_ns()}.{os.getpid()}.{uuid.uuid4().hex[:8]}",
             )
 
     @property
@@ -171,89 +177,36 @@ class TensorBoardLogger:
 
 
 # --------------------------------------------------------------------------------------------
-# Reading event files back
+# Reading the metrics CSV back
 # --------------------------------------------------------------------------------------------
 
 
-def _records(path: Path) -> Iterable[bytes]:
-    """Payloads of the TFRecord file ``path``; stops at a truncated or corrupt tail.
+def read_metrics(csv_path: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Every metric of a trainer's ``metrics_stageN.csv``: ``{column: [(env_steps, value), ...]}``.
 
-    Record layout: uint64 length, uint32 masked CRC32C of the length, payload, uint32 masked
-    CRC32C of the payload (all little-endian).
-    """
-    from tensorboardX.record_writer import masked_crc32c
-
-    data = path.read_bytes()
-    pos = 0
-    while pos + 12 <= len(data):
-        header = data[pos : pos + 8]
-        (length,) = struct.unpack("<Q", header)
-        (header_crc,) = struct.unpack("<I", data[pos + 8 : pos + 12])
-        end = pos + 12 + length + 4
-        if header_crc != masked_crc32c(header) or end > len(data):
-            return  # a writer killed mid-record leaves a partial tail: ignore it
-        payload = data[pos + 12 : pos + 12 + length]
-        (payload_crc,) = struct.unpack("<I", data[end - 4 : end])
-        if payload_crc != masked_crc32c(payload):
-            return
-        yield payload
-        pos = end
-
-
-def _scalar_value(value: Any) -> float | None:
-    """The float of a ``Summary.Value``, or None if it is not a scalar summary."""
-    kind = value.WhichOneof("value")
-    if kind == "simple_value":
-        return float(value.simple_value)
-    if kind == "tensor" and value.tensor.tensor_shape.dim == []:
-        t = value.tensor
-        for field in ("float_val", "double_val", "int_val", "int64_val"):
-            vals = getattr(t, field)
-            if len(vals) == 1:
-                return float(vals[0])
-    return None
-
-
-def read_scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar in the event files of ``logdir``: ``{tag: [(step, value), ...]}`` by step.
-
-    Files are read in the order they were created (wall time of their first event); a ``purge_step``
-    marker written by a resumed :class:`TensorBoardLogger` drops earlier events at steps
-    ``>= purge_step``, as TensorBoard does. Sub-directories are not read.
+    One entry per column but ``env_steps`` (the x axis: environment steps summed over the
+    parallel envs), in row order, which is step order: on resume the trainer drops the rows
+    after the checkpoint, as the TensorBoard logger's ``purge_step`` does for its events. Empty
+    and non-finite cells are left out (TensorBoard gets no point for them either), and a column
+    with no value at all is left out.
 
     Raises:
-        FileNotFoundError: ``logdir`` holds no event file.
+        FileNotFoundError: no file at ``csv_path``.
+        ValueError: the file has no ``env_steps`` column.
     """
-    from tensorboardX.proto.event_pb2 import Event, SessionLog
-
-    logdir = Path(logdir)
-    files = sorted(p for p in logdir.glob(_EVENT_GLOB) if p.is_file())
-    if not files:
-        raise FileNotFoundError(f"no TensorBoard event file in {logdir}")
-    streams = []
-    for path in files:
-        events = []
-        for payload in _records(path):
-            event = Event()
-            event.ParseFromString(payload)
-            events.append(event)
-        start = events[0].wall_time if events else math.inf
-        streams.append((start, path.name, events))
-    streams.sort(key=lambda s: (s[0], s[1]))  # by creation time: names alone tie within a second
-
-    scalars: dict[str, list[tuple[int, float]]] = {}
-    for _, _, events in streams:
-        for event in events:
-            kind = event.WhichOneof("what")
-            if kind == "session_log" and event.session_log.status == SessionLog.START:
-                for tag, points in scalars.items():
-                    scalars[tag] = [(s, v) for s, v in points if s < event.step]
-            elif kind == "summary":
-                for value in event.summary.value:
-                    x = _scalar_value(value)
-                    if x is not None:
-                        scalars.setdefault(value.tag, []).append((int(event.step), x))
-    return {tag: sorted(points, key=lambda p: p[0]) for tag, points in scalars.items() if points}
+    path = Path(csv_path)
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if "env_steps" not in (reader.fieldnames or []):
+            raise ValueError(f"{path}: no env_steps column (not a metrics CSV of the trainer)")
+        metrics: dict[str, list[tuple[int, float]]] = {}
+        for row in reader:
+            step = int(float(row["env_steps"]))
+            for column, text in row.items():
+                value = float(text) if column != "env_steps" and text else math.nan
+                if math.isfinite(value):
+                    metrics.setdefault(column, []).append((step, value))
+    return metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,42 +215,42 @@ def read_scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_learning_curves(
-    logdir_or_scalars: str | Path | Mapping[str, list[tuple[int, float]]],
+    csv_or_metrics: str | Path | Mapping[str, list[tuple[int, float]]],
     out_png: str | Path,
-    tags: Iterable[str] | None = None,
+    metrics: Iterable[str] | None = None,
     title: str | None = None,
 ) -> Path:
-    """Plot one panel per tag (value vs environment steps) into ``out_png``; return its path.
+    """Plot one panel per metric (value vs environment steps) into ``out_png``; return its path.
 
     Args:
-        logdir_or_scalars: a log directory, or the output of :func:`read_scalars`.
+        csv_or_metrics: a trainer's ``metrics_stageN.csv``, or the output of :func:`read_metrics`.
         out_png: the PNG file to write (parent directories are created).
-        tags: tags to plot, in order; default: those of :data:`DEFAULT_PLOT_TAGS` present in the
-            data, or every tag if none of them is. A requested tag without data gets a
-            "no data" panel.
+        metrics: columns to plot, in order; default: those of :data:`DEFAULT_PLOT_METRICS` present
+            in the data, or every column if none of them is. A requested column without data gets
+            a "no data" panel.
         title: optional figure title.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if isinstance(logdir_or_scalars, Mapping):
-        scalars = dict(logdir_or_scalars)
+    if isinstance(csv_or_metrics, Mapping):
+        data = dict(csv_or_metrics)
     else:
-        scalars = read_scalars(logdir_or_scalars)
-    if tags is None:
-        tags = [t for t in DEFAULT_PLOT_TAGS if t in scalars] or sorted(scalars)
-    tags = list(tags)
-    if not tags:
-        raise ValueError("nothing to plot: no tags given and no scalars found")
+        data = read_metrics(csv_or_metrics)
+    if metrics is None:
+        metrics = [m for m in DEFAULT_PLOT_METRICS if m in data] or sorted(data)
+    names = list(metrics)
+    if not names:
+        raise ValueError("nothing to plot: no metrics given and none found")
 
-    ncols = min(3, len(tags))
-    nrows = math.ceil(len(tags) / ncols)
+    ncols = min(3, len(names))
+    nrows = math.ceil(len(names) / ncols)
     fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows), layout="constrained")
     FigureCanvasAgg(fig)  # Agg, independent of pyplot's global backend
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, tag in zip(axes, tags):
-        points = scalars.get(tag, [])
-        ax.set_title(tag, fontsize=10)
+    for ax, name in zip(axes, names):
+        points = data.get(name, [])
+        ax.set_title(name, fontsize=10)
         ax.set_xlabel("environment steps")
         if points:
             steps, values = zip(*points)
@@ -305,7 +258,7 @@ def plot_learning_curves(
             ax.grid(alpha=0.3)
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    for ax in axes[len(tags):]:
+    for ax in axes[len(names):]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title)

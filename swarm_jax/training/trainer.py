@@ -973,10 +973,10 @@ def _train_with_store(cfg, paths, stage, clock, store, trainer, template, device
 def _plot(paths: StagePaths, log: Callable[[str], None]) -> None:
     """Learning curves of the stage, if anything was logged (a plotting problem is reported,
     not raised: the checkpoints matter more)."""
-    if not paths.tensorboard.is_dir() or not any(paths.tensorboard.glob("*tfevents*")):
+    if not paths.metrics_csv.is_file():
         return
     try:
-        plot_learning_curves(paths.tensorboard, paths.learning_curve,
+        plot_learning_curves(paths.metrics_csv, paths.learning_curve,
                              title=f"{paths.label} ({paths.root})")
     except (ValueError, OSError) as err:
         log(f"[{paths.label}] warning: no learning-curve plot: {err}")

@@ -1,0 +1,90 @@
+"""The one stored-tree-vs-template check (swarm_jax.agents.params) on small synthetic trees."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from swarm_jax.agents.networks import NetworkConfig, make_network
+from swarm_jax.agents.params import check_tree_matches, network_template, stored_shape_dtype
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class State:
+    params: dict
+    rng: jax.Array
+
+
+def template():
+    return State(params={"dense": {"kernel": jnp.zeros((3, 4), jnp.float32),
+                                   "bias": jnp.zeros((4,), jnp.float32)}},
+                 rng=jax.random.key(0))
+
+
+def stored(**changes):
+    """The template as a checkpoint reads it back: nested dicts of numpy, the key as key data."""
+    tree = {"params": {"dense": {"kernel": np.zeros((3, 4), np.float32),
+                                 "bias": np.zeros((4,), np.float32)}},
+            "rng": np.zeros((2,), np.uint32)}
+    tree["params"]["dense"].update(changes)
+    return tree
+
+
+class Mismatch(ValueError):
+    pass
+
+
+def check(tree):
+    check_tree_matches(tree, template(), "checkpoint /runs/7", root="state", error=Mismatch,
+                       hint="(changed?)")
+
+
+def test_matching_tree_passes():
+    check(stored())
+
+
+def test_shape_mismatch_names_leaf_both_shapes_and_file():
+    with pytest.raises(Mismatch) as info:
+        check(stored(bias=np.zeros((6,), np.float32)))
+    assert str(info.value) == (
+        "checkpoint /runs/7 does not match the template (shape differs) at leaf "
+        "state.params['dense']['bias']: checkpoint has shape (6,) float32, template has shape "
+        "(4,) float32 (changed?)")
+
+
+def test_dtype_mismatch():
+    with pytest.raises(Mismatch, match=r"\(dtype differs\) at leaf state\.params\['dense'\]"
+                                       r"\['kernel'\]: checkpoint has shape \(3, 4\) float64"):
+        check(stored(kernel=np.zeros((3, 4), np.float64)))
+
+
+def test_missing_and_extra_leaves():
+    missing = stored()
+    del missing["params"]["dense"]["bias"]
+    with pytest.raises(Mismatch, match=r"leaf state\.params\['dense'\]\['bias'\] \(shape \(4,\) "
+                                       r"float32\) is missing from the checkpoint"):
+        check(missing)
+    with pytest.raises(Mismatch, match=r"leaf state\['params'\]\['dense'\]\['scale'\] \(shape "
+                                       r"\(2,\)\) is in the checkpoint but not in the template "
+                                       r"\(1 such leaves\)"):
+        check(stored(scale=np.ones((2,), np.float32)))
+
+
+def test_typed_key_is_compared_as_its_key_data():
+    assert stored_shape_dtype(jax.random.key(0)) == ((2,), np.dtype(np.uint32))
+    bad = stored()
+    bad["rng"] = np.zeros((4,), np.uint32)
+    with pytest.raises(Mismatch, match=r"state\.rng.*typed PRNG key, stored as key data"):
+        check(bad)
+
+
+def test_network_template_is_the_init_tree():
+    net = make_network(NetworkConfig(hidden_sizes=(8,)), 5)
+    obs = {"candidates": (5, 3), "global": (2,)}
+    spec = network_template(net, obs)
+    real = net.init(jax.random.key(1), {k: jnp.zeros(s, jnp.float32) for k, s in obs.items()})
+    check_tree_matches(real, spec, "a fresh init")
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(spec))
