@@ -50,7 +50,6 @@ from swarm_jax.training.trainer import (
     complete_steps,
     log_line,
     make_env,
-    network_config,
     resume_differences,
     run_stage,
 )
@@ -77,7 +76,7 @@ def param_template(cfg: TrainConfig) -> Any:
     """The network parameter tree of ``cfg`` as ``jax.ShapeDtypeStruct`` leaves (nothing is
     computed or compiled)."""
     env = make_env(cfg)
-    network = make_network(network_config(cfg), env.num_actions)
+    network = make_network(cfg.network, env.num_actions)
     obs = {k: jax.ShapeDtypeStruct(shape, jnp.float32) for k, shape in env.obs_shapes.items()}
     return jax.eval_shape(network.init, jax.random.PRNGKey(0), obs)
 
