@@ -44,7 +44,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import yaml
 
@@ -166,8 +166,6 @@ class EnvironmentConfig:
       physics: overrides of other :class:`PhysicsParams` fields by name (e.g. ``e_es: 0.2``).
     """
 
-    _section: ClassVar[str] = "environment"
-
     lattice_size: tuple[int, int, int] = (8, 8, 5)
     temperature: float = 180.0
     deposition_rate: float = 0.1
@@ -243,8 +241,6 @@ class TrainingSection:
       cpu_overrides: ``training``/``ppo`` values applied by :func:`apply_cpu_overrides` when the run
         is on CPU (keys bare, e.g. ``n_envs``, or dotted, e.g. ``ppo.batch_size``; stored dotted).
     """
-
-    _section: ClassVar[str] = "training"
 
     n_envs: int = PPOConfig.n_envs
     total_timesteps: int = PPOConfig.total_timesteps
