@@ -176,9 +176,10 @@ class EnvironmentConfig:
 
     def __post_init__(self):
         p = "environment."
-        size = check_int_list(p + "lattice_size", self.lattice_size, length=3, mins=(3, 3, 2).__getitem__,
-                         allowed="a list of 3 integers [Lx, Ly, Lz] with Lx, Ly >= 3 (distinct "
-                         "periodic neighbours) and Lz >= 2 (substrate plus one layer)")
+        size = check_int_list(
+            p + "lattice_size", self.lattice_size, length=3, mins=(3, 3, 2).__getitem__,
+            allowed="a list of 3 integers [Lx, Ly, Lz] with Lx, Ly >= 3 (distinct periodic "
+                    "neighbours) and Lz >= 2 (substrate plus one layer)")
         _set(self, "lattice_size", size)
         _set(self, "temperature", check_number(p + "temperature", self.temperature, gt=0, unit="K"))
         _set(self, "deposition_rate",
@@ -259,7 +260,7 @@ class TrainingSection:
             _set(self, name, check_number(p + name, getattr(self, name), integer=True, ge=1))
         for name in ("total_timesteps", "checkpoint_freq"):  # env steps: int64 counters
             _set(self, name, check_number(p + name, getattr(self, name), integer=True, ge=1,
-                                     cap=STEPS_MAX))
+                                          cap=STEPS_MAX))
         _set(self, "checkpoint_every_s",
              check_number(p + "checkpoint_every_s", self.checkpoint_every_s, ge=0, le=1e7, unit="s"))
         _set(self, "seed", check_number(p + "seed", self.seed, integer=True, ge=0, le=2**32 - 1))
