@@ -63,19 +63,14 @@ _METRIC = "ep_rew_mean"
 
 
 def stage_env_kwargs(config: str = "stage1_small") -> dict:
-    """Environment keyword arguments (``TiO2GrowthEnv`` overrides) of a stage config."""
-    from swarm_jax.training.config import load_config, resolve_config_path
+    """Environment keyword arguments (``TiO2GrowthEnv`` overrides) of a stage config: the keys of
+    its environment section (physics overrides spread out) and of its reward section."""
+    from swarm_jax.training.config import config_to_dict, load_config, resolve_config_path
 
-    cfg = load_config(resolve_config_path(config))
-    e = cfg.environment
-    r = cfg.reward
-    return dict(
-        lattice_size=tuple(e.lattice_size), n_swarm=int(e.n_swarm),
-        temperature=float(e.temperature), deposition_rate=float(e.deposition_rate),
-        o_ti_flux_ratio=float(e.o_ti_flux_ratio), max_steps=int(e.max_steps),
-        w_roughness=float(r.w_roughness), w_coverage=float(r.w_coverage), w_ratio=float(r.w_ratio),
-        w_ess=float(r.w_ess), **dict(e.physics),
-    )
+    d = config_to_dict(load_config(resolve_config_path(config)))
+    env = d["environment"]
+    physics = env.pop("physics")
+    return {**env, "lattice_size": tuple(env["lattice_size"]), **physics, **d["reward"]}
 
 
 def sb3_to_flax_params(policy) -> dict:

@@ -14,6 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from swarm_jax.agents.networks import ACTIVATIONS, NetworkConfig
+from swarm_jax.agents.ppo_config import PPOConfig
+from swarm_jax.env.reward import RewardConfig
 from swarm_jax.training.config import (
     FLAT_KEYS,
     ConfigError,
@@ -286,6 +289,25 @@ def test_bad_file_content(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match) as info:
         load_config(path)
     assert str(path) in str(info.value)
+
+
+def test_sections_are_the_lower_layer_classes_kept_in_sync():
+    cfg = load_config(stage_config_path(1))
+    assert (type(cfg.ppo), type(cfg.network), type(cfg.reward)) == (PPOConfig, NetworkConfig,
+                                                                     RewardConfig)
+    assert (cfg.ppo.n_envs, cfg.ppo.total_timesteps) == (cfg.training.n_envs,
+                                                         cfg.training.total_timesteps)
+    assert cfg.ppo.w_ess is None and cfg.reward.ess_target == cfg.ppo.ess_target == 0.5
+    wider = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, n_envs=64))
+    assert wider.ppo.n_envs == 64 and wider.rollout_size == 64 * cfg.ppo.n_steps
+    with pytest.raises(ConfigError, match=r"^ppo.batch_size = 256: must be <= the rollout size"):
+        dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, n_envs=2))
+    with pytest.raises(ConfigError, match="reward.w_ess"):
+        dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, w_ess=0.0))
+    with pytest.raises(ConfigError, match=r"^reward.w_roughness = -1.0: must be a number >= 0"):
+        dataclasses.replace(cfg, reward=RewardConfig(w_roughness=-1.0))
+    target = with_overrides(cfg, {"ppo.ess_target": 0.4})
+    assert target.reward.ess_target == 0.4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -572,8 +594,9 @@ def valid_configs(draw):
             "cpu_overrides": cpu,
         },
     }
-    # Move some fields to the flat (seed) layout.
-    for key in draw(st.sets(st.sampled_from(sorted(FLAT_KEYS)))):
+    # Move some fields to the flat (seed) layout (optional keys this sample leaves out stay out).
+    given = sorted(k for k, section in FLAT_KEYS.items() if k in d[section])
+    for key in draw(st.sets(st.sampled_from(given))):
         d[key] = d[FLAT_KEYS[key]].pop(key)
     return d, (rollout, n_mb, n_updates)
 
@@ -642,7 +665,7 @@ INVALID = {
         # (a drawn list of positive ints, e.g. [1], is a valid hidden_sizes: not a mutation)
         _non_number.filter(lambda v: not (isinstance(v, list) and v and all(
             isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in v)))),
-    ("network", "activation"): _letters.filter(lambda s: s not in ("tanh", "relu", "gelu")),
+    ("network", "activation"): _letters.filter(lambda s: s not in ACTIVATIONS),
     ("training", "checkpoint_freq"): _ints_below(1) | _non_number,
     ("training", "keep_checkpoints"): _ints_below(1) | _non_number,
     ("training", "seed"): _ints_below(0) | st.integers(min_value=2**32) | _non_number,

@@ -225,7 +225,7 @@ def _mp_config():
     from swarm_jax.agents.networks import NetworkConfig
     from swarm_jax.agents.ppo import PPOConfig
 
-    cfg = PPOConfig(n_envs=8, n_steps=8, batch_size=16, n_epochs=2, learning_rate=1e-3,
+    cfg = PPOConfig(n_envs=8, n_steps=8, batch_size=16, n_epochs=2, learning_rate=1e-3, anneal_lr=True,
                     total_timesteps=8 * 8 * N_UPDATES)
     return cfg, NetworkConfig(hidden_sizes=(16, 16))
 
@@ -314,7 +314,7 @@ def _worker(out_dir: Path) -> None:
 
     assert len(jax.devices()) == N_DEVICES, jax.devices()
     env = TiO2GrowthEnv(lattice_size=(5, 5, 4), n_swarm=8, max_steps_in_episode=24)
-    cfg = PPOConfig(n_envs=8, n_steps=16, batch_size=32, n_epochs=2,
+    cfg = PPOConfig(n_envs=8, n_steps=16, batch_size=32, n_epochs=2, learning_rate=2.5e-4, anneal_lr=True,
                     total_timesteps=8 * 16 * 2 * N_UPDATES)
     net = NetworkConfig(hidden_sizes=(32, 32))
     key = jax.random.PRNGKey(0)

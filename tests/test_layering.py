@@ -10,7 +10,7 @@ calls with a literal name. The rules:
 - edges (``gym``, ``simulate``, ``production``, ``analyze``, ``analysis``, ``bench``,
   ``parity``, ``trained_policy``) may import
   anything; no core module may import an edge;
-- utilities (``distributed``, ``outdir``, ``compile_cache``, ``cli``) may be imported from anywhere and import no core layer
+- utilities (``distributed``, ``outdir``, ``compile_cache``, ``cli``, ``validation``) may be imported from anywhere and import no core layer
   and no edge themselves (only other utilities);
 - the package root ``swarm_jax`` (it switches on 64-bit mode and re-exports a few names) may
   import anything, and importing the bare root is allowed everywhere (Python executes it for any
@@ -35,7 +35,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 CORE_LAYERS = ("physics", "swarm", "env", "agents", "training")  # low -> high
 EDGES = ("gym", "simulate", "production", "analyze", "analysis", "bench", "parity",
          "trained_policy")
-UTILITIES = ("distributed", "outdir", "compile_cache", "cli")
+UTILITIES = ("distributed", "outdir", "compile_cache", "cli", "validation")
 FORBIDDEN_IN_CORE = ("gymnasium", "stable_baselines3", "torch")
 
 # (importing module, imported module or third-party package): why it is still there.

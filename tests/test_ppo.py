@@ -129,7 +129,8 @@ def test_batch_ess_from_sums_matches_weights_module():
 
 
 def test_config_validation_and_derived_sizes():
-    cfg = PPOConfig(n_envs=4, n_steps=32, batch_size=64, total_timesteps=4 * 32 * 10 + 5)
+    cfg = PPOConfig(n_envs=4, n_steps=32, batch_size=64, n_epochs=4, learning_rate=2.5e-4,
+                    anneal_lr=True, total_timesteps=4 * 32 * 10 + 5)
     assert (cfg.rollout_size, cfg.n_minibatches, cfg.num_updates) == (128, 2, 10)
     assert float(cfg.learning_rate_at(0)) == pytest.approx(cfg.learning_rate)
     assert float(cfg.learning_rate_at(5)) == pytest.approx(cfg.learning_rate / 2, rel=1e-6)
@@ -147,9 +148,9 @@ def test_ess_term_defaults_come_from_env_reward_config():
     class Params:
         reward = Reward()
 
-    assert resolve_ess_term(PPOConfig(), Params()) == (0.7, 0.4)
+    assert resolve_ess_term(PPOConfig(ess_target=None), Params()) == (0.7, 0.4)
     assert resolve_ess_term(PPOConfig(w_ess=0.0, ess_target=0.6), Params()) == (0.0, 0.6)
-    assert resolve_ess_term(PPOConfig(), object()) == (0.3, 0.5)
+    assert resolve_ess_term(PPOConfig(ess_target=None), object()) == (0.3, 0.5)
 
 
 # ---- the trainer on the mock env ---------------------------------------------------------------
@@ -243,7 +244,8 @@ def test_chunked_training_equals_one_call_and_is_deterministic(learned):
 def test_rollout_wiring_reward_ess_and_final_observation_values():
     env = MockSwarmEnv(num_candidates=K)
     params = env.default_params.replace(max_steps_in_episode=4)
-    cfg = PPOConfig(n_envs=4, n_steps=12, batch_size=48, n_epochs=1, w_ess=0.8, ess_target=0.999,
+    cfg = PPOConfig(n_envs=4, n_steps=12, batch_size=48, n_epochs=1, learning_rate=2.5e-4,
+                    anneal_lr=True, w_ess=0.8, ess_target=0.999,
                     normalize_reward=False, total_timesteps=48)
     trainer = make_train(cfg, NetworkConfig(hidden_sizes=(16, 16)), env, params)
     rs = trainer.init(jax.random.PRNGKey(3))
@@ -307,7 +309,8 @@ def test_trains_end_to_end_on_tio2_env():
     from swarm_jax.env.tio2_env import TiO2GrowthEnv
 
     env = TiO2GrowthEnv(lattice_size=(5, 5, 4), n_swarm=8, max_steps_in_episode=24)
-    cfg = PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=2, total_timesteps=2 * 16 * 3)
+    cfg = PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=2, learning_rate=2.5e-4,
+                    anneal_lr=True, total_timesteps=2 * 16 * 3)
     trainer = make_train(cfg, NetworkConfig(hidden_sizes=(32, 32)), env)
     rs0 = trainer.init(jax.random.PRNGKey(0))
     rs, metrics = trainer.train_chunk(rs0, 3)
@@ -425,7 +428,8 @@ def test_potential_shaping_keeps_action_preferences_of_the_level_reward():
 def test_staggered_starts_spread_episode_ends():
     env = MockSwarmEnv(num_candidates=4)
     params = env.default_params.replace(max_steps_in_episode=16, terminate_threshold=jnp.inf)
-    base = dict(n_envs=16, n_steps=16, batch_size=64, n_epochs=1, total_timesteps=16 * 16 * 2)
+    base = dict(n_envs=16, n_steps=16, batch_size=64, n_epochs=1, learning_rate=2.5e-4,
+                anneal_lr=True, total_timesteps=16 * 16 * 2)
     for stagger in (False, True):
         trainer = make_train(PPOConfig(stagger_episodes=stagger, **base),
                              NetworkConfig(hidden_sizes=(8,)), env, params)

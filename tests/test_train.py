@@ -98,6 +98,17 @@ def test_resume_differences_allow_only_run_control_keys():
         "training.total_timesteps"]
 
 
+def test_resume_counts_keys_added_after_the_checkpoint_as_their_defaults():
+    cfg = load_config(TINY)
+    saved = config_to_dict(cfg)
+    for key in ("clip_range_vf", "normalize_advantage", "adam_eps"):
+        del saved["ppo"][key]
+    del saved["reward"]["target_o_ti"]
+    assert resume_differences(cfg, saved) == []
+    changed = with_overrides(cfg, {"ppo.adam_eps": 1e-8})
+    assert [d.split(":")[0] for d in resume_differences(changed, saved)] == ["ppo.adam_eps"]
+
+
 # ---- the reference run -------------------------------------------------------------------------
 
 

@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from swarm_jax.validation import check_choice, check_int_list
+
 Array = jax.Array
 Observation = dict  # {"candidates": (..., K, D), "global": (..., G)}
 
@@ -50,12 +52,18 @@ _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "elu": nn.elu,
 }
 
+#: ``NetworkConfig.activation`` choices.
+ACTIVATIONS = tuple(_ACTIVATIONS)
+#: ``NetworkConfig.kind`` choices.
 NETWORK_KINDS = ("swarm", "flat_mlp")
 
 
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
-    """Architecture of the actor-critic.
+    """Architecture of the actor-critic; also the ``network`` section of a training config.
+
+    Checked at construction; a problem raises :class:`swarm_jax.validation.ConfigError` (a
+    ``ValueError``) naming ``network.<field>``.
 
     Attributes:
         kind: ``"swarm"`` (shared per-candidate actor + pooled critic, any K) or ``"flat_mlp"``
@@ -78,17 +86,13 @@ class NetworkConfig:
     activation: str = "tanh"
 
     def __post_init__(self):
-        if self.kind not in NETWORK_KINDS:
-            raise ValueError(f"NetworkConfig.kind must be one of {NETWORK_KINDS}, got {self.kind!r}")
-        if self.activation not in _ACTIVATIONS:
-            raise ValueError(
-                f"NetworkConfig.activation must be one of {tuple(_ACTIVATIONS)}, "
-                f"got {self.activation!r}"
-            )
-        # YAML gives lists: normalise so the config stays hashable (it is a jit static argument).
-        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
-        if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
-            raise ValueError(f"hidden_sizes must be non-empty positive ints, got {self.hidden_sizes}")
+        # Names as in a training config's ``network`` section; YAML lists become tuples, so the
+        # config stays hashable (it is a jit static argument).
+        check_choice("network.kind", self.kind, NETWORK_KINDS)
+        object.__setattr__(self, "hidden_sizes", check_int_list(
+            "network.hidden_sizes", self.hidden_sizes, mins=lambda i: 1,
+            allowed="a non-empty list of integers >= 1"))
+        check_choice("network.activation", self.activation, ACTIVATIONS)
 
 
 def _dense(features: int, scale: float, name: str | None = None) -> nn.Dense:

@@ -1,15 +1,19 @@
 """PPO hyper-parameters: :class:`PPOConfig`, one frozen (hashable) dataclass closed over by the
-jitted update, validated at construction. ``swarm_jax.training.config`` maps the YAML's ``ppo``
-section onto it (defaults there follow the seed; here they follow PureJaxRL)."""
+jitted update, validated at construction. It is also the ``ppo`` section of a training config
+(``swarm_jax.training.config.TrainConfig.ppo``): its defaults are the YAML defaults, and its error
+messages name the field as the YAML writes it (``ppo.batch_size``, ``training.n_envs``)."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
+
+from swarm_jax.validation import (
+    INT32_MAX, STEPS_MAX, ConfigError, check_bool, check_choice, check_number, fail, show,
+)
 
 Array = jax.Array
 
@@ -20,24 +24,28 @@ REWARD_SHAPINGS = ("potential", "none")
 #: ``reward_shaping="potential"`` reads (TiO2GrowthEnv reports them; zeros in delta mode).
 LEVEL_KEYS = ("reward_level", "reward_level_before")
 
-#: The learning keys the YAML's ``ppo`` section carries under the same names and defaults
-#: (``swarm_jax.training.config.PPOSection`` takes its defaults from here).
-LEARNING_FIELDS = ("ess_constraint", "ess_target", "ess_lambda_init", "ess_lambda_lr",
-                   "ess_penalty_coef", "reward_shaping", "normalize_reward", "stagger_episodes")
+#: The ESS term's weight and target when neither the PPOConfig nor the env gives one (the seed's).
+DEFAULT_W_ESS = 0.3
+DEFAULT_ESS_TARGET = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
     """PPO hyper-parameters (hashable: it is closed over by the jitted update).
 
-    Defaults follow PureJaxRL (annealed LR 2.5e-4, clip 0.2, ent 0.01, vf 0.5, grad-norm 0.5,
-    Adam eps 1e-5); for SB3 parity set ``learning_rate=3e-4, anneal_lr=False, n_steps=2048,
-    batch_size=64, n_epochs=10, ent_coef=0.0`` explicitly.
+    Defaults are those of the YAML configs (the seed's SB3 settings: constant LR 3e-4, n_steps 256,
+    batch_size 64, n_epochs 10, clip 0.2, ent 0.01, vf 0.5, grad-norm 0.5; Adam eps 1e-5). For
+    PureJaxRL's set ``learning_rate=2.5e-4, anneal_lr=True, n_steps=128, batch_size=256,
+    n_epochs=4``. Every field is checked at construction (numeric strings such as ``"3e-4"`` are
+    accepted and converted); a problem raises :class:`swarm_jax.validation.ConfigError` (a
+    ``ValueError``) naming the field as a training config writes it: ``ppo.<name>``, but
+    ``training.n_envs`` and ``training.total_timesteps`` (a ``TrainConfig`` fills those two from its
+    ``training`` section).
 
     Attributes:
         n_envs: parallel environments (vmapped).
         n_steps: env steps per environment per update (rollout length).
-        batch_size: minibatch size in transitions; must divide ``n_envs * n_steps``.
+        batch_size: minibatch size in transitions (SB3 semantics); must divide ``n_envs * n_steps``.
         n_epochs: passes over the rollout per update.
         learning_rate: Adam step size (initial value if annealed).
         anneal_lr: decay the LR linearly to 0 over ``num_updates`` updates (stepwise per update).
@@ -54,10 +62,12 @@ class PPOConfig:
         w_ess: weight of the ESS term added to the reward: ``−w_ess · max(0, ess_target − ESS)``.
             ``None`` (default): take ``env_params.reward.w_ess`` (the env's ``RewardConfig``,
             seed default 0.3) so the reward weights have one home; 0.3 if the env has none.
-            A number overrides it (0 disables the term).
+            A number overrides it (0 disables the term). Not a key of the YAML ``ppo`` section:
+            a training config sets the weight as ``reward.w_ess``.
         ess_target: the per-step ESS ratio the policy must keep on average: the target of the
-            ESS constraint below and the threshold of the reward term above; ``None``:
-            ``env_params.reward.ess_target`` (0.5 if the env has none).
+            ESS constraint below and the threshold of the reward term above (default 0.5, the
+            seed's "maintain ESS > 0.5"); ``None``: ``env_params.reward.ess_target`` (0.5 if the
+            env has none). A training config requires a number here and hands it to its env.
         ess_constraint: keep the mean per-step ESS ratio at or above ``ess_target`` with a
             Lagrangian term in the loss (see "ESS constraint" in the module docstring).
             ``True`` by default; ``False`` leaves PPO unconstrained (the seed's behaviour).
@@ -84,12 +94,15 @@ class PPOConfig:
         total_timesteps: env steps in total (all envs); ``num_updates`` is derived from it.
     """
 
+    #: Fields a training config keeps in its ``training`` section (error messages name them so).
+    TRAINING_FIELDS: ClassVar[tuple[str, ...]] = ("n_envs", "total_timesteps")
+
     n_envs: int = 8
-    n_steps: int = 128
-    batch_size: int = 256
-    n_epochs: int = 4
-    learning_rate: float = 2.5e-4
-    anneal_lr: bool = True
+    n_steps: int = 256
+    batch_size: int = 64
+    n_epochs: int = 10
+    learning_rate: float = 3e-4
+    anneal_lr: bool = False
     gamma: float = 0.99
     gae_lambda: float = 0.95
     clip_range: float = 0.2
@@ -100,7 +113,7 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     adam_eps: float = 1e-5
     w_ess: Optional[float] = None
-    ess_target: Optional[float] = None
+    ess_target: Optional[float] = DEFAULT_ESS_TARGET
     ess_constraint: bool = True
     ess_lambda_init: float = 0.0
     ess_lambda_lr: float = 1.0
@@ -108,33 +121,68 @@ class PPOConfig:
     reward_shaping: str = "potential"
     normalize_reward: bool = True
     stagger_episodes: bool = True
-    total_timesteps: int = 1_000_000
+    total_timesteps: int = 100_000
 
     def __post_init__(self):
-        if self.reward_shaping not in REWARD_SHAPINGS:
-            raise ValueError(f"PPOConfig.reward_shaping must be one of {REWARD_SHAPINGS}, "
-                             f"got {self.reward_shaping!r}")
+        self._check_learning_fields()
+        self._check_ppo_fields()
+        if self.reward_shaping == "potential" and not self.gamma < 1:
+            raise ConfigError(f"ppo.reward_shaping = 'potential' needs ppo.gamma < 1 (got "
+                              f"{show(self.gamma)}); set reward_shaping: none for gamma = 1",
+                              field="ppo.reward_shaping")
+        self._check_rollout()
+
+    def _coerce(self, name: str, check, *args, **bounds) -> None:
+        """Replaces field ``name`` by ``check(its path, its value, *args, **bounds)``."""
+        path = f"training.{name}" if name in self.TRAINING_FIELDS else f"ppo.{name}"
+        object.__setattr__(self, name, check(path, getattr(self, name), *args, **bounds))
+
+    def _check_learning_fields(self) -> None:
+        self._coerce("ess_constraint", check_bool)
+        if self.ess_target is not None:
+            self._coerce("ess_target", check_number, ge=0, le=1)
         for name in ("ess_lambda_init", "ess_lambda_lr", "ess_penalty_coef"):
-            value = float(getattr(self, name))
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"PPOConfig.{name} must be a finite number >= 0, got {value}")
-        if self.reward_shaping == "potential" and not float(self.gamma) < 1.0:
-            raise ValueError(f"PPOConfig.reward_shaping='potential' needs gamma < 1 (the level "
-                             f"potential is L/(1 - gamma)), got gamma={self.gamma}; use 'none'")
-        if self.ess_target is not None and not 0.0 <= float(self.ess_target) <= 1.0:
-            raise ValueError(f"PPOConfig.ess_target must be in [0, 1], got {self.ess_target}")
-        for name in ("n_envs", "n_steps", "batch_size", "n_epochs", "total_timesteps"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"PPOConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.rollout_size % self.batch_size:
-            raise ValueError(
-                f"batch_size={self.batch_size} must divide n_envs*n_steps={self.rollout_size}"
-            )
-        if self.num_updates < 1:
-            raise ValueError(
-                f"total_timesteps={self.total_timesteps} is less than one rollout "
-                f"(n_envs*n_steps={self.rollout_size})"
-            )
+            self._coerce(name, check_number, ge=0, le=1e6)
+        self._coerce("reward_shaping", check_choice, REWARD_SHAPINGS)
+        self._coerce("normalize_reward", check_bool)
+        self._coerce("stagger_episodes", check_bool)
+        if self.w_ess is not None:
+            self._coerce("w_ess", check_number, ge=0)
+
+    def _check_ppo_fields(self) -> None:
+        self._coerce("learning_rate", check_number, gt=0)
+        self._coerce("anneal_lr", check_bool)
+        for name in ("n_steps", "batch_size", "n_epochs", "n_envs"):
+            self._coerce(name, check_number, integer=True, ge=1)
+        self._coerce("total_timesteps", check_number, integer=True, ge=1, cap=STEPS_MAX)
+        for name in ("gamma", "gae_lambda"):
+            self._coerce(name, check_number, ge=0, le=1)
+        self._coerce("clip_range", check_number, gt=0)
+        if self.clip_range_vf is not None:
+            self._coerce("clip_range_vf", check_number, gt=0)
+        self._coerce("normalize_advantage", check_bool)
+        for name in ("ent_coef", "vf_coef"):
+            self._coerce(name, check_number, ge=0)
+        self._coerce("max_grad_norm", check_number, gt=0)
+        self._coerce("adam_eps", check_number, gt=0)
+
+    def _check_rollout(self) -> None:
+        """batch_size fits the rollout; total_timesteps gives 1 to INT32_MAX updates."""
+        batch, total, rollout = self.batch_size, self.total_timesteps, self.rollout_size
+        sizes = f"n_envs * n_steps = {self.n_envs} * {self.n_steps} = {rollout}"
+        if batch > rollout:
+            raise fail("ppo.batch_size", batch, f"<= the rollout size {sizes}")
+        if rollout % batch:
+            raise ConfigError(f"ppo.batch_size = {batch}: must divide the rollout size {sizes}",
+                              field="ppo.batch_size")
+        if total < rollout:
+            raise fail("training.total_timesteps", total, f">= one rollout, {sizes}",
+                       f" ({total} steps is less than one rollout: no PPO update would run)")
+        if total // rollout > INT32_MAX:
+            raise ConfigError(
+                f"training.total_timesteps = {total}: gives {total // rollout} PPO updates of "
+                f"{sizes}; at most {INT32_MAX} (the update counter is int32)",
+                field="training.total_timesteps")
 
     @property
     def rollout_size(self) -> int:
@@ -158,9 +206,6 @@ class PPOConfig:
         frac = 1.0 - jnp.asarray(update, jnp.float32) / jnp.float32(self.num_updates)
         return lr * jnp.clip(frac, 0.0, 1.0)
 
-
-DEFAULT_W_ESS = 0.3
-DEFAULT_ESS_TARGET = 0.5
 
 
 def resolve_ess_term(config: PPOConfig, env_params) -> tuple[Any, Any]:

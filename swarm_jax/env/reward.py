@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from swarm_jax.physics.lattice import LatticeState, observables
+from swarm_jax.validation import check_choice, check_number
 
 REWARD_MODES = ("level", "delta")
 # Order of the stored "previous metrics" vector (see EnvState.prev_metrics).
@@ -41,7 +42,14 @@ METRIC_NAMES = ("roughness", "mean_height", "o_ti_ratio")
 
 @struct.dataclass
 class RewardConfig:
-    """Reward weights (dimensionless) and mode. ``mode`` is static ("level" or "delta")."""
+    """Reward weights (dimensionless) and mode. ``mode`` is static ("level" or "delta").
+
+    Also the ``reward`` section of a training config, built there with :meth:`checked`. The
+    weights are pytree leaves (they may be traced or batched), so construction checks only the
+    static ``mode``; :meth:`checked` checks and converts every field of plain Python values.
+    ``ess_target`` is not a key of the YAML ``reward`` section: a training config sets it from
+    ``ppo.ess_target``, the one ESS target of a run.
+    """
 
     w_roughness: float = 1.0
     w_coverage: float = 0.5
@@ -52,8 +60,18 @@ class RewardConfig:
     ess_target: float = 0.5  # per-step ESS ratio below which the ESS penalty starts
 
     def __post_init__(self):
-        if self.mode not in REWARD_MODES:
-            raise ValueError(f"RewardConfig.mode must be one of {REWARD_MODES}, got {self.mode!r}")
+        check_choice("reward.mode", self.mode, REWARD_MODES)
+
+    @classmethod
+    def checked(cls, **values) -> "RewardConfig":
+        """A RewardConfig of plain values (e.g. a YAML section): every weight and ``target_o_ti``
+        a number >= 0, ``ess_target`` in [0, 1] (numeric strings converted); raises
+        :class:`swarm_jax.validation.ConfigError` naming ``reward.<field>``."""
+        for name, value in values.items():
+            if name != "mode":
+                bounds = dict(le=1) if name == "ess_target" else {}
+                values[name] = check_number(f"reward.{name}", value, ge=0, **bounds)
+        return cls(**values)
 
 
 def _lattice_of(state) -> LatticeState:

@@ -7,9 +7,6 @@ Only the lightweight configuration names are re-exported here; import the other 
 from swarm_jax.training.config import (
     ConfigError,
     EnvironmentConfig,
-    NetworkSection,
-    PPOSection,
-    RewardSection,
     TrainConfig,
     TrainingSection,
     apply_cpu_overrides,
@@ -25,9 +22,6 @@ from swarm_jax.training.config import (
 __all__ = [
     "ConfigError",
     "EnvironmentConfig",
-    "NetworkSection",
-    "PPOSection",
-    "RewardSection",
     "TrainConfig",
     "TrainingSection",
     "apply_cpu_overrides",

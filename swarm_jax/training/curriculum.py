@@ -51,7 +51,6 @@ from swarm_jax.training.trainer import (
     complete_steps,
     log_line,
     make_env,
-    network_config,
     resume_differences,
     run_stage,
 )
@@ -78,7 +77,7 @@ def param_template(cfg: TrainConfig) -> Any:
     """The network parameter tree of ``cfg`` as ``jax.ShapeDtypeStruct`` leaves (nothing is
     computed or compiled)."""
     env = make_env(cfg)
-    return network_template(make_network(network_config(cfg), env.num_actions), env.obs_shapes)
+    return network_template(make_network(cfg.network, env.num_actions), env.obs_shapes)
 
 
 def _describe_network(net: dict, n_swarm: Any) -> str:

@@ -67,7 +67,6 @@ import yaml
 
 from swarm_jax.agents.networks import NetworkConfig
 from swarm_jax.agents.ppo import PPOConfig, PPOTrainer, RunnerState, make_train
-from swarm_jax.agents.ppo_config import LEARNING_FIELDS
 from swarm_jax.env.reward import RewardConfig
 from swarm_jax.env.tio2_env import TiO2GrowthEnv
 from swarm_jax.training.checkpoint import (
@@ -82,7 +81,7 @@ from swarm_jax.training.checkpoint import (
     save_final,
     verify_checkpoint,
 )
-from swarm_jax.training.config import TrainConfig, config_to_dict
+from swarm_jax.training.config import EnvironmentConfig, TrainConfig, config_to_dict
 from swarm_jax.training.logging import ESSMonitor, TensorBoardLogger, plot_learning_curves
 from swarm_jax.training.safety import GracefulInterrupt, check_finite
 
@@ -101,8 +100,6 @@ __all__ = [
     "initial_runner_state",
     "make_env",
     "make_trainer",
-    "network_config",
-    "ppo_config",
     "resume_differences",
     "run_stage",
     "write_config_yaml",
@@ -165,43 +162,23 @@ class TrainError(ValueError):
 
 def make_env(cfg: TrainConfig) -> TiO2GrowthEnv:
     """The gymnax environment of ``cfg.environment`` with ``cfg.reward`` as default params."""
-    e, r = cfg.environment, cfg.reward
-    reward = RewardConfig(w_roughness=r.w_roughness, w_coverage=r.w_coverage, w_ratio=r.w_ratio,
-                          w_ess=r.w_ess, mode=r.mode, ess_target=cfg.ppo.ess_target)
+    return _env(cfg.environment, cfg.reward)
+
+
+def _env(e: EnvironmentConfig, reward: RewardConfig) -> TiO2GrowthEnv:
     return TiO2GrowthEnv(e.lattice_size, n_swarm=e.n_swarm, physics=e.physics_params(),
                          max_steps_in_episode=e.max_steps, reward=reward)
 
 
-def ppo_config(cfg: TrainConfig) -> PPOConfig:
-    """:class:`PPOConfig` of ``cfg`` (the ESS reward term's weight comes from the env's
-    RewardConfig; its threshold and the constraint's target are ``ppo.ess_target``)."""
-    p = cfg.ppo
-    return PPOConfig(
-        n_envs=cfg.training.n_envs, n_steps=p.n_steps, batch_size=p.batch_size,
-        n_epochs=p.n_epochs, learning_rate=p.learning_rate, anneal_lr=p.anneal_lr,
-        gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range, ent_coef=p.ent_coef,
-        vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
-        **{name: getattr(p, name) for name in LEARNING_FIELDS},
-        total_timesteps=cfg.training.total_timesteps,
-    )
-
-
-def network_config(cfg: TrainConfig) -> NetworkConfig:
-    n = cfg.network
-    return NetworkConfig(kind=n.kind, hidden_sizes=tuple(n.hidden_sizes), activation=n.activation)
-
-
 @functools.lru_cache(maxsize=4)
-def _cached_trainer(environment, reward, ppo, network, n_envs: int, total_timesteps: int,
-                    n_devices: int | None):
-    cfg = TrainConfig(environment=environment, reward=reward, ppo=ppo, network=network,
-                      training={"n_envs": n_envs, "total_timesteps": total_timesteps})
+def _cached_trainer(environment: EnvironmentConfig, reward: RewardConfig, ppo: PPOConfig,
+                    network: NetworkConfig, n_devices: int | None):
     mesh = None
     if n_devices is not None and n_devices * jax.process_count() > 1:
         from swarm_jax.distributed import make_data_mesh
 
-        mesh = make_data_mesh(n_devices, n_envs=n_envs)
-    return make_train(ppo_config(cfg), network_config(cfg), make_env(cfg), mesh=mesh)
+        mesh = make_data_mesh(n_devices, n_envs=ppo.n_envs)
+    return make_train(ppo, network, _env(environment, reward), mesh=mesh)
 
 
 def resolve_devices(n_devices: int | None, cfg: TrainConfig) -> int | None:
@@ -220,11 +197,10 @@ def make_trainer(cfg: TrainConfig, n_devices: int | None = None) -> PPOTrainer:
     """The :class:`PPOTrainer` of ``cfg``.
 
     Trainers are cached on the parts of the config that define the computation (environment,
-    reward, ppo, network, n_envs, total_timesteps), so runs of the same setup in one process
+    reward, ppo with its n_envs and total_timesteps, network), so runs of the same setup in one process
     (a resumed run, tests, notebooks) reuse the compiled chunk functions.
     """
     return _cached_trainer(cfg.environment, cfg.reward, cfg.ppo, cfg.network,
-                           cfg.training.n_envs, cfg.training.total_timesteps,
                            resolve_devices(n_devices, cfg))
 
 
@@ -436,8 +412,10 @@ def _norm(v: Any) -> Any:
 def resume_differences(cfg: TrainConfig, saved: Mapping) -> list[str]:
     """Entries (``"key: checkpoint value -> config value"``) where ``cfg`` differs from a
     checkpoint's saved config in something a resumed run may not change (anything but
-    :data:`RUN_CONTROL_KEYS`; ``total_timesteps`` neither when the LR is annealed)."""
+    :data:`RUN_CONTROL_KEYS`; ``total_timesteps`` neither when the LR is annealed). A key the
+    checkpoint lacks (added to the config format after it was written) counts as its default."""
     now, then = _flatten(config_to_dict(cfg)), _flatten(saved)
+    defaults = _flatten(config_to_dict(TrainConfig()))
     allowed = set(RUN_CONTROL_KEYS)
     if cfg.ppo.anneal_lr:
         allowed.discard("training.total_timesteps")  # the LR schedule depends on it
@@ -445,6 +423,8 @@ def resume_differences(cfg: TrainConfig, saved: Mapping) -> list[str]:
     for key in sorted(set(now) | set(then)):
         if key in allowed or key == "stage":
             continue
+        if key not in then and key in defaults:
+            then[key] = defaults[key]
         a, b = then.get(key, "<missing>"), now.get(key, "<missing>")
         if _norm(a) != _norm(b):
             diffs.append(f"{key}: {a!r} -> {b!r}")
