@@ -204,35 +204,62 @@ def _error(message: str, code: int = 2) -> int:
     return code
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
-    try:
-        args = build_parser().parse_args(argv)
-        if args.stage == "all" and args.config is not None:
-            raise _UsageError("--config cannot be combined with --stage all (each stage uses "
-                              "its own configs/stageN_*.yaml)")
-        if args.resume and args.pretrained is not None:
-            raise _UsageError("--pretrained and --resume exclude each other: a resumed run "
-                              "continues from its own checkpoint")
-    except _UsageError as err:
-        return _error(str(err))
-
-    from swarm_jax.outdir import OutputDirError, check_output_dir, claim_output_dir
-
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line, with the flag combinations that exclude each other refused."""
+    args = build_parser().parse_args(argv)
+    if args.stage == "all" and args.config is not None:
+        raise _UsageError("--config cannot be combined with --stage all (each stage uses "
+                          "its own configs/stageN_*.yaml)")
+    if args.resume and args.pretrained is not None:
+        raise _UsageError("--pretrained and --resume exclude each other: a resumed run "
+                          "continues from its own checkpoint")
     if args.devices is not None and args.devices < 1:
-        return _error(f"--devices {args.devices}: must be >= 1")
+        raise _UsageError(f"--devices {args.devices}: must be >= 1")
+    return args
+
+
+def _start_up(args: argparse.Namespace) -> None:
+    """Refuses a bad ``--out`` before any work, then starts multi-host JAX (which must come
+    before any JAX computation). Raises ``OutputDirError`` or ``_UsageError``."""
+    from swarm_jax.outdir import check_output_dir
+
+    check_output_dir(args.out)  # a file, an unwritable or empty path
     try:
-        check_output_dir(args.out)  # a file, an unwritable or empty path: refused before any work
-    except OutputDirError as err:
-        return _error(str(err))
-    try:  # multi-host start-up must come before any JAX computation
         from swarm_jax.distributed import initialize_distributed
 
         initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                                timeout_s=args.coordinator_timeout,
                                log=lambda m: print(f"{PROG}: {m}", file=sys.stderr, flush=True))
     except (ValueError, RuntimeError) as err:
-        return _error(f"distributed start-up failed: {err}")
+        raise _UsageError(f"distributed start-up failed: {err}") from None
+
+
+def _report(results) -> int:
+    """Prints one line per stage that ran and the last stage's message; its exit code."""
+    from swarm_jax.training.trainer import ALREADY_COMPLETE, COMPLETED
+
+    for r in results:
+        if r.status == ALREADY_COMPLETE:
+            continue
+        t = r.timings
+        print(f"{r.paths.label}: {r.status}; {r.env_steps} env steps, {r.updates}/{r.num_updates} "
+              f"updates; wall {t.get('wall', 0):.1f} s (compile {t.get('compile', 0):.1f} s, "
+              f"train {t.get('train', 0):.1f} s = {t.get('sps', 0):.0f} env-steps/s, "
+              f"checkpoints {t.get('checkpoint', 0):.1f} s)")
+    last = results[-1]
+    print(last.message, file=sys.stdout if last.status == COMPLETED else sys.stderr)
+    return last.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    from swarm_jax.outdir import OutputDirError, claim_output_dir
+
+    try:
+        args = _parse_args(argv)
+        _start_up(args)
+    except (_UsageError, OutputDirError) as err:
+        return _error(str(err))
 
     import jax
 
@@ -244,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     from swarm_jax.training.checkpoint import CheckpointError, CheckpointWriteError
     from swarm_jax.training.config import ConfigError
     from swarm_jax.training.curriculum import plan_stages, run_curriculum
-    from swarm_jax.training.trainer import ALREADY_COMPLETE, COMPLETED, StagePaths, TrainError
+    from swarm_jax.training.trainer import StagePaths, TrainError
 
     lock = None
     try:
@@ -280,17 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         if lock is not None:
             lock.release()
 
-    for r in results:
-        if r.status == ALREADY_COMPLETE:
-            continue
-        t = r.timings
-        print(f"{r.paths.label}: {r.status}; {r.env_steps} env steps, {r.updates}/{r.num_updates} "
-              f"updates; wall {t.get('wall', 0):.1f} s (compile {t.get('compile', 0):.1f} s, "
-              f"train {t.get('train', 0):.1f} s = {t.get('sps', 0):.0f} env-steps/s, "
-              f"checkpoints {t.get('checkpoint', 0):.1f} s)")
-    last = results[-1]
-    print(last.message, file=sys.stdout if last.status == COMPLETED else sys.stderr)
-    return last.exit_code
+    return _report(results)
 
 
 if __name__ == "__main__":
