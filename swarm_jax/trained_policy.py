@@ -107,13 +107,9 @@ def network_config_from_dict(config: Mapping) -> tuple[NetworkConfig, int]:
     net = config.get("network", {}) or {}
     if not isinstance(net, Mapping):
         raise PolicyLoadError(f"config 'network' is {net!r}, not a mapping")
-    defaults = NetworkConfig()
-    try:
-        net_cfg = NetworkConfig(
-            kind=net.get("kind", defaults.kind),
-            hidden_sizes=tuple(net.get("hidden_sizes", defaults.hidden_sizes)),
-            activation=net.get("activation", defaults.activation),
-        )
+    known = {f.name for f in dataclasses.fields(NetworkConfig)}
+    try:  # NetworkConfig validates (and turns a saved list of widths into a tuple)
+        net_cfg = NetworkConfig(**{k: v for k, v in net.items() if k in known})
     except (TypeError, ValueError) as err:
         raise PolicyLoadError(f"config 'network' = {dict(net)!r} is not a valid network: {err}") from None
     env = config.get("environment", {}) or {}
