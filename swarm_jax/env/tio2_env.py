@@ -64,6 +64,19 @@ _PHYSICS_FIELDS = tuple(f.name for f in dataclasses.fields(PhysicsParams))
 _REWARD_FIELDS = tuple(f.name for f in dataclasses.fields(RewardConfig))
 
 
+def batched_step(env):
+    """``(keys, state, action, params) -> vmap(env.step)``'s outputs, for a batch of envs.
+
+    ``env.step_batch`` where the env has one (:meth:`TiO2GrowthEnv.step_batch`: the same outputs,
+    resetting only the envs that are done), else ``jax.vmap(env.step, in_axes=(0, 0, 0, None))``
+    (any gymnax env). The PPO rollout, evaluation and the env benchmark step through this.
+    """
+    step_batch = getattr(env, "step_batch", None)
+    if step_batch is not None:
+        return step_batch
+    return jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+
 @struct.dataclass
 class EnvParams:
     """Environment parameters: physics, episode length and reward (all traceable but ``reward.mode``).
