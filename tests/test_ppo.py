@@ -325,6 +325,29 @@ def test_trains_end_to_end_on_tio2_env():
     assert all(changed)
 
 
+@pytest.mark.slow
+def test_batched_auto_reset_leaves_training_unchanged():
+    """The rollout steps through TiO2GrowthEnv.step_batch (reset only the done envs); with the
+    plain vmap of env.step instead, training from the same key gives the same runner state and
+    metrics, bit for bit (staggered episodes: some steps end none, one or several episodes)."""
+    from swarm_jax.env.tio2_env import TiO2GrowthEnv
+
+    class PlainVmapEnv(TiO2GrowthEnv):
+        step_batch = None  # batched_step falls back to jax.vmap(env.step)
+
+    cfg = PPOConfig(n_envs=8, n_steps=16, batch_size=64, n_epochs=2, total_timesteps=8 * 16 * 3)
+    out = []
+    for cls in (TiO2GrowthEnv, PlainVmapEnv):
+        env = cls(lattice_size=(4, 4, 3), n_swarm=8, max_steps_in_episode=12)
+        trainer = make_train(cfg, NetworkConfig(hidden_sizes=(16, 16)), env)
+        rs, metrics = trainer.train_chunk(trainer.init(jax.random.PRNGKey(0)), 3)
+        out.append((rs, metrics))
+    (rs_a, m_a), (rs_b, m_b) = out
+    assert float(m_a["n_episodes"]) >= 8
+    for a, b in zip(jax.tree.leaves((rs_a, m_a)), jax.tree.leaves((rs_b, m_b))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 # ---- the ESS constraint ------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from swarm_jax.agents import episodes as ep
 from swarm_jax.agents.acting import POLICIES, choose
-from swarm_jax.env.tio2_env import METRIC_KEYS
+from swarm_jax.env.tio2_env import METRIC_KEYS, batched_step
 
 Array = jax.Array
 
@@ -59,7 +59,7 @@ def _make_evaluate(network, env, n_envs: int, n_steps: int, policy: str, info_ke
     if policy not in EVAL_POLICIES:
         raise ValueError(f"policy must be one of {EVAL_POLICIES}, got {policy!r}")
     v_reset = jax.vmap(env.reset, in_axes=(0, None))
-    v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    v_step = batched_step(env)  # vmap(env.step)'s outputs, resetting only the done envs
     k_actions = int(env.num_actions)
 
     def run(params, env_params, key):

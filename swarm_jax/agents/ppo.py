@@ -10,7 +10,8 @@ choice among the candidates), :mod:`~swarm_jax.agents.episodes` (episode bookkee
 One *update* (all inside one jitted function):
 
 1. **Rollout**: ``lax.scan`` over ``n_steps`` of a ``vmap``-ed ``env.step`` on ``n_envs``
-   environments (gymnax auto-reset). The actor's distribution at each step gives the action
+   environments (gymnax auto-reset; through :func:`~swarm_jax.env.tio2_env.batched_step`, so
+   ``TiO2GrowthEnv`` resets only the envs that are done, with the same outputs). The actor's distribution at each step gives the action
    (sampled), its log-probability, the per-step ESS ratio and the step importance log-weight.
 2. **GAE**: a reverse ``lax.scan``. Unlike PureJaxRL's single ``done`` flag, *truncated* episodes
    (the step limit, and for TiO2GrowthEnv a column reaching the top of the box) are bootstrapped
@@ -103,6 +104,7 @@ from swarm_jax.agents.networks import NetworkConfig, make_network
 from swarm_jax.agents.ppo_config import (  # noqa: F401  (re-exported)
     DEFAULT_ESS_TARGET, DEFAULT_W_ESS, LEVEL_KEYS, REWARD_SHAPINGS, PPOConfig, resolve_ess_term,
 )
+from swarm_jax.env.tio2_env import batched_step
 from swarm_jax.swarm.weights import batch_ess
 
 Array = jax.Array
@@ -361,6 +363,12 @@ class _Setup:
         return jax.vmap(self.env.reset, in_axes=(0, None))(keys, params)
 
     def v_step(self, keys, state, action, params):
+        """``vmap`` of ``env.step``'s outputs; without a mesh through the env's batched step
+        (:func:`~swarm_jax.env.tio2_env.batched_step`: resets only the envs that are done, same
+        outputs). On a mesh the plain ``vmap`` (the batch-level gather/scatter of the done rows
+        would cross the devices' shards)."""
+        if self.mesh is None:
+            return batched_step(self.env)(keys, state, action, params)
         return jax.vmap(self.env.step, in_axes=(0, 0, 0, None))(keys, state, action, params)
 
     def constrain(self, tree, spec: P):

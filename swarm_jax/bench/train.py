@@ -19,6 +19,7 @@ import time
 import jax
 
 from swarm_jax.bench.common import block
+from swarm_jax.env.tio2_env import batched_step
 from swarm_jax.training.config import for_backend, load_config, resolve_config_path, with_overrides
 from swarm_jax.training.trainer import initial_runner_state, make_trainer
 
@@ -34,7 +35,7 @@ def add_arguments(parser) -> None:
 def _random_rollout_fn(trainer, n_steps: int):
     """Rollout with uniform random actions: env stepping alone, same shapes as the real one."""
     env, env_params = trainer.env, trainer.env_params
-    step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    step = batched_step(env)  # as the PPO rollout steps (without a mesh)
 
     @jax.jit
     def rollout(env_state, key):
