@@ -171,7 +171,8 @@ class Kernels:
       ``vreset(keys, seeds, seeded, params) -> (keys', obs, states, infos)`` (env ``i`` restarts
       its stream from ``seeds[i]`` where ``seeded[i]``);
       ``vstep(keys, states, actions, params) -> (keys', obs, final_obs, states, rewards,
-      terminated, truncated, infos, reset_infos)``: ``vmap`` of ``TiO2GrowthEnv.step`` (auto-reset);
+      terminated, truncated, infos, reset_infos)``: ``TiO2GrowthEnv.step_batch`` (``vmap`` of
+      ``step``'s outputs, resetting only the done envs);
       ``vheights(states) -> (n, Lx, Ly)``.
     """
 
@@ -209,11 +210,15 @@ def kernels(lattice_size: tuple[int, int, int], n_swarm: int) -> Kernels:
         key = jax.random.wrap_key_data(jnp.where(seeded, seeded_key, jax.random.key_data(key)))
         return reset(key, params)
 
-    def step_one(key, state, action, params):
-        key, k = jax.random.split(key)
-        obs, state, reward, terminated, truncated, info = env.step(k, state, action, params)
-        return (key, flatten_observation(obs), flatten_observation(info["final_observation"]), state,
-                reward, terminated, truncated, _scalar_info(info), _reset_info(state))
+    def vstep(keys, states, actions, params):
+        # Each env's key splits as in step; the batch steps through TiO2GrowthEnv.step_batch
+        # (vmap(env.step)'s outputs, resetting only the envs that are done).
+        split = jax.vmap(jax.random.split)(keys)
+        obs, states, reward, terminated, truncated, info = env.step_batch(
+            split[:, 1], states, actions, params)
+        return (split[:, 0], flatten_observation(obs),
+                flatten_observation(info["final_observation"]), states, reward, terminated,
+                truncated, _scalar_info(info), jax.vmap(_reset_info)(states))
 
     return Kernels(
         env=env,
@@ -221,7 +226,7 @@ def kernels(lattice_size: tuple[int, int, int], n_swarm: int) -> Kernels:
         reset=jax.jit(reset),
         step=jax.jit(step),
         vreset=jax.jit(jax.vmap(reset_one, in_axes=(0, 0, 0, None))),
-        vstep=jax.jit(jax.vmap(step_one, in_axes=(0, 0, 0, None))),
+        vstep=jax.jit(vstep),
         vheights=jax.jit(jax.vmap(lambda s: height_map(s.lattice))),
     )
 

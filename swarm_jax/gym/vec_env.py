@@ -1,4 +1,4 @@
-"""``TiO2GrowthVecEnv``: an SB3 ``VecEnv`` that steps all environments in one jitted ``vmap`` call.
+"""``TiO2GrowthVecEnv``: an SB3 ``VecEnv`` that steps all environments in one jitted batched call.
 
 Semantics are those of SB3's ``DummyVecEnv`` over :class:`~swarm_jax.gym.TiO2GrowthGymEnv`
 instances, with environment ``i`` seeded with ``seed + i``:
