@@ -132,6 +132,14 @@ class PPOConfig:
                               field="ppo.reward_shaping")
         self._check_rollout()
 
+    @classmethod
+    def checked_run_size(cls, name: str, value: Any) -> int:
+        """``value`` of ``n_envs`` or ``total_timesteps`` as an int, checked (integers >= 1;
+        ``total_timesteps`` counts env steps in int64, so it may exceed int32). The one rule for
+        both fields, used here and by the YAML's ``training`` section."""
+        cap = STEPS_MAX if name == "total_timesteps" else INT32_MAX
+        return check_number(f"training.{name}", value, integer=True, ge=1, cap=cap)
+
     def _coerce(self, name: str, check, *args, **bounds) -> None:
         """Replaces field ``name`` by ``check(its path, its value, *args, **bounds)``."""
         path = f"training.{name}" if name in self.TRAINING_FIELDS else f"ppo.{name}"
@@ -152,9 +160,10 @@ class PPOConfig:
     def _check_ppo_fields(self) -> None:
         self._coerce("learning_rate", check_number, gt=0)
         self._coerce("anneal_lr", check_bool)
-        for name in ("n_steps", "batch_size", "n_epochs", "n_envs"):
+        for name in ("n_steps", "batch_size", "n_epochs"):
             self._coerce(name, check_number, integer=True, ge=1)
-        self._coerce("total_timesteps", check_number, integer=True, ge=1, cap=STEPS_MAX)
+        for name in self.TRAINING_FIELDS:
+            object.__setattr__(self, name, self.checked_run_size(name, getattr(self, name)))
         for name in ("gamma", "gae_lambda"):
             self._coerce(name, check_number, ge=0, le=1)
         self._coerce("clip_range", check_number, gt=0)

@@ -256,11 +256,13 @@ class TrainingSection:
 
     def __post_init__(self):
         p = "training."
-        for name in ("n_envs", "keep_checkpoints", "log_every", "ess_patience"):
+        for name in PPOConfig.TRAINING_FIELDS:  # n_envs, total_timesteps: PPOConfig's rule
+            _set(self, name, PPOConfig.checked_run_size(name, getattr(self, name)))
+        for name in ("keep_checkpoints", "log_every", "ess_patience"):
             _set(self, name, check_number(p + name, getattr(self, name), integer=True, ge=1))
-        for name in ("total_timesteps", "checkpoint_freq"):  # env steps: int64 counters
-            _set(self, name, check_number(p + name, getattr(self, name), integer=True, ge=1,
-                                          cap=STEPS_MAX))
+        _set(self, "checkpoint_freq",  # env steps: an int64 counter
+             check_number(p + "checkpoint_freq", self.checkpoint_freq, integer=True, ge=1,
+                          cap=STEPS_MAX))
         _set(self, "checkpoint_every_s",
              check_number(p + "checkpoint_every_s", self.checkpoint_every_s, ge=0, le=1e7, unit="s"))
         _set(self, "seed", check_number(p + "seed", self.seed, integer=True, ge=0, le=2**32 - 1))
