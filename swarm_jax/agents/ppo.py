@@ -11,8 +11,9 @@ One *update* (all inside one jitted function):
 
 1. **Rollout**: ``lax.scan`` over ``n_steps`` of a ``vmap``-ed ``env.step`` on ``n_envs``
    environments (gymnax auto-reset; through :func:`~swarm_jax.env.tio2_env.batched_step`, so
-   ``TiO2GrowthEnv`` resets only the envs that are done, with the same outputs). The actor's distribution at each step gives the action
-   (sampled), its log-probability, the per-step ESS ratio and the step importance log-weight.
+   ``TiO2GrowthEnv`` resets only the envs that are done, with the same outputs). The actor's
+   distribution at each step gives the action (sampled), its log-probability, the per-step ESS
+   ratio and the step importance log-weight.
 2. **GAE**: a reverse ``lax.scan``. Unlike PureJaxRL's single ``done`` flag, *truncated* episodes
    (the step limit, and for TiO2GrowthEnv a column reaching the top of the box) are bootstrapped
    with the value of the true last observation ``info["final_observation"]`` and only
@@ -52,7 +53,8 @@ are spread over devices, which is what makes a sharded run equal a single-device
 with its inputs laid out on a 1-D ``"data"`` mesh (:mod:`swarm_jax.distributed`): env states,
 observations and per-env counters are split over the devices along the env axis; parameters,
 optimiser state, PRNG key and global counters are replicated. Each device steps its own
-environments; the minibatch of the layout above is itself split evenly over the devices (when
+environments (the batched step under ``shard_map``: each device resets its own done envs); the
+minibatch of the layout above is itself split evenly over the devices (when
 ``batch_size`` is a multiple of the device count) without moving transitions between devices,
 and since the loss is a mean over the global minibatch XLA inserts the all-reduce of the
 gradients (and of the advantage statistics). Random numbers do not depend on the layout
@@ -363,13 +365,16 @@ class _Setup:
         return jax.vmap(self.env.reset, in_axes=(0, None))(keys, params)
 
     def v_step(self, keys, state, action, params):
-        """``vmap`` of ``env.step``'s outputs; without a mesh through the env's batched step
+        """``vmap`` of ``env.step``'s outputs, through the env's batched step
         (:func:`~swarm_jax.env.tio2_env.batched_step`: resets only the envs that are done, same
-        outputs). On a mesh the plain ``vmap`` (the batch-level gather/scatter of the done rows
-        would cross the devices' shards)."""
+        outputs). On a mesh each device runs it on its own shard of envs (``shard_map``), so the
+        done rows are gathered and scattered within a device and no env state crosses devices."""
+        step = batched_step(self.env)
         if self.mesh is None:
-            return batched_step(self.env)(keys, state, action, params)
-        return jax.vmap(self.env.step, in_axes=(0, 0, 0, None))(keys, state, action, params)
+            return step(keys, state, action, params)
+        data = P(_dist.DATA_AXIS)
+        return jax.shard_map(step, mesh=self.mesh, in_specs=(data, data, data, P()),
+                             out_specs=data, check_vma=False)(keys, state, action, params)
 
     def constrain(self, tree, spec: P):
         """Pin ``tree``'s layout on the mesh (a no-op without one)."""

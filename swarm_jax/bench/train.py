@@ -35,7 +35,7 @@ def add_arguments(parser) -> None:
 def _random_rollout_fn(trainer, n_steps: int):
     """Rollout with uniform random actions: env stepping alone, same shapes as the real one."""
     env, env_params = trainer.env, trainer.env_params
-    step = batched_step(env)  # as the PPO rollout steps (without a mesh)
+    step = batched_step(env)  # as the PPO rollout steps (one device)
 
     @jax.jit
     def rollout(env_state, key):
