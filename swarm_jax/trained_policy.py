@@ -175,8 +175,7 @@ def load_policy(path: str | Path) -> TrainedPolicy:
     except ckpt.CheckpointError as err:
         raise PolicyLoadError(f"{path}: not a readable training checkpoint ({err})") from None
     try:
-        config, _ = ckpt.read_config(resolved)
-        tree, _, _ = ckpt.restore_checkpoint(resolved)
+        tree, config, _ = ckpt.restore_checkpoint(resolved)
     except ckpt.CheckpointError as err:
         raise PolicyLoadError(f"{path}: not a readable training checkpoint ({err})") from None
     except Exception as err:  # noqa: BLE001  (orbax/json raise many types)

@@ -385,19 +385,33 @@ def _state_metadata_tree(state_dir: Path) -> Any:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory from ``path``: itself, or a store's newest verified complete step
     (an unverified one only if none verifies); :class:`CheckpointError` if there is none."""
+    return _resolve(path)[0]
+
+
+def _resolve(path: str | Path) -> tuple[Path, bool]:
+    """:func:`resolve_checkpoint` and whether it already verified the checkpoint it chose."""
     path = Path(path).absolute()  # orbax wants absolute paths; users give relative ones
     if is_complete_checkpoint(path):
-        return path
+        return path, False
     if path.is_dir():
         step = newest_verified_step(path)  # checked from the newest down: older ones not hashed
-        if step is None:  # an unverified step only if none verifies
-            steps = complete_steps(path)
-            step = steps[-1] if steps else None
         if step is not None:
-            return path / str(step)
+            return path / str(step), True
+        steps = complete_steps(path)  # an unverified step only if none verifies
+        if steps:
+            return path / str(steps[-1]), False
     raise CheckpointError(
         f"{path} is neither a complete checkpoint nor a checkpoint directory holding one"
     )
+
+
+def _resolve_intact(path: str | Path) -> Path:
+    """The checkpoint of ``path`` (see :func:`resolve_checkpoint`), its files checked against
+    their manifest once: :class:`CheckpointError` if they do not match."""
+    ckpt, verified = _resolve(path)
+    if not verified:
+        _check_integrity(ckpt)
+    return ckpt
 
 
 def complete_steps(directory: str | Path) -> list[int]:
@@ -430,8 +444,7 @@ def read_config(path: str | Path) -> tuple[dict, dict]:
 
     JSON turns tuples into lists; nothing else changes.
     """
-    ckpt = resolve_checkpoint(path)
-    _check_integrity(ckpt)
+    ckpt = _resolve_intact(path)
     return _read_json_items(ckpt)
 
 
@@ -471,8 +484,7 @@ def restore_checkpoint(
         CheckpointError: no complete checkpoint at ``path``, or ``target`` does not match it
             (the message names the first mismatching leaf and both shapes), or orbax failed.
     """
-    ckpt = resolve_checkpoint(path)
-    _check_integrity(ckpt)
+    ckpt = _resolve_intact(path)
     state_dir = ckpt / STATE
     try:
         if target is None:
@@ -506,8 +518,7 @@ def load_params_only(path: str | Path, subtree: str | Sequence[str] = "params") 
     Raises:
         CheckpointError: no checkpoint, or no such subtree (the message lists what exists).
     """
-    ckpt = resolve_checkpoint(path)
-    _check_integrity(ckpt)
+    ckpt = _resolve_intact(path)
     keys = subtree.split(".") if isinstance(subtree, str) else list(subtree)
     try:
         tree = _restore_numpy(ckpt / STATE)
