@@ -245,15 +245,22 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
         """
         if params is None:
             params = self.default_params
+        key_reset, (obs_st, state_st, reward, terminated, truncated, info) = self._step_no_reset(
+            key, state, action, params)
+        obs, state = jax.lax.cond(
+            terminated | truncated, lambda: self.reset_env(key_reset, params),
+            lambda: (obs_st, state_st))
+        return obs, state, reward, terminated, truncated, info
+
+    def _step_no_reset(self, key: jax.Array, state: EnvState, action, params: EnvParams):
+        """One env's step without the auto-reset: ``(key_reset, (obs, state, reward, terminated,
+        truncated, info))`` with the pre-reset ``obs``/``state`` (also ``info["final_observation"]``)
+        and the key the reset of :meth:`step` / :meth:`step_batch` draws from."""
         key_step, key_reset = jax.random.split(key)
         obs_st, state_st, reward, terminated, info = self.step_env(key_step, state, action, params)
         truncated = self.is_truncated(state_st, params)
-        done = jnp.logical_or(terminated, truncated)
-        obs, state = jax.lax.cond(
-            done, lambda: self.reset_env(key_reset, params), lambda: (obs_st, state_st)
-        )
         info = {**info, "terminated": terminated, "truncated": truncated, "final_observation": obs_st}
-        return obs, state, reward, terminated, truncated, info
+        return key_reset, (obs_st, state_st, reward, terminated, truncated, info)
 
     def step_batch(self, keys: jax.Array, state: EnvState, action, params: EnvParams | None = None,
                    reset_slots: int | None = None):
@@ -290,12 +297,9 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
         n = keys.shape[0]
         slots = max(4, n // 64) if reset_slots is None else int(reset_slots)
         slots = min(max(slots, 1), n)
-        split = jax.vmap(jax.random.split)(keys)
-        key_step, key_reset = split[:, 0], split[:, 1]
-        obs_st, state_st, reward, terminated, info = jax.vmap(
-            self.step_env, in_axes=(0, 0, 0, None))(key_step, state, action, params)
-        truncated = jax.vmap(self.is_truncated, in_axes=(0, None))(state_st, params)
-        done = jnp.logical_or(terminated, truncated)
+        key_reset, (obs_st, state_st, reward, terminated, truncated, info) = jax.vmap(
+            self._step_no_reset, in_axes=(0, 0, 0, None))(keys, state, action, params)
+        done = terminated | truncated
         v_reset = jax.vmap(self.reset_env, in_axes=(0, None))
 
         # The (obs, state) pair goes through the conds as an operand (a branch returns it or
@@ -322,7 +326,6 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
             lambda pair: pair,
             (obs_st, state_st),
         )
-        info = {**info, "terminated": terminated, "truncated": truncated, "final_observation": obs_st}
         return obs, state, reward, terminated, truncated, info
 
     def step_env(self, key: jax.Array, state: EnvState, action, params: EnvParams):
