@@ -29,7 +29,6 @@ class Choice:
 
     Attributes:
         action: int32 index of the chosen candidate.
-        log_probs: ``(..., K)`` float32 log π over the candidates.
         log_prob: float32 ``log π_action``.
         ess: float32 per-step ESS ratio ``K² / Σ_j 1/π_j`` of the distribution.
         step_log_weight: float32 ``log w = −log K − log π_action`` (0 for the uniform policy).
@@ -37,7 +36,6 @@ class Choice:
     """
 
     action: Array
-    log_probs: Array
     log_prob: Array
     ess: Array
     step_log_weight: Array
@@ -80,7 +78,6 @@ def choose(network, params, obs, key: Array, policy: str = "trained",
                                   -jnp.inf).astype(jnp.float32)
     return Choice(
         action=action,
-        log_probs=log_probs,
         log_prob=select_log_prob(log_probs, action),
         ess=ess_ratio(log_probs).astype(jnp.float32),
         step_log_weight=step_log_weight(log_probs, action).astype(jnp.float32),

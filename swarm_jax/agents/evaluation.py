@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from swarm_jax.agents import episodes as ep
-from swarm_jax.agents.acting import POLICIES, choose
+from swarm_jax.agents.acting import choose
 from swarm_jax.env.tio2_env import METRIC_KEYS, batched_step
 
 Array = jax.Array
@@ -21,8 +21,6 @@ Array = jax.Array
 #: ``info`` keys averaged over the rollout and reported when the env provides them (the TiO2
 #: environment's morphology keys; an env may declare others as ``metric_keys``).
 DEFAULT_INFO_KEYS = METRIC_KEYS
-
-EVAL_POLICIES = POLICIES
 
 
 def info_keys_present(info: dict, keys: tuple[str, ...]) -> tuple[str, ...]:
@@ -56,8 +54,6 @@ def _summarise(out: dict, policy: str, info_keys: tuple[str, ...]) -> dict:
 @functools.lru_cache(maxsize=32)
 def _make_evaluate(network, env, n_envs: int, n_steps: int, policy: str, info_keys: tuple):
     """Jitted ``(params, env_params, key) -> metrics`` for one (network, env, sizes, policy)."""
-    if policy not in EVAL_POLICIES:
-        raise ValueError(f"policy must be one of {EVAL_POLICIES}, got {policy!r}")
     v_reset = jax.vmap(env.reset, in_axes=(0, None))
     v_step = batched_step(env)  # vmap(env.step)'s outputs, resetting only the done envs
     k_actions = int(env.num_actions)

@@ -94,17 +94,17 @@ from swarm_jax import distributed as _dist
 from swarm_jax.agents import episodes as ep
 from swarm_jax.agents.acting import choose
 from swarm_jax.agents.episodes import (  # noqa: F401  (re-exported)
-    EPISODE_WINDOW, EpisodeWindow, RunningEpisodes, batch_ess_from_sums,
+    EpisodeWindow, RunningEpisodes, batch_ess_from_sums,
 )
 from swarm_jax.agents.evaluation import (  # noqa: F401  (re-exported)
-    DEFAULT_INFO_KEYS, EVAL_POLICIES, evaluate, info_keys_present,
+    DEFAULT_INFO_KEYS, evaluate, info_keys_present,
 )
 from swarm_jax.agents.losses import (  # noqa: F401  (re-exported)
     RewardNormState, compute_gae, dual_ascent, learning_reward, ppo_loss,
 )
 from swarm_jax.agents.networks import NetworkConfig, make_network
 from swarm_jax.agents.ppo_config import (  # noqa: F401  (re-exported)
-    DEFAULT_ESS_TARGET, DEFAULT_W_ESS, LEVEL_KEYS, REWARD_SHAPINGS, PPOConfig, resolve_ess_term,
+    LEVEL_KEYS, PPOConfig, resolve_ess_term,
 )
 from swarm_jax.env.tio2_env import batched_step
 from swarm_jax.swarm.weights import batch_ess
@@ -136,7 +136,7 @@ class RunnerState:
         env_steps: ``()`` int64, env steps taken over all envs.
         ep_partial: ``(n_envs,)`` bool, the running episode began before training did (the
             staggered first episode): it is not counted in the episode statistics.
-        episodes: the last :data:`EPISODE_WINDOW` finished episodes (``ep_rew_mean``), kept per
+        episodes: the last :data:`~swarm_jax.agents.episodes.EPISODE_WINDOW` finished episodes (``ep_rew_mean``), kept per
             env (leading axis ``n_envs``) so that sharded runs never gather per-env data.
         ess_lambda: ``()`` float32, the Lagrange multiplier of the ESS constraint.
         reward_norm: running statistics of the discounted learning return.

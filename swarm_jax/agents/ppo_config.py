@@ -141,9 +141,8 @@ class PPOConfig:
         return check_number(f"training.{name}", value, integer=True, ge=1, cap=cap)
 
     def _coerce(self, name: str, check, *args, **bounds) -> None:
-        """Replaces field ``name`` by ``check(its path, its value, *args, **bounds)``."""
-        path = f"training.{name}" if name in self.TRAINING_FIELDS else f"ppo.{name}"
-        object.__setattr__(self, name, check(path, getattr(self, name), *args, **bounds))
+        """Replaces field ``name`` by ``check("ppo.<name>", its value, *args, **bounds)``."""
+        object.__setattr__(self, name, check(f"ppo.{name}", getattr(self, name), *args, **bounds))
 
     def _check_learning_fields(self) -> None:
         self._coerce("ess_constraint", check_bool)

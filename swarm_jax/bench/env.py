@@ -78,7 +78,10 @@ def make_rollout(env, params, batch: int, n_steps: int, auto_reset: str = "done"
     else:
         if auto_reset not in AUTO_RESETS:
             raise ValueError(f"auto_reset must be one of {AUTO_RESETS}, got {auto_reset!r}")
-        step = env.step_batch if auto_reset == "done" else jax.vmap(env.step, in_axes=(0, 0, 0, None))
+        from swarm_jax.env.tio2_env import batched_step
+
+        step = (batched_step(env) if auto_reset == "done"
+                else jax.vmap(env.step, in_axes=(0, 0, 0, None)))
 
         def one(params, state, key):
             k_act, k_step = jax.random.split(key)
