@@ -237,9 +237,12 @@ class SimulationRun:
             self.carry = shard_batch(self.carry, self.mesh)
             self.replica_keys = shard_batch(self.replica_keys, self.mesh)
 
-    def record(self, log: bool, end_status: Optional[str] = None) -> dict:
-        """Host copy of the observables; appends a row per replica to the stream when ``log``."""
-        values = jax.device_get(_log_values(self.runner.lattice(self.carry)))
+    def record(self, log: bool, end_status: Optional[str] = None,
+               values: Optional[dict] = None) -> dict:
+        """Host copy of the observables (``values``, when the caller already fetched them for
+        the current carry); appends a row per replica to the stream when ``log``."""
+        if values is None:
+            values = jax.device_get(_log_values(self.runner.lattice(self.carry)))
         if log:
             log_weight, ess = self.runner.weights(self.carry)
             self.stream.write(log_rows(values, log_weight, ess, end_status))
@@ -281,7 +284,7 @@ class SimulationRun:
             self.progress.csv_bytes = self.stream.sync()
             self.checkpointer.save(self.carry, self.progress, log_pending=at_log)
         if at_log or end is not None:
-            self.record(log=True, end_status=end)
+            self.record(log=True, end_status=end, values=self.values)  # the carry is unchanged
         if end is None and self.checkpointer.due(self.progress.done):
             self.progress.csv_bytes = self.stream.sync()
             self.checkpointer.save(self.carry, self.progress)
