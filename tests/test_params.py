@@ -1,13 +1,14 @@
 """The one stored-tree-vs-template check (swarm_jax.agents.params) on small synthetic trees."""
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from swarm_jax.agents.networks import NetworkConfig, make_network
+from swarm_jax.agents.networks import NETWORK_KINDS, NetworkConfig, make_network
 from swarm_jax.agents.params import check_tree_matches, network_template, stored_shape_dtype
 
 
@@ -88,3 +89,17 @@ def test_network_template_is_the_init_tree():
     real = net.init(jax.random.key(1), {k: jnp.zeros(s, jnp.float32) for k, s in obs.items()})
     check_tree_matches(real, spec, "a fresh init")
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(spec))
+
+
+@pytest.mark.parametrize("kind", NETWORK_KINDS)
+def test_memory_estimate_counts_exactly_the_networks_parameters(kind):
+    """The trainer's memory check counts parameters with a closed formula (Python ints, so absurd
+    widths cannot overflow); it must stay equal to the network's own parameter tree."""
+    from swarm_jax.training.config import TrainConfig
+    from swarm_jax.training.trainer import estimate_network_params, make_env
+
+    cfg = TrainConfig(network={"kind": kind, "hidden_sizes": [16, 8]}, environment={"n_swarm": 4})
+    env = make_env(cfg)
+    template = network_template(make_network(cfg.network, env.num_actions), env.obs_shapes)
+    n = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(template))
+    assert estimate_network_params(cfg) == n
