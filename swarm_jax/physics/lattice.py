@@ -30,6 +30,8 @@ heights (≈ 0.2 to 3.4 bytes per site at the curriculum sizes).
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
@@ -222,6 +224,21 @@ def film_arrays(state: LatticeState):
 def atoms_present(state: LatticeState) -> jnp.ndarray:
     """(2,) int64 [N_Ti, N_O] from the bookkeeping counters (deposited - desorbed)."""
     return state.deposited - state.desorbed
+
+
+def deposit_target(n_columns: int, monolayers: float) -> int:
+    """Atoms to deposit for ``monolayers`` ML on ``n_columns`` columns: ``max(1, ceil(θ · C))``.
+
+    The one definition of "a deposited amount" used by thickness-ended episodes, production runs
+    (``--monolayers``) and the sampling benchmark, so that runs compared "at θ ML" have deposited
+    exactly the same number of atoms.
+    """
+    return max(1, math.ceil(float(monolayers) * int(n_columns)))
+
+
+def deposited_atoms(state: LatticeState) -> jnp.ndarray:
+    """() int64 atoms deposited so far (Ti + O, desorbed ones included): the deposited amount."""
+    return jnp.sum(state.deposited)
 
 
 def observables(state: LatticeState) -> dict:

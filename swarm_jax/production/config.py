@@ -23,6 +23,7 @@ import sys
 from typing import Optional, Sequence
 
 from swarm_jax.physics import PhysicsParams, estimate_state_bytes
+from swarm_jax.physics.lattice import deposit_target
 from swarm_jax.swarm import full_lattice
 from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM
 from swarm_jax.trained_policy import PolicyLoadError, TrainedPolicy, load_policy
@@ -124,7 +125,7 @@ class SimulationConfig:
         if self.monolayers is None:
             return None
         lx, ly, _ = self.lattice_size
-        return max(1, math.ceil(self.monolayers * lx * ly))
+        return deposit_target(lx * ly, self.monolayers)
 
     @property
     def expected_events(self) -> int:
