@@ -163,6 +163,9 @@ class EnvironmentConfig:
       o_ti_flux_ratio: r = F_O / F_Ti (>= 0).
       max_steps: episode length in env steps (truncation; the ceiling may end it earlier).
       n_swarm: K, candidate events proposed per env step (>= 1).
+      episode_ml: deposited amount θ (ML) that ends an episode (0: none): every episode then
+        holds exactly ``deposit_target(Lx·Ly, θ)`` deposited atoms (docs/sampling.md).
+      episode_time: physical time (s) that ends an episode (0: none).
       physics: overrides of other :class:`PhysicsParams` fields by name (e.g. ``e_es: 0.2``).
     """
 
@@ -173,6 +176,8 @@ class EnvironmentConfig:
     max_steps: int = 1000
     n_swarm: int = 32
     physics: Mapping[str, float] = field(default_factory=FrozenMap)
+    episode_ml: float = 0.0
+    episode_time: float = 0.0
 
     def __post_init__(self):
         p = "environment."
@@ -187,6 +192,8 @@ class EnvironmentConfig:
         _set(self, "o_ti_flux_ratio", check_number(p + "o_ti_flux_ratio", self.o_ti_flux_ratio, ge=0))
         _set(self, "max_steps", check_number(p + "max_steps", self.max_steps, integer=True, ge=1))
         _set(self, "n_swarm", check_number(p + "n_swarm", self.n_swarm, integer=True, ge=1))
+        _set(self, "episode_ml", check_number(p + "episode_ml", self.episode_ml, ge=0, unit="ML"))
+        _set(self, "episode_time", check_number(p + "episode_time", self.episode_time, ge=0, unit="s"))
         _set(self, "physics", self._check_physics(self.physics))
 
     @staticmethod

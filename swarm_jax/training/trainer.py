@@ -167,7 +167,8 @@ def make_env(cfg: TrainConfig) -> TiO2GrowthEnv:
 
 def _env(e: EnvironmentConfig, reward: RewardConfig) -> TiO2GrowthEnv:
     return TiO2GrowthEnv(e.lattice_size, n_swarm=e.n_swarm, physics=e.physics_params(),
-                         max_steps_in_episode=e.max_steps, reward=reward)
+                         max_steps_in_episode=e.max_steps, reward=reward,
+                         episode_ml=e.episode_ml, episode_time=e.episode_time)
 
 
 @functools.lru_cache(maxsize=4)
