@@ -7,7 +7,7 @@ from swarm_jax.physics.engine import (
 from swarm_jax.physics.lattice import (
     CEILING, DEPOSIT_O, DEPOSIT_TI, DESORB, EVENT_KIND_NAMES, HOP, NO_EVENTS, REACT, RUNNING,
     STATUS_NAMES, LatticeState, deposit_target, deposited_atoms, estimate_state_bytes, film_arrays, from_arrays, height_map,
-    init_flat, observables, validate_lattice_size,
+    height_stats, init_flat, o_ti_ratio, observables, validate_lattice_size,
 )
 from swarm_jax.physics.params import O, SUBSTRATE, TI, VACANT, PhysicsParams, RateTables, make_rate_tables
 

@@ -241,6 +241,27 @@ def deposited_atoms(state: LatticeState) -> jnp.ndarray:
     return jnp.sum(state.deposited)
 
 
+def height_stats(state: LatticeState) -> dict:
+    """Statistics of the height map, O(C): ``mean_height`` (ML), ``roughness`` W (layers, the RMS
+    deviation of h from its mean), ``coverage`` (fraction of columns with h > 0), ``h_max``,
+    ``h_min`` (layers); float64 scalars. The one definition of these quantities: observables,
+    rewards and policy features read them from here."""
+    h = state.heights[: state.n_columns].astype(jnp.float64)
+    mean_h = h.mean()
+    return dict(
+        mean_height=mean_h,
+        roughness=jnp.sqrt(jnp.mean((h - mean_h) ** 2)),
+        coverage=jnp.mean((h > 0).astype(jnp.float64)),
+        h_max=h.max(),
+        h_min=h.min(),
+    )
+
+
+def o_ti_ratio(n_ti, n_o) -> jnp.ndarray:
+    """Atom-count ratio O/Ti of a film, float64; 0 while it holds no Ti."""
+    return jnp.where(n_ti > 0, jnp.asarray(n_o, jnp.float64) / jnp.maximum(n_ti, 1), 0.0)
+
+
 def observables(state: LatticeState) -> dict:
     """Morphology and composition of docs/physics.md, Observables (O(C) in the number of columns).
 
@@ -249,21 +270,19 @@ def observables(state: LatticeState) -> dict:
     ``oxide_fraction`` (oxide atoms / film atoms; an O(N) count over the oxide flags), ``fill_fraction`` (mean h / (Lz - 1)),
     ``time`` (s).
     """
-    h = state.heights[: state.n_columns].astype(jnp.float64)
-    mean_h = h.mean()
-    roughness = jnp.sqrt(jnp.mean((h - mean_h) ** 2))
+    hs = height_stats(state)
     n = atoms_present(state)
     n_ti, n_o = n[0], n[1]
     n_atoms = n_ti + n_o
     n_oxide = state.n_oxide
     return dict(
-        mean_height=mean_h,
-        roughness=roughness,
-        coverage=jnp.mean((h > 0).astype(jnp.float64)),
+        mean_height=hs["mean_height"],
+        roughness=hs["roughness"],
+        coverage=hs["coverage"],
         n_ti=n_ti,
         n_o=n_o,
-        o_ti_ratio=jnp.where(n_ti > 0, n_o / jnp.maximum(n_ti, 1), 0.0),
+        o_ti_ratio=o_ti_ratio(n_ti, n_o),
         oxide_fraction=jnp.where(n_atoms > 0, n_oxide / jnp.maximum(n_atoms, 1), 0.0),
-        fill_fraction=mean_h / (state.lz - 1),
+        fill_fraction=hs["mean_height"] / (state.lz - 1),
         time=state.time,
     )
