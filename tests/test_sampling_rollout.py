@@ -9,7 +9,8 @@ from swarm_jax.physics import PhysicsParams, engine, init_flat, make_rate_tables
 from swarm_jax.physics.lattice import DEPOSIT_O, DEPOSIT_TI, deposit_target
 from swarm_jax.swarm.candidates import draw_candidates
 from swarm_jax.swarm.features import candidate_features
-from swarm_jax.swarm.rollout import GrowthSpec, grow_classical, grow_sampler, tilt_logits
+from swarm_jax.swarm.policy import film_stats
+from swarm_jax.swarm.rollout import GrowthSpec, flat_film_stats, grow_classical, grow_sampler, tilt_logits
 
 WARM = PhysicsParams(temperature=400.0, deposition_rate=1.0)  # hops and reactions compete
 
@@ -92,6 +93,15 @@ def test_tilted_weights_are_exact_per_step():
     r = jax.jit(lambda k: grow_sampler(spec, physics, tilt_logits, 2.0, 6, k))(jax.random.key(9))
     np.testing.assert_allclose(np.asarray(r.log_weight), 0.0, atol=1e-12)
     assert np.all(np.asarray(r.steps) == 1)
+
+
+def test_flat_film_stats_equal_film_stats_of_a_flat_substrate():
+    spec = GrowthSpec((3, 4, 5), 3, 2)
+    closed = flat_film_stats(spec)
+    direct = film_stats(init_flat((3, 4, 5), WARM))
+    for i in range(2):
+        np.testing.assert_array_equal(np.asarray(closed.height_counts[i]), np.asarray(direct.height_counts))
+        assert int(closed.n_oxide[i]) == int(direct.n_oxide)
 
 
 def test_growth_spec_rejects_bad_values():

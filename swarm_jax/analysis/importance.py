@@ -30,6 +30,14 @@ strings): reliable means ESS ≥ max(:data:`ESS_FLOOR_RATIO` · n, :data:`ESS_FL
 when ``k̂`` can be estimated, ``k̂ ≤`` :data:`KHAT_THRESHOLD`. Equal weights (the classical
 policy) are always reliable: the estimate is the plain replica mean.
 
+Estimators judged against classical KMC (docs/sampling.md): :func:`probability_estimate` (the plain
+``mean(W·1_A)``, with the ESS and ``k̂`` of the integrand ``W·1_A``, the free check
+``E_q[W] = 1`` (:func:`mean_weight_check`) and its own ``reliable`` rule), :func:`mean_estimate`
+(SNIS, with :func:`assess_weights`), :func:`estimator_efficiency` per trajectory and at equal wall
+time, :func:`efficiency_interval` (bootstrap) and :func:`group_mse`. Naming: :func:`batch_ess`
+here is a *count* in [1, n]; ``swarm_jax.swarm.weights.batch_ess`` is the *ratio* ESS / n;
+:func:`integrand_diagnostics` reports ``integrand_ess``, a count in [1, hits].
+
 NumPy only (no JAX): ``swarm_jax.simulate`` and ``swarm_jax.analyze`` share these definitions, as
 well as :func:`mean_stderr` for unweighted replica statistics.
 """
