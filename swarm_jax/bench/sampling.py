@@ -234,6 +234,12 @@ def _samplers(args, tilts: list[float], env):
         policy = load_policy(args.checkpoint)
     except PolicyLoadError as err:
         _fail(f"--checkpoint: {err}")
+    trained = policy.summary()["trained_environment"]
+    differ = {k: v for k, v in trained.items() if k != "physics" and v is not None
+              and list(np.atleast_1d(v)) != list(np.atleast_1d(getattr(env, k)))}
+    if differ:
+        print(f"# note: the checkpoint was trained with {differ}; evaluated here with the config's "
+              "environment (the weights stay exact, the efficiency may not carry over)", flush=True)
     out.append(("learned", policy.logits, policy.params, policy.n_swarm))
     return out
 
