@@ -17,6 +17,7 @@ SUITES = {
     "train": "swarm_jax.bench.train",
     "scaling": "swarm_jax.bench.scaling",
     "learning": "swarm_jax.bench.learning",
+    "sampling": "swarm_jax.bench.sampling",
 }
 
 
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     info = machine_info()
     print(f"# {args.suite} benchmark on {info['cpu']} ({info['cpu_count']} cores), backend {info['backend']}, jax {info['jax']}")
     rows = module.run(args)
-    print(format_table(rows))
+    print(format_table(rows, getattr(module, "TABLE_COLUMNS", None)))
     path = write_json(args.json, args.suite, rows)
     print(f"# wrote {path}")
     return 0
