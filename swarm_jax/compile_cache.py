@@ -71,6 +71,6 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     # JAX initialises the cache once per process, on the first compilation; if something was
     # compiled before this call, reset it so the folder set here is used (public API:
     # https://docs.jax.dev/en/latest/jax.experimental.compilation_cache.html).
-    pass  # PLANTED
+    compilation_cache.reset_cache()
     compilation_cache.set_cache_dir(str(folder))
     return folder
