@@ -177,6 +177,7 @@ def _run_child(code: str, env_extra: dict | None = None, **kwargs) -> subprocess
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_checkpoint_saved_on_another_device_restores_on_default_device(tmp_path):
     """Stands in for GPU -> CPU: a 2-device process saves on its device 1, we restore here."""
     final = tmp_path / "final"

@@ -211,6 +211,7 @@ def test_importing_installs_nothing_and_the_quiet_scope_is_undone():
     assert proc.stdout.split() == ["True", "True", "True"], proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_write_past_the_file_size_limit_is_one_line_and_keeps_the_previous_checkpoint(
         tmp_path, mode):

@@ -260,6 +260,7 @@ def test_vmapped_batch_equals_one_by_one(data, n_events, seed):
     _pytrees_equal(run_batch, stack(run_single))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("temperature", TEMPERATURES)
 def test_long_run_then_rebuild(temperature):
     """After a hundred engine events the incremental tree equals a from-scratch rebuild and
@@ -275,6 +276,7 @@ def test_long_run_then_rebuild(temperature):
     assert_matches_reference(state, tables, ref)
 
 
+@pytest.mark.slow
 def test_ceiling_state_is_frozen():
     """A stopped state (CEILING) is left unchanged by further runs and traces."""
     params = PhysicsParams(temperature=300.0)

@@ -73,6 +73,7 @@ def small_env():
     return env, env.default_params, jax.jit(env.step)
 
 
+@pytest.mark.slow
 def test_episode_step_info_clock_and_truncation(small_env):
     env, p, step = small_env
     obs, state = env.reset(jax.random.key(0), p)
@@ -234,6 +235,7 @@ def _batched_rollout(env, p, step_fn, state, n_steps: int, seed: int):
     return run(state)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["steps", "ceiling", "no_events", "no_events_all_slots"])
 def test_step_batch_is_vmap_of_step_bit_for_bit(case):
     """The batched auto-reset (reset only the done rows) gives vmap(step)'s outputs exactly, over

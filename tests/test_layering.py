@@ -91,7 +91,8 @@ class Package:
         """Names ``module`` binds by importing them: ``{local name: (source module, name there)}``
         (module-level and lazy ``__getattr__`` imports alike)."""
         if module not in self._bindings:
-            self._bindings[module] = _bindings_of(module, self.is_package(module), self.tree(module))
+            self._bindings[module] = _bindings_of(module, self.is_package(module), self.tree(module),
+                                                  self.sources)
         return self._bindings[module]
 
     def has_lazy_exports(self, module: str) -> bool:
@@ -142,7 +143,8 @@ def _resolve_from(module: str, is_package: bool, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def _bindings_of(module: str, is_package: bool, tree: ast.Module) -> dict[str, tuple[str, str]]:
+def _bindings_of(module: str, is_package: bool, tree: ast.Module,
+                 known) -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -167,6 +169,14 @@ def _bindings_of(module: str, is_package: bool, tree: ast.Module) -> dict[str, t
                     for alias in imp.names:
                         for name in names:
                             out[name] = (f"{base}.{alias.name}", name)
+        # The lazy table `_EXPORTS = {"Name": "submodule", ...}` beside a __getattr__ (gym's).
+        here = module if is_package else module.rpartition(".")[0]
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
+                for k, v in zip(node.value.keys, node.value.values):
+                    if (isinstance(k, ast.Constant) and isinstance(v, ast.Constant)
+                            and isinstance(v.value, str) and f"{here}.{v.value}" in known):
+                        out.setdefault(k.value, (f"{here}.{v.value}", k.value))
     return out
 
 
@@ -416,6 +426,7 @@ def test_every_module_has_a_layer(package):
         group_of(name)
 
 
+@pytest.mark.slow  # imports every package, the gym adapters (torch) included
 def test_static_reading_of_every_export_agrees_with_python(package):
     """Every name a package lists in ``__all__`` is followed statically to the module Python says
     defines it (classes and functions know their ``__module__``) — so the static reading of the
@@ -533,11 +544,16 @@ def test_cycle_search_reports_every_circle_and_ignores_the_bare_root():
     ]
 
 
-def test_a_subpackage_lazy_export_is_followed_at_run_time(package):
-    """gym's lazy exports (a dict and ``importlib``) are beyond the static reading."""
+@pytest.mark.slow  # imports the gym adapters (torch)
+def test_a_lazy_export_beyond_the_static_reading_is_followed_at_run_time(package):
+    """A ``__getattr__`` export the static reading cannot follow: Python's answer is used."""
     pytest.importorskip("gymnasium")
-    planted = Package({**package.sources,
-                       "swarm_jax.env.fake": ("from swarm_jax.gym import TiO2GrowthGymEnv\n", False)},
-                      package.runtime_module_of)
+    sources = {**package.sources,
+               "swarm_jax.gym": ("import importlib\ndef __getattr__(name):\n"
+                                 "    return getattr(importlib.import_module('swarm_jax.gym.'\n"
+                                 "                   + {'TiO2GrowthGymEnv': 'adapter'}[name]), name)\n",
+                                 True),
+               "swarm_jax.env.fake": ("from swarm_jax.gym import TiO2GrowthGymEnv\n", False)}
+    assert Package(sources).defining_module("swarm_jax.gym", "TiO2GrowthGymEnv") is None
+    planted = Package(sources, package.runtime_module_of)
     assert imports_of("swarm_jax.env.fake", planted) == {"swarm_jax.gym.adapter"}
-    assert Package(package.sources).defining_module("swarm_jax.gym", "TiO2GrowthGymEnv") is None

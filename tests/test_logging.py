@@ -113,6 +113,7 @@ def test_read_metrics_returns_every_column_by_env_steps(tmp_path):
         read_metrics(tmp_path / "missing.csv")
 
 
+@pytest.mark.slow
 def test_plot_learning_curves_writes_png(tmp_path):
     path = tmp_path / "metrics_stage1.csv"
     write_metrics_csv(path)

@@ -81,6 +81,7 @@ def test_typed_key_is_compared_as_its_key_data():
         check(bad)
 
 
+@pytest.mark.slow
 def test_network_template_is_the_init_tree():
     net = make_network(NetworkConfig(hidden_sizes=(8,)), 5)
     obs = {"candidates": (5, 3), "global": (2,)}

@@ -13,6 +13,8 @@ from swarm_jax.production import (
     fold_keys, lattice_of, next_chunk_events, simulator, SimulationConfig,
 )
 
+pytestmark = pytest.mark.slow  # not in the quick tier: end-to-end production runs
+
 
 def _argv(out):
     return ["--policy", "classical", "--lattice-size", "8", "8", "16", "--temperature", "300",

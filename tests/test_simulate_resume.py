@@ -142,6 +142,7 @@ def test_resume_refuses_other_settings_and_empty_folders(tmp_path, capsys):
     assert len(err) == 1 and "cannot read" in err[0]
 
 
+@pytest.mark.slow
 def test_resume_without_a_checkpoint_starts_over(reference, tmp_path):
     """A run killed before its first checkpoint is resumed from event 0 with its saved command."""
     out = tmp_path / "run"

@@ -76,6 +76,7 @@ def _leaves_equal(a, b):
     return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
 
 
+@pytest.mark.slow
 def test_load_policy_from_final_step_and_store(checkpoints):
     final = P.load_policy(checkpoints["final"])
     assert final.n_swarm == K and final.network_config == NetworkConfig("swarm", HIDDEN, "tanh")
@@ -88,6 +89,7 @@ def test_load_policy_from_final_step_and_store(checkpoints):
     assert not P.load_policy(checkpoints["flat"]).per_candidate
 
 
+@pytest.mark.slow
 def test_policy_logits_are_the_networks_actor_logits(checkpoints):
     pol = P.load_policy(checkpoints["final"])
     x = jax.random.uniform(jax.random.key(0), (3, 11, D), jnp.float32)

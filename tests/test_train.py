@@ -437,6 +437,7 @@ def test_curriculum_hands_parameters_across_lattice_sizes(tiny_run, tmp_path):
                    zip(jax.tree.leaves(final_b), jax.tree.leaves(raw_a)))  # B did learn
 
 
+@pytest.mark.slow
 def test_pretrained_with_a_different_network_is_refused(tiny_run, tmp_path, capsys):
     ref_out, _ = tiny_run
     other = with_overrides(load_config(TINY), {"network.hidden_sizes": [16, 16]})
