@@ -37,7 +37,7 @@ ALL_TAGS = {**SEED_TAGS, **LEARNING_TAGS}
 
 
 def test_metric_tags_match_the_seed_names():
-    assert METRIC_TAGS == ALL_TAGS  # the seed's names unchanged, plus the constraint's
+    assert METRIC_TAGS == ALL_TAGS  # the original project's names unchanged, plus the constraint's
     assert metric_tag("learning_rate") == "custom/learning_rate"
     assert metric_tag("train/learning_rate") == "train/learning_rate"
 

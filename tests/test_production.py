@@ -6,6 +6,7 @@ Uses the 8x8x16 lattice and chunk lengths of 300 and 100 events of tests/test_si
 
 import jax
 import numpy as np
+import pytest
 
 from swarm_jax import simulate
 from swarm_jax.physics import film_arrays
