@@ -47,6 +47,15 @@ def test_committed_notebooks_are_their_sources_and_clean():
                     f"{name}: commit notebooks without outputs")
 
 
+def test_the_set_up_cell_is_the_same_in_every_notebook():
+    """Each notebook carries the same set-up cell (a Colab notebook must stand alone, so it is
+    repeated, not imported): edit it in one source, copy it to the others."""
+    jupytext = pytest.importorskip("jupytext")
+    first_code = [next(c.source for c in jupytext.read(NOTEBOOK_DIR / f"{Path(n).stem}.py").cells
+                       if c.cell_type == "code") for n in NOTEBOOKS]
+    assert first_code[0].startswith("# Set-up.") and len(set(first_code)) == 1
+
+
 @pytest.fixture(scope="module")
 def notebook_out(tmp_path_factory):
     return tmp_path_factory.mktemp("notebooks_out")
