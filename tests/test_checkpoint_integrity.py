@@ -183,6 +183,7 @@ except CheckpointWriteError as err:
 """
 
 
+@pytest.mark.slow
 def test_importing_installs_nothing_and_the_quiet_scope_is_undone():
     """No global hook or log filter on import: a child process imports the module and compares;
     then the explicit install is idempotent and its undo restores the previous state."""

@@ -601,6 +601,7 @@ def valid_configs(draw):
     return d, (rollout, n_mb, n_updates)
 
 
+@pytest.mark.slow
 @settings(max_examples=max(60, settings.default.max_examples))
 @given(valid_configs())
 def test_random_valid_configs(sample):
@@ -674,6 +675,7 @@ INVALID = {
 }
 
 
+@pytest.mark.slow
 @settings(max_examples=max(120, settings.default.max_examples))
 @given(valid_configs(), st.sampled_from(sorted(INVALID)), st.data())
 def test_random_invalid_mutation_raises_config_error(sample, target, data):
@@ -697,6 +699,7 @@ _junk = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=max(80, settings.default.max_examples))
 @given(valid_configs(), st.data())
 def test_random_junk_never_raises_another_exception(sample, data):

@@ -297,6 +297,7 @@ def test_ceiling_state_is_frozen():
     assert np.all(np.asarray(info.dt) == 0.0) and np.all(np.asarray(info.kind) == -1)
 
 
+@pytest.mark.slow
 def test_run_reaching_ceiling_stops():
     """A run that fills a column stops there: status CEILING, and nothing changes afterwards."""
     params = PhysicsParams(temperature=180.0)
@@ -312,6 +313,7 @@ def test_run_reaching_ceiling_stops():
     assert_same_physical_state(run(state, tables, jax.random.key(4), RUN_EVENTS), state)
 
 
+@pytest.mark.slow
 def test_no_events_state():
     """Without deposition a bare substrate has nothing to do: NO_EVENTS, and the clock stays finite."""
     params = PhysicsParams(temperature=300.0, deposition_rate=0.0)

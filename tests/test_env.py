@@ -158,6 +158,7 @@ def test_ceiling_terminates_with_reason_and_auto_resets(small_env):
     assert int(state.lattice.status) == RUNNING and int(state.lattice.n_events) == 0 and int(state.step_count) == 0
 
 
+@pytest.mark.slow
 def test_no_events_terminates_with_reason(small_env):
     env, _, step = small_env
     p = EnvParams.create(deposition_rate=0.0, max_steps_in_episode=12)

@@ -91,6 +91,7 @@ def test_network_template_is_the_init_tree():
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(spec))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", NETWORK_KINDS)
 def test_memory_estimate_counts_exactly_the_networks_parameters(kind):
     """The trainer's memory check counts the parameters of an abstract init (jax.eval_shape): the

@@ -379,6 +379,7 @@ def test_collapsed_weights_are_flagged_in_summary_and_on_the_console(capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.slow
 def test_library_interface_steps_to_the_same_run(reference, tmp_path):
     """``start`` / ``step`` / ``result``: stepping by hand is the command line's run."""
     out = tmp_path / "lib"

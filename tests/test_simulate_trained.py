@@ -101,6 +101,7 @@ def test_policy_logits_are_the_networks_actor_logits(checkpoints):
     assert float(jnp.std(logits)) > 0.1  # the sharpened head really discriminates
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, text", [
     ("missing", "no such file"), ("empty", "not a readable training checkpoint"),
     ("mismatch", "shape"), ("no_k", "n_swarm")])
@@ -182,6 +183,7 @@ def test_cli_full_lattice_mode(checkpoints, tmp_path):
     (["--mode", "full"], "scores a whole K-set"),
     (["--react-slots", "2"], "only used with --mode full"),
 ])
+@pytest.mark.slow
 def test_cli_usage_errors(checkpoints, tmp_path, capsys, extra, text):
     code, out = _cli(tmp_path, "never", checkpoints["flat" if "full" in extra else "final"], *extra)
     assert code == 2 and not out.exists()

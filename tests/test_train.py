@@ -471,6 +471,7 @@ def test_cli_errors_are_one_line_and_exit_2(argv, expected, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_cli_config_errors(tiny_run, tmp_path, capsys):
     ref_out, _ = tiny_run
     bad = tmp_path / "bad.yaml"
