@@ -331,6 +331,7 @@ def test_no_events_state():
     assert ReferenceLattice.flat(SHAPE, params).status == 2
 
 
+@pytest.mark.slow
 def test_last_atom_desorbing_gives_no_events():
     """A single adatom that can only desorb (no deposition, hops barred): after it leaves, the
     state reports NO_EVENTS and further steps keep a finite clock."""

@@ -50,6 +50,7 @@ def test_package_exports_and_params():
     assert float(q.temperature) == 450.0 and float(q.deposition_rate) == 3.0 and q.reward.mode == "delta"
 
 
+@pytest.mark.slow
 def test_observation_shapes_and_space_are_independent_of_lattice_size():
     shapes = []
     for size in [(8, 8, 5), (50, 50, 20)]:
