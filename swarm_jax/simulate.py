@@ -128,6 +128,7 @@ from swarm_jax.outdir import (
 )
 from swarm_jax.physics import estimate_state_bytes
 from swarm_jax.swarm import full_lattice
+from swarm_jax.training.checkpoint import quiet_orbax_write_failures
 # The library (swarm_jax.production), re-exported under the names this module always had.
 from swarm_jax.production.config import (  # noqa: F401
     DEFAULT_CHECKPOINT_MINUTES, DEFAULT_LATERAL, DEFAULT_MONOLAYERS, EVENTS_PER_ATOM_CAP, PROG,
@@ -460,6 +461,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     JAX's persistent compilation cache is on (``swarm_jax.compile_cache``; ``SWARM_JAX_CACHE_DIR``
     moves it, ``SWARM_JAX_CACHE_DIR=off`` turns it off)."""
     enable_compilation_cache()
+    quiet_orbax_write_failures()  # a failed checkpoint write: one line, not orbax's tracebacks
     try:
         config = parse_config(argv)
         estimated = check_memory(config)

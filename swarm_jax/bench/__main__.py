@@ -48,6 +48,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import swarm_jax  # noqa: F401  (enables x64 before any suite builds arrays)
     from swarm_jax.bench.common import format_table, machine_info, write_json
+    from swarm_jax.training.checkpoint import quiet_orbax_write_failures
+
+    quiet_orbax_write_failures()  # the learning suite trains (and checkpoints) a policy
 
     module = modules[args.suite]
     info = machine_info()

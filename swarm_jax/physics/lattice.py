@@ -118,7 +118,8 @@ def _empty_fields(lx: int, ly: int, lz: int):
     return heights, species, oxide, react_class
 
 
-def _counters():
+def zero_counters():
+    """The run counters of a fresh state, all zero: clock, event counts, deposited/desorbed atoms."""
     return dict(
         time=jnp.zeros((), jnp.float64),
         n_events=jnp.zeros((), jnp.int64),
@@ -142,42 +143,8 @@ def init_flat(lattice_size, params: PhysicsParams) -> LatticeState:
     status = jnp.where(total > 0, RUNNING, NO_EVENTS).astype(jnp.int32)
     return LatticeState(
         heights=heights, species=species, oxide=oxide, react_class=react_class, tree=tree,
-        total=total, status=status, lx=lx, ly=ly, lz=lz, **_counters(),
+        total=total, status=status, lx=lx, ly=ly, lz=lz, **zero_counters(),
     )
-
-
-def from_arrays(heights, species, oxide, params: PhysicsParams) -> LatticeState:
-    """Builds a state from (Lx, Ly) heights and (Lx, Ly, Lz) species/oxide arrays.
-
-    The arrays must satisfy the SOS invariant; rates are computed from scratch. Counters start at
-    zero except ``deposited``, which is set to the atoms present (so bookkeeping balances).
-    """
-    from swarm_jax.physics.engine import rebuild_rates  # engine depends on this module
-
-    heights = np.asarray(heights)
-    species = np.asarray(species)
-    oxide = np.asarray(oxide)
-    lx, ly, lz = validate_lattice_size(species.shape)
-    check_sos(heights, species, oxide)
-    c = lx * ly
-    h = np.zeros((c + 1,), np.int32)
-    h[:c] = heights.reshape(c)
-    sp = np.zeros((c + 1, lz), np.int8)
-    sp[:c] = species.reshape(c, lz)
-    ox = np.zeros((c + 1, lz), np.int8)
-    ox[:c] = oxide.reshape(c, lz)
-    counters = _counters()
-    counters["deposited"] = jnp.array([(species == TI).sum(), (species == O).sum()], jnp.int64)
-    state = LatticeState(
-        heights=jnp.asarray(h), species=jnp.asarray(sp), oxide=jnp.asarray(ox),
-        react_class=jnp.full((c + 1, lz), -1, jnp.int8),
-        tree=jnp.zeros((2 * sumtree.tree_capacity(c),), jnp.float64),
-        total=jnp.zeros((), jnp.float64), status=jnp.zeros((), jnp.int32),
-        lx=lx, ly=ly, lz=lz, **counters,
-    )
-    state = rebuild_rates(state, make_rate_tables(params))
-    full = int(h[:c].max()) >= lz - 1
-    return state.replace(status=jnp.asarray(CEILING if full else state.status, jnp.int32))
 
 
 def check_sos(heights, species, oxide) -> None:

@@ -16,7 +16,7 @@ home in another section and that :class:`TrainConfig` copies in: ``PPOConfig.n_e
 ``total_timesteps`` come from ``training``, ``RewardConfig.ess_target`` from ``ppo.ess_target``;
 ``PPOConfig.w_ess`` stays ``None`` (the trainer takes ``reward.w_ess`` from the env).
 
-YAML files may use this nested layout, the seed's FLAT layout (every key at top level, e.g.
+YAML files may use this nested layout, the original project's FLAT layout (every key at top level, e.g.
 ``temperature: 180.0``, ``learning_rate: 3e-4``, ``w_roughness: 1.0``), or a mix of the two. A
 flat key is the bare key of the section it belongs to; giving the same key both ways is an
 error. PyYAML reads ``3e-4`` (no dot) as a string, so numeric strings are accepted wherever a
@@ -470,7 +470,7 @@ def config_from_dict(d: Mapping) -> TrainConfig:
 
 _TOP_LEVEL_LISTING = (
     f"allowed at top level: the sections {', '.join(SECTIONS)}, the keys {', '.join(TOP_LEVEL_KEYS)}, "
-    "or any field of a section given flat (seed layout, e.g. temperature, learning_rate, n_envs)")
+    "or any field of a section given flat (the original project's layout, e.g. temperature, learning_rate, n_envs)")
 
 
 def _given_twice(section: str, key: str) -> ConfigError:
