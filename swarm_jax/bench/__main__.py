@@ -17,6 +17,7 @@ SUITES = {
     "train": "swarm_jax.bench.train",
     "scaling": "swarm_jax.bench.scaling",
     "learning": "swarm_jax.bench.learning",
+    "evaluate": "swarm_jax.bench.evaluate",
 }
 
 
