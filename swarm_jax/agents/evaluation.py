@@ -145,8 +145,9 @@ def _episode_values(info: dict, reward: Array, truncated: Array, running: dict) 
 
 
 @functools.lru_cache(maxsize=32)
-def _make_episodes(network, env, n_envs: int, policy: str):
-    """Jitted ``(params, env_params, key) -> per-env records`` of each env's first episode."""
+def _make_episodes(network, env, n_envs: int):
+    """Jitted ``(params, env_params, key, uniform) -> per-env records`` of each env's first
+    episode; ``uniform`` (a traced bool) picks the policy, so both share one compilation."""
     v_reset = jax.vmap(env.reset, in_axes=(0, None))
     v_step = batched_step(env)
     k_actions = int(env.num_actions)
@@ -155,7 +156,14 @@ def _make_episodes(network, env, n_envs: int, policy: str):
              "length": jnp.zeros((n_envs,), jnp.int64),
              "kinds": jnp.zeros((n_envs, N_EVENT_KINDS), jnp.int64)}
 
-    def run(params, env_params, key):
+    def act(params, obs, key, uniform):
+        trained = choose(network, params, obs, key, "trained", k_actions)
+        classical = choose(network, params, obs, key, "uniform", k_actions)
+        pick = jax.tree.map(lambda u, t: jnp.where(uniform, u, t), classical, trained)
+        # classical KMC: every step weight is exactly 1
+        return pick.replace(step_log_weight=jnp.where(uniform, 0.0, trained.step_log_weight))
+
+    def run(params, env_params, key, uniform):
         k_reset, key = jax.random.split(key)
         obs, env_state = v_reset(jax.random.split(k_reset, n_envs), env_params)
         blank = {k: zeros for k in EPISODE_INFO_KEYS}
@@ -164,14 +172,12 @@ def _make_episodes(network, env, n_envs: int, policy: str):
         def body(carry):
             obs, env_state, key, running, record, finished = carry
             key, k_act, k_env = jax.random.split(key, 3)
-            choice = choose(network, params, obs, k_act, policy, k_actions)
+            choice = act(params, obs, k_act, uniform)
             obs, env_state, reward, terminated, truncated, info = v_step(
                 jax.random.split(k_env, n_envs), env_state, choice.action, env_params)
             done = jnp.logical_or(jnp.asarray(terminated, bool), jnp.asarray(truncated, bool))
             kind = jnp.asarray(info["event_kind"], jnp.int32)
-            step_lw = (jnp.zeros_like(zeros) if policy == "uniform"  # exactly 1 per step
-                       else choice.step_log_weight.astype(jnp.float64))
-            running = {"log_weight": running["log_weight"] + step_lw,
+            running = {"log_weight": running["log_weight"] + choice.step_log_weight.astype(jnp.float64),
                        "ess_sum": running["ess_sum"] + choice.ess.astype(jnp.float64),
                        "ep_return": running["ep_return"] + jnp.asarray(reward, jnp.float64),
                        "length": running["length"] + 1,
@@ -204,7 +210,8 @@ def evaluate_episodes(params, network, env, env_params, key: Array, n_envs: int,
     (:data:`END_STEP_CAP`) ends it first.
 
     Args:
-        params, network: the actor-critic and its parameters (``params`` unused for uniform).
+        params, network: the actor-critic and its parameters (both policies evaluate the
+            network: they share one compilation; the uniform policy ignores its output).
         env, env_params: the gymnax environment and its parameters (None: defaults).
         key: PRNG key (same key ⇒ same env keys for every policy).
         n_envs: episodes to run, one per env.
@@ -223,5 +230,5 @@ def evaluate_episodes(params, network, env, env_params, key: Array, n_envs: int,
                          f"are infinite), got {policy!r}")
     if env_params is None:
         env_params = env.default_params
-    fn = _make_episodes(network, env, int(n_envs), policy)
-    return jax.tree.map(np.asarray, fn(params, env_params, key))
+    fn = _make_episodes(network, env, int(n_envs))
+    return jax.tree.map(np.asarray, fn(params, env_params, key, jnp.asarray(policy == "uniform")))

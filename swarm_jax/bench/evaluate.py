@@ -107,6 +107,8 @@ def summarise(rec: dict, target: int) -> dict:
            "n_ceiling": int((end == CEILING).sum()), "n_cap": int((end == END_STEP_CAP).sum()),
            "n_other_end": int((~reached & (end != CEILING) & (end != END_STEP_CAP)).sum()),
            "deposited_fraction": float(np.mean(deposits / target)),
+           "deposited_at_theta_min": int(deposits[reached].min()) if reached.any() else None,
+           "deposited_at_theta_max": int(deposits[reached].max()) if reached.any() else None,
            "ess_ratio": float(rec["ess_sum"].sum() / max(int(rec["length"].sum()), 1))}
     row.update(weight_summary(rec["log_weight"]))
     for name in OBSERVABLES:
