@@ -79,6 +79,7 @@ def test_evaluate_json_fields_and_uniform_is_exactly_classical(evaluated):
         assert r["lattice"] == "6x6x7" and r["flux"] == 1.0 and r["monolayers"] == THETA
         assert r["target_atoms"] == target and r["max_steps"] == 400 and r["episodes"] == 6
         assert r["n_reached"] + r["n_ceiling"] + r["n_cap"] + r["n_other_end"] == 6
+        assert (r["note"] == "") == (r["n_reached"] == 6)  # every early end is said in words
         for k in ("ess_ratio", "batch_ess", "batch_ess_ratio", "khat", "reliable", "mean_weight",
                   "mean_weight_se", "roughness", "roughness_se", "mean_height", "o_ti_ratio",
                   "coverage", "time", "time_se", "length", "ep_return"):

@@ -218,7 +218,25 @@ def evaluate_condition(policy, cfg, cond: dict, ratio, seed: int, env_cache: dic
     head = {"lattice": "x".join(map(str, cond["lattice"])), "temperature": cond["temperature"],
             "flux": cond["flux"], "monolayers": cond["theta"], "target_atoms": cond["target"],
             "max_steps": cond["max_steps"]}
-    return [{**head, **row} for row in compare(recs["trained"], recs["uniform"], cond["target"])]
+    rows = [{**head, **row} for row in compare(recs["trained"], recs["uniform"], cond["target"])]
+    for row in rows:
+        row["note"] = _note(row)
+    return rows
+
+
+def _note(row: dict) -> str:
+    """What the row's observables at θ stand for, in words ("" when every episode reached θ)."""
+    parts = []
+    if row["n_cap"]:
+        parts.append(f"θ not reached within {row['max_steps']} events in {row['n_cap']} of "
+                     f"{row['episodes']} episodes (mean deposited: "
+                     f"{100 * row['deposited_fraction']:.3g} % of θ)")
+    if row["n_ceiling"]:
+        parts.append(f"ceiling before θ in {row['n_ceiling']} of {row['episodes']} episodes")
+    if row["n_other_end"]:
+        parts.append(f"{row['n_other_end']} episodes ended otherwise "
+                     f"({row['ends_other_than_theta']})")
+    return "; ".join(parts)
 
 
 def run(args) -> list[dict]:
