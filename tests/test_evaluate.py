@@ -52,10 +52,10 @@ def test_learning_rows_compare_equal_thickness(learning):
     _, payload = learning
     rows = payload["rows"]
     assert [r["seed"] for r in rows] == [0, 1, "mean ± s.e."]
-    target = deposit_target(36, THETA)
+    target = deposit_target(25, THETA)  # tiny_test's 5x5 columns, in a box of height 7
     for r in rows[:2]:
         assert r["eval_monolayers"] == THETA and r["eval_target_atoms"] == target
-        assert r["eval_lattice"] == "6x6x7"
+        assert r["eval_lattice"] == "5x5x7"
         for p in ("trained", "uniform"):
             assert r[f"{p}_n_reached"] + r[f"{p}_n_ceiling"] + r[f"{p}_n_cap"] <= 6
             for k in ("ep_rew", "final_roughness", "final_mean_height", "final_coverage",
