@@ -91,6 +91,7 @@ def test_evaluate_json_fields_and_uniform_is_exactly_classical(evaluated):
         assert r["batch_ess"] == 6 and r["batch_ess_ratio"] == 1.0
         assert r["mean_weight"] == 1.0 and r["mean_weight_se"] == 0.0
         assert r["ess_ratio"] == 1.0 and r["reliable"] is True
+        assert r["mean_weight_consistent"] is True
 
 
 def test_episodes_end_at_equal_deposited_amount():
@@ -143,3 +144,14 @@ def test_missing_checkpoint_one_line_exit_2(tmp_path, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope" in err
+
+
+def test_mean_weight_consistent():
+    from swarm_jax.bench.evaluate import mean_weight_consistent, weight_summary
+
+    assert mean_weight_consistent(1.0, 0.0) and not mean_weight_consistent(0.999, 0.0)
+    assert mean_weight_consistent(0.9, 0.05) and not mean_weight_consistent(0.8, 0.05)
+    assert not mean_weight_consistent(1.8e-5, 1.7e-5)  # the sample missed the weight mass
+    # weights that are even among themselves but far below 1: ESS and k-hat cannot see it
+    summary = weight_summary(np.log(np.full(30, 1e-6)) + np.linspace(0, 0.1, 30))
+    assert summary["reliable"] and not summary["mean_weight_consistent"]

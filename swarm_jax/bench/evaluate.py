@@ -13,7 +13,8 @@ Rows, one per (condition, policy): the mean per-step ESS ratio; the batch ESS of
 trajectory log-weights (count and ratio), their PSIS tail shape k̂ and the ``reliable`` verdict
 of :func:`swarm_jax.analysis.importance.assess_weights`; ``mean_weight`` = E_q[W], the mean of
 exp(log W) with its standard error (exactly 1 for the uniform policy; for an importance sampler
-it must be 1 within its error, or the error bars of its estimates are not to be trusted); and at
+it must be 1 within its error, or the error bars of its estimates are not to be trusted:
+``mean_weight_consistent``, 3 standard errors); and at
 θ, each with its standard error over the episodes that reached θ: roughness W (layers), mean
 height (ML), O:Ti, coverage, physical time to θ (s), events per episode and the episode's env
 return. Conditions: ``--temperature`` and ``--flux`` take one value or several, ``--lattice``
@@ -82,6 +83,15 @@ def _mean_se(values) -> tuple[float, float]:
     return s["mean"], float("nan") if s["stderr"] is None else s["stderr"]
 
 
+def mean_weight_consistent(mean: float, stderr: float, z: float = 3.0) -> bool:
+    """E_q[W] = 1 within ``z`` standard errors (exactly 1 when the error is 0, as for classical
+    KMC). The batch ESS and k̂ only see how uneven the sampled weights are; a sample that has
+    missed the trajectories carrying the weight has a mean far below 1 with a small error."""
+    if not np.isfinite(stderr) or stderr == 0:
+        return bool(mean == 1.0)
+    return bool(abs(mean - 1.0) <= z * stderr)
+
+
 def weight_summary(log_weight) -> dict:
     """Diagnostics of trajectory log-weights (n,): batch ESS, k̂, ``reliable``, E_q[W] ± s.e."""
     lw = np.asarray(log_weight, np.float64)
@@ -91,6 +101,7 @@ def weight_summary(log_weight) -> dict:
             "khat": diag["khat"], "reliable": diag["reliable"],
             "unreliable_because": "; ".join(diag["reasons"]),
             "mean_weight": w_mean, "mean_weight_se": w_se,
+            "mean_weight_consistent": mean_weight_consistent(w_mean, w_se),
             "log_weight_min": float(lw.min()), "log_weight_max": float(lw.max())}
 
 

@@ -105,7 +105,8 @@ _RENAMES = {"ep_return": "ep_rew", "ep_return_se": "sem", "roughness": "final_ro
             "o_deposit_fraction": "o_deposit_fraction", "n_reached": "n_reached",
             "n_ceiling": "n_ceiling", "n_cap": "n_cap"}
 _TRAINED_ONLY = ("ess_ratio", "batch_ess", "batch_ess_ratio", "khat", "reliable",
-                 "mean_weight", "mean_weight_se", "log_weight_min", "log_weight_max")
+                 "mean_weight", "mean_weight_se", "mean_weight_consistent", "log_weight_min",
+                 "log_weight_max")
 
 
 def _evaluate_seed(env, network, params, seed: int, n_envs: int, target: int) -> dict:
