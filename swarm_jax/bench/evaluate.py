@@ -41,6 +41,8 @@ EVAL_KEY_BASE = 10_000
 #: which the stage-1 box 8×8×5 holds in most classical episodes (docs/learning.md gives the
 #: ceiling counts measured there).
 DEFAULT_MONOLAYERS = 0.5
+#: Episodes per policy and condition when ``--episodes`` is not given.
+DEFAULT_EPISODES = 64
 #: Default step cap: this many events per deposited atom (at least the config's ``max_steps``).
 DEFAULT_EVENTS_PER_ATOM = 20
 #: Observables at θ reported with their standard errors (``info`` keys and per-episode records).
@@ -62,8 +64,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--monolayers", type=float, nargs="+", default=None,
                         help=f"θ, ML deposited when an episode ends; one value or one per "
                              f"--lattice (default: {DEFAULT_MONOLAYERS})")
-    parser.add_argument("--episodes", type=int, nargs="+", default=[64],
-                        help="episodes per policy and condition; one value or one per --lattice")
+    parser.add_argument("--episodes", type=int, nargs="+", default=None,
+                        help=f"episodes per policy and condition; one value or one per --lattice "
+                             f"(default: {DEFAULT_EPISODES})")
     parser.add_argument("--max-steps", type=int, nargs="+", default=None,
                         help=f"step cap per episode, one value or one per --lattice (default: "
                              f"{DEFAULT_EVENTS_PER_ATOM} events per deposited atom, at least "
@@ -198,7 +201,8 @@ def conditions(args, cfg) -> list[dict]:
     n = len(lattices)
     thetas = per_lattice("monolayers", args.monolayers, n)
     thetas = [DEFAULT_MONOLAYERS if t is None else t for t in thetas]
-    episodes = per_lattice("episodes", args.episodes, n)
+    episodes = [DEFAULT_EPISODES if k is None else k
+                for k in per_lattice("episodes", args.episodes, n)]
     caps = per_lattice("max-steps", args.max_steps, n)
     _check_positive("monolayers", thetas)
     _check_positive("episodes", episodes, integer=True)
