@@ -18,6 +18,7 @@ SUITES = {
     "scaling": "swarm_jax.bench.scaling",
     "learning": "swarm_jax.bench.learning",
     "sampling": "swarm_jax.bench.sampling",
+    "evaluate": "swarm_jax.bench.evaluate",
 }
 
 
