@@ -14,9 +14,9 @@ accumulates over billions of events and duplicate indices in an update are harml
 of a row uses the same fixed pairwise order (:func:`block_sum`), in :func:`build` and
 :func:`update` alike, so an updated tree equals a rebuilt one bit for bit.
 
-An update after an event touches ``D`` rows per changed leaf: per level, one gather of the
-changed nodes' rows, one vectorised overlay and sum, and a single scatter for all levels at the
-end (every read of the old buffer feeds that scatter, so XLA updates it in place).
+An update after an event touches ``D`` rows per changed leaf: per level, one scatter of the new
+values, one gather of the rows holding them and one vectorised sum (only the written buffer is
+read, so XLA updates it in place).
 
 The 2-D shape also tells this structure apart from the binary tree of older checkpoints
 (a 1-D ``(2P,)`` array); :func:`from_binary` converts one.
@@ -120,32 +120,23 @@ def leaves(tree: jnp.ndarray, n_leaves: int) -> jnp.ndarray:
 def update(tree: jnp.ndarray, leaf_ids: jnp.ndarray, values: jnp.ndarray) -> jnp.ndarray:
     """Sets leaves ``leaf_ids`` (M,) to ``values`` (M,) and recomputes their ancestors.
 
-    Per level: the rows holding the changed nodes are gathered from the *old* tree (M, B), the
-    new values of every changed node of the same row are overlaid (an (M, B, M) match, so
-    siblings changed together see each other), and the parents are the rows' sums. All new
-    values of all levels are then written by one scatter. Duplicate leaf ids must carry
+    Bottom up, per level: one scatter of the level's new values, then one gather of the rows
+    that hold them (M, B) from the just-written tree and their sums are the parents' new values.
+    Only the written tree is read, so XLA updates it in place. Duplicate leaf ids must carry
     identical values (they then write identical values).
     """
     b = tree.shape[1]
     _, off = _offsets(tree)
     nodes = leaf_ids.astype(jnp.int32)
     vals = values.astype(tree.dtype)
-    slots = jnp.arange(b, dtype=jnp.int32)
-    positions, new_values = [], []
+    flat = tree.reshape(-1)
     for d in range(len(off) - 1, -1, -1):  # leaves first, level 1 last
-        positions.append(off[d] * b + nodes)
-        new_values.append(vals)
+        flat = flat.at[off[d] * b + nodes].set(vals)
         if d == 0:
             break
-        parent = nodes // b
-        old = tree[off[d] + parent]  # (M, B) rows of the changed nodes, old values
-        same_row = parent[:, None] == parent[None, :]  # (M, M)
-        match = same_row[:, None, :] & ((nodes % b)[None, None, :] == slots[None, :, None])  # (M, B, M)
-        overlay = jnp.max(jnp.where(match, vals[None, None, :], -jnp.inf), axis=2)
-        row = jnp.where(match.any(axis=2), overlay, old)
-        nodes, vals = parent, block_sum(row)
-    positions = jnp.concatenate(positions)
-    return tree.at[positions // b, positions % b].set(jnp.concatenate(new_values))
+        nodes = nodes // b  # the parents, at level d - 1
+        vals = block_sum(flat.reshape(tree.shape)[off[d] + nodes])
+    return flat.reshape(tree.shape)
 
 
 def _pick(children: jnp.ndarray, target: jnp.ndarray):
