@@ -179,3 +179,35 @@ def from_binary(old: jnp.ndarray, n_leaves: int, branching: int = BRANCHING) -> 
     ``P + j``): the same leaf values, every sum recomputed."""
     p = old.shape[0] // 2
     return build(old[p : p + n_leaves], branching)
+
+
+def is_tree_shape(shape) -> bool:
+    """Whether the trailing dims of ``shape`` are those of a rate tree (``(R, BRANCHING)`` with
+    ``R`` a valid row count)."""
+    if len(shape) < 2 or shape[-1] != BRANCHING:
+        return False
+    try:
+        _layout_of_rows(int(shape[-2]), BRANCHING)
+    except ValueError:
+        return False
+    return True
+
+
+def legacy_shape(shape, n_leaves: int) -> tuple[int, ...]:
+    """The shape ``(..., 2P)`` the binary tree of older checkpoints had over ``n_leaves`` leaves
+    where this structure has ``shape`` (..., R, B); P is the power of two >= ``n_leaves``."""
+    return tuple(shape[:-2]) + (2 * (1 << max(0, (n_leaves - 1).bit_length())),)
+
+
+def upgrade_legacy(stored, shape) -> np.ndarray:
+    """A binary tree ``stored`` (..., 2P) (host array) as this structure of ``shape`` (..., R, B)."""
+    stored = np.asarray(stored, np.float64)
+    rows = _layout_of_rows(int(shape[-2]), int(shape[-1]))
+    capacity_ = rows[-1] * shape[-1]
+    p = stored.shape[-1] // 2
+    flat = stored.reshape(-1, stored.shape[-1])
+    leaves = np.zeros((flat.shape[0], capacity_))
+    n = min(p, capacity_)
+    leaves[:, :n] = flat[:, p : p + n]
+    out = np.stack([np.asarray(build(jnp.asarray(row), int(shape[-1]))) for row in leaves])
+    return out.reshape(tuple(shape))
