@@ -23,6 +23,7 @@ from swarm_jax.physics import (
 from reference import (
     O, STATUS_CEILING, SUBSTRATE, TI, ReferenceLattice, check_sos,
 )
+from tree_reference import rate_tree, tree_leaves, tree_total
 
 RTOL = 1e-12
 # Few shapes: each new one costs several seconds of XLA compilation (from_arrays included).
@@ -98,13 +99,12 @@ uniforms = st.floats(0.0, 1.0, exclude_max=True, allow_nan=False)
 def assert_tree_consistent(state, leaves):
     """Leaves equal ``leaves`` (C,), padding leaves are 0, every parent is the sum of its children."""
     tree = np.asarray(state.tree)
-    p = tree.shape[0] // 2
     c = leaves.shape[0]
-    np.testing.assert_allclose(tree[p : p + c], leaves, rtol=RTOL, atol=0)
-    assert np.all(tree[p + c :] == 0.0)
-    parents = np.arange(1, p)
-    np.testing.assert_array_equal(tree[parents], tree[2 * parents] + tree[2 * parents + 1])
-    assert float(state.total) == tree[1]
+    np.testing.assert_allclose(tree_leaves(tree, c), leaves, rtol=RTOL, atol=0)
+    bottom = tree[-(-c // tree.shape[1]):].reshape(-1)
+    assert np.all(bottom[c:] == 0.0)
+    np.testing.assert_array_equal(tree, rate_tree(tree_leaves(tree, c), tree.shape[1]))
+    assert float(state.total) == tree_total(tree)
 
 
 def assert_matches_reference(state, tables, ref: ReferenceLattice):
@@ -122,7 +122,7 @@ def assert_matches_reference(state, tables, ref: ReferenceLattice):
     rates = np.asarray(_all_rates(state, tables))
     np.testing.assert_allclose(rates, ref_rates, rtol=RTOL, atol=0)
     assert_tree_consistent(state, rates.sum(axis=1))
-    np.testing.assert_allclose(np.asarray(state.tree)[state.tree.shape[0] // 2 :][: ref.n_columns],
+    np.testing.assert_allclose(tree_leaves(np.asarray(state.tree), ref.n_columns),
                                ref_rates.sum(axis=1), rtol=RTOL, atol=0)
     np.testing.assert_allclose(float(state.total), ref_rates.sum(), rtol=RTOL, atol=0)
     assert int(state.status) == ref.status

@@ -8,8 +8,9 @@ Event catalogue of one column ``c`` (``E = 7 + Lz`` slots, index ``k``)::
 
 One sum-tree leaf per column holds the column's total rate. A step:
 
-1. draws a column from the tree (O(log C)), then an event inside it from the column's ``E``
-   freshly computed rates (float64, exact hierarchical draw);
+1. draws a column from the flat rate tree (:mod:`swarm_jax.physics.sumtree`, 3-4 levels), then
+   an event inside it from the column's ``E`` freshly computed rates (float64, exact
+   hierarchical draw);
 2. applies it with fixed-shape scatters (unused write slots go to a dummy column);
 3. refreshes the cached reaction classes of the changed sites and their 6 NN (<= 21 sites),
    then recomputes, from the new state, the leaves of the 15 columns that can have changed
@@ -185,7 +186,7 @@ def rebuild_rates(state: LatticeState, tables: RateTables) -> LatticeState:
     state = state.replace(react_class=react_class)
     rates, _, _ = column_event_rates(state, tables, jnp.arange(c, dtype=jnp.int32))
     tree = sumtree.build(rates.sum(axis=1))
-    total = tree[1]
+    total = sumtree.root(tree)
     status = jnp.where(
         state.status != RUNNING, state.status, jnp.where(total > 0, RUNNING, NO_EVENTS)
     ).astype(jnp.int32)
@@ -216,7 +217,7 @@ def from_arrays(heights, species, oxide, params: PhysicsParams) -> LatticeState:
     state = LatticeState(
         heights=jnp.asarray(h), species=jnp.asarray(sp), oxide=jnp.asarray(ox),
         react_class=jnp.full((c + 1, lz), -1, jnp.int8),
-        tree=jnp.zeros((2 * sumtree.tree_capacity(c),), jnp.float64),
+        tree=jnp.zeros(sumtree.tree_shape(c), jnp.float64),
         total=jnp.zeros((), jnp.float64), status=jnp.zeros((), jnp.int32),
         lx=lx, ly=ly, lz=lz, **counters,
     )
@@ -245,7 +246,7 @@ def select_in_column(state: LatticeState, tables: RateTables, cols: jnp.ndarray,
 
 def sample_events(state: LatticeState, tables: RateTables, u_column: jnp.ndarray, u_slot: jnp.ndarray) -> Event:
     """Draws events i.i.d. from Γ_e / Γ_tot for uniforms (M,) each: tree descent, then in-column."""
-    cols = jax.vmap(sumtree.sample, in_axes=(None, 0))(state.tree, u_column)
+    cols = jax.vmap(sumtree.sample, in_axes=(None, 0, None))(state.tree, u_column, state.total)
     cols = jnp.minimum(cols, state.n_columns - 1).astype(jnp.int32)
     return select_in_column(state, tables, cols, u_slot)
 
@@ -348,7 +349,7 @@ def apply_event(state: LatticeState, tables: RateTables, event: Event, active=Tr
     new = state.replace(heights=heights, species=species, oxide=oxide, react_class=react_class)
     rates, _, _ = column_event_rates(new, tables, affected)
     tree = sumtree.update(state.tree, affected, rates.sum(axis=1))
-    total = tree[1]
+    total = sumtree.root(tree)
 
     # 5. Bookkeeping.
     one = active.astype(jnp.int64)

@@ -10,8 +10,8 @@ heights            (C + 1,) int32       z of the top atom of each column (0 = ba
 species            (C + 1, Lz) int8     VACANT / TI / O / SUBSTRATE per site
 oxide              (C + 1, Lz) int8     1 where the atom belongs to a formed TiO2 unit
 react_class        (C + 1, Lz) int8     n (0..6 occupied NN) where a non-oxide Ti can react, else -1
-tree               (2P,) float64        sum tree of per-column total rates (Hz), P = 2^ceil(log2 C)
-total              () float64           Gamma_tot = tree root, kept as its own field (see engine)
+tree               (R, B) float64       B-ary sum tree of per-column total rates (Hz), see sumtree
+total              () float64           Gamma_tot = sumtree.root(tree), its own field (see engine)
 time               () float64           physical clock, s
 n_events           () int64             events executed
 event_counts       (5,) int64           per kind: deposit Ti, deposit O, hop, desorb, react
@@ -24,8 +24,8 @@ status             () int32             RUNNING, CEILING (a column is full) or N
 so a column's reaction total is one int8 row lookup and an event refreshes only the ≤ 21 sites
 whose channel it can change.
 
-Memory: 3 bytes per site for species, oxide and reaction class, plus ``(16 P + 4 C) / (C Lz)`` for tree and
-heights (≈ 0.2 to 3.4 bytes per site at the curriculum sizes).
+Memory: 3 bytes per site for species, oxide and reaction class, plus about ``(8 C (1 + 1/B) + 4 C) / (C Lz)`` for
+tree and heights.
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ def estimate_state_bytes(lattice_size) -> int:
     """Bytes held by one LatticeState of this size (used to refuse impossible allocations early)."""
     lx, ly, lz = validate_lattice_size(lattice_size)
     c = lx * ly
-    p = sumtree.tree_capacity(c)
-    return 3 * (c + 1) * lz + 4 * (c + 1) + 8 * 2 * p + 8 * 16
+    rows, b = sumtree.tree_shape(c)
+    return 3 * (c + 1) * lz + 4 * (c + 1) + 8 * rows * b + 8 * 16
 
 
 def _empty_fields(lx: int, ly: int, lz: int):
@@ -139,7 +139,7 @@ def init_flat(lattice_size, params: PhysicsParams) -> LatticeState:
     dep_total = make_rate_tables(params).dep.sum()
     leaves = jnp.full((lx * ly,), dep_total, jnp.float64)
     tree = sumtree.build(leaves)
-    total = tree[1]
+    total = sumtree.root(tree)
     status = jnp.where(total > 0, RUNNING, NO_EVENTS).astype(jnp.int32)
     return LatticeState(
         heights=heights, species=species, oxide=oxide, react_class=react_class, tree=tree,

@@ -151,6 +151,9 @@ class _Checkpointer:
             try:
                 state, _, meta = self.store.restore(step, target={"carry": template})
             except Exception as exc:  # noqa: BLE001 (orbax raises many types; all mean "unusable")
+                legacy = self._restore_legacy(step, template)  # written before the flat rate tree?
+                if legacy is not None:
+                    return self._unpack(*legacy)
                 reason = " ".join(str(exc).split())[:160]
                 say(f"warning: checkpoint {step} in {self.directory} cannot be restored "
                     f"({type(exc).__name__}: {reason}); trying the previous one")
@@ -158,6 +161,29 @@ class _Checkpointer:
             return self._unpack(state, meta)
         raise UsageError(f"--resume: no checkpoint in {self.directory} can be restored; start "
                          "the run again with --overwrite")
+
+    def _restore_legacy(self, step, template):
+        """Checkpoint ``step`` written when rate trees were binary ``(2P,)`` arrays: restored
+        with those shapes, each tree converted to the flat structure (same leaves, sums
+        recomputed; :func:`swarm_jax.physics.sumtree.upgrade_legacy`). None if it is not one."""
+        from swarm_jax.physics import sumtree
+        from swarm_jax.production.runners import lattice_of
+
+        # Every carry leaf has a leading replica axis: a tree is (R, rows, B) float64.
+        is_tree = lambda x: x.ndim == 3 and x.dtype == np.float64 and sumtree.is_tree_shape(x.shape)  # noqa: E731
+        try:
+            n_columns = lattice_of(template).n_columns
+            if not any(is_tree(x) for x in jax.tree.leaves(template)):
+                return None
+            legacy = jax.tree.map(lambda x: np.zeros(sumtree.legacy_shape(x.shape, n_columns))
+                                  if is_tree(x) else x, template)
+            state, _, meta = self.store.restore(step, target={"carry": legacy})
+        except Exception:  # noqa: BLE001 (not a legacy checkpoint either: the caller reports)
+            return None
+        carry = jax.tree.map(lambda x, old: jax.numpy.asarray(sumtree.upgrade_legacy(old, x.shape))
+                             if is_tree(x) else old, template, state["carry"])
+        say(f"note: checkpoint {step} holds binary rate trees (an older version); converted")
+        return {"carry": carry}, meta
 
     def _unpack(self, state, meta):
         meta = dict(meta)

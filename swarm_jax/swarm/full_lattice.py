@@ -10,7 +10,7 @@ Data structures (:class:`FullLatticeState`, a flax.struct carry; ``E = 7 + Lz`` 
 column, ``C = Lx Ly`` columns plus the engine's dummy column):
 
 * ``scores (C + 1, E) float32``: the cached, clipped score ``f`` of every (column, slot);
-* ``wtree (2P,) float64``: a second sum tree (:mod:`swarm_jax.physics.sumtree`) whose leaf ``c``
+* ``wtree (R, B) float64``: a second rate tree (:mod:`swarm_jax.physics.sumtree`) whose leaf ``c``
   is ``Σ_k exp(f_ck) Γ_ck``; ``z_total`` is its root ``Z``, kept as its own field like the engine's
   ``Γ_tot`` (reading the root of the updated tree, never of the old one, keeps the tree update in
   place);
@@ -122,7 +122,7 @@ class FullLatticeState:
       lattice: the film and the engine's rate tree.
       scores: (C + 1, E) float32 cached clipped scores f (the dummy row holds, in slot 0, the
         score of the last executed event; it is never sampled).
-      wtree: (2P,) float64 sum tree of Σ_k exp(f_ck) Γ_ck per column (Hz).
+      wtree: (R, B) float64 rate tree of Σ_k exp(f_ck) Γ_ck per column (Hz).
       z_total: () float64 Z, its root (Hz).
       log_weight: () float64 trajectory log importance weight log W.
       context: the frozen :class:`ScoreContext`.
@@ -259,7 +259,7 @@ def init(lattice: LatticeState, tables: RateTables, physics: PhysicsParams, scor
     context = make_context(lattice, tables, physics, progress)
     scores, wtree = rescore_all(lattice, tables, context, score_fn, params, react_slots)
     return FullLatticeState(
-        lattice=lattice, scores=scores, wtree=wtree, z_total=wtree[1],
+        lattice=lattice, scores=scores, wtree=wtree, z_total=sumtree.root(wtree),
         log_weight=jnp.zeros((), jnp.float64), context=context,
         since_refresh=jnp.zeros((), jnp.int64),
     )
@@ -270,7 +270,7 @@ def refresh_context(carry: FullLatticeState, tables: RateTables, physics: Physic
     """A new context from the current film and a full rescoring (log W is kept)."""
     context = make_context(carry.lattice, tables, physics, progress)
     scores, wtree = rescore_all(carry.lattice, tables, context, score_fn, params, react_slots)
-    return carry.replace(scores=scores, wtree=wtree, z_total=wtree[1], context=context,
+    return carry.replace(scores=scores, wtree=wtree, z_total=sumtree.root(wtree), context=context,
                          since_refresh=jnp.zeros_like(carry.since_refresh))
 
 
@@ -294,7 +294,7 @@ def step_with_uniforms(carry: FullLatticeState, tables: RateTables, score_fn: Sc
     """
     lat = carry.lattice
     active = jnp.asarray(enabled) & (lat.status == RUNNING)
-    col = jnp.minimum(sumtree.sample(carry.wtree, u[0]), lat.n_columns - 1).astype(jnp.int32)
+    col = jnp.minimum(sumtree.sample(carry.wtree, u[0], carry.z_total), lat.n_columns - 1).astype(jnp.int32)
     rates, top_sp, top_ox = column_event_rates(lat, tables, col[None])
     f_col = carry.scores[col]
     k = _select_slot(jnp.exp(f_col.astype(jnp.float64)) * rates[0], u[1])
@@ -319,7 +319,7 @@ def step_with_uniforms(carry: FullLatticeState, tables: RateTables, score_fn: Sc
     info = StepInfo(event=event, kind=jnp.where(active, event.kind, -1), dt=dt, total_before=lat.total,
                     active=active)
     carry = carry.replace(
-        lattice=new, scores=scores, wtree=wtree, z_total=wtree[1],
+        lattice=new, scores=scores, wtree=wtree, z_total=sumtree.root(wtree),
         log_weight=carry.log_weight + jnp.where(active, step_log_w, 0.0),
         since_refresh=carry.since_refresh + jnp.asarray(enabled).astype(jnp.int64),
     )
