@@ -573,6 +573,9 @@ def _train_chunk(s: _Setup, rs: RunnerState, n_updates: int):
     finished = ep.batch_ess_from_sums(jax.nn.logsumexp(m["log_sum_w"]),
                                       jax.nn.logsumexp(m["log_sum_w2"]), n_ep)
     lw_mean, lw_var = ep.log_weight_moments(m["log_w_sum"].sum(), m["log_w_sq_sum"].sum(), n_ep)
+    lw_running = rs.traj_log_weight.astype(jnp.float64)  # fallback, as batch_ess: no NaN metric
+    lw_mean = jnp.where(n_ep > 0, lw_mean, lw_running.mean())
+    lw_var = jnp.where(n_ep > 0, lw_var, lw_running.var())
     metrics = {
         **dict(zip(("ep_rew_mean", "ep_len_mean"),
                    rs.episodes.means(rs.episodes.returns, rs.episodes.lengths))),
@@ -705,7 +708,8 @@ def make_train(
         * ``kl_per_step``: mean of ``−step_log_weight = log(K·π_a)`` over the chunk's rollout
           steps (a per-step estimate of KL(q‖p); 0 for the uniform policy).
           ``traj_log_weight_mean``, ``traj_log_weight_var``: mean and variance of ``log W``
-          over the episodes finished within the chunk (NaN if none finished).
+          over the episodes finished within the chunk (if none finished, over the running
+          partial trajectories at the end of the chunk, as ``batch_ess``).
         * each of ``info_keys`` the env provides (``roughness``, ``coverage``, ``o_ti_ratio``,
           ``mean_height``): mean over the chunk's rollout steps and envs.
         * ``learning_rate``: the LR of the chunk's last update; ``env_steps``, ``update_step``:
