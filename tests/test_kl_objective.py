@@ -178,7 +178,9 @@ def test_kl_objective_trains_on_a_thickness_ended_tio2_episode():
     for key in ("kl_per_step", "traj_log_weight_mean", "traj_log_weight_var", "batch_ess",
                 "value_loss"):
         assert np.isfinite(float(metrics[key])), (key, metrics)
-    assert float(metrics["kl_per_step"]) >= -1e-6  # a mean of log(Kπ_a) under π is a KL ≥ 0
+    # A sample mean of log(K·π_a): near 0 for the barely trained (near-uniform) policy.
+    assert abs(float(metrics["kl_per_step"])) < 0.05
+    assert float(metrics["traj_log_weight_var"]) >= 0
 
 
 # ---- configuration ----------------------------------------------------------------------------
