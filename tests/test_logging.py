@@ -33,7 +33,12 @@ LEARNING_TAGS = {
     "ess_lambda": "train/ess_lambda", "ess_constraint": "train/ess_constraint",
     "ess_loss": "train/ess_loss", "reward_scale": "train/reward_scale",
 }
-ALL_TAGS = {**SEED_TAGS, **LEARNING_TAGS}
+# The KL objective's per-step KL and the trajectory log-weights' moments.
+KL_TAGS = {
+    "kl_per_step": "train/kl_per_step", "traj_log_weight_mean": "custom/traj_log_weight_mean",
+    "traj_log_weight_var": "custom/traj_log_weight_var",
+}
+ALL_TAGS = {**SEED_TAGS, **LEARNING_TAGS, **KL_TAGS}
 
 
 def test_metric_tags_match_the_seed_names():

@@ -89,18 +89,30 @@ def advance(episodes: RunningEpisodes, reward: Array, step_log_weight: Array,
 
 def finished_summary(records: dict) -> dict:
     """Episode statistics of the ``counted`` entries of stacked step records (any shape):
-    ``n_episodes``, ``ep_return_sum``, ``ep_length_sum`` and the batch-ESS
-    log-sums ``log_sum_w``, ``log_sum_w2``."""
+    ``n_episodes``, ``ep_return_sum``, ``ep_length_sum``, the batch-ESS log-sums ``log_sum_w``,
+    ``log_sum_w2``, and the float64 sums ``log_w_sum``, ``log_w_sq_sum`` of the trajectory
+    log-weights and of their squares (for :func:`log_weight_moments`)."""
     counted = records["counted"]
     c = counted.astype(jnp.float32)
     lsw, lsw2, n = masked_log_sums(records["traj_log_weight"], counted)
+    log_w = jnp.where(counted, records["traj_log_weight"], 0.0).astype(jnp.float64)
     return {
         "n_episodes": n,
         "ep_return_sum": jnp.sum(records["ep_return"] * c),
         "ep_length_sum": jnp.sum(records["ep_length"].astype(jnp.float32) * c),
         "log_sum_w": lsw,
         "log_sum_w2": lsw2,
+        "log_w_sum": jnp.sum(log_w),
+        "log_w_sq_sum": jnp.sum(log_w**2),
     }
+
+
+def log_weight_moments(log_w_sum: Array, log_w_sq_sum: Array, n: Array) -> tuple[Array, Array]:
+    """Mean and (population) variance of trajectory log-weights from their sums over ``n``
+    trajectories (float64 in, float64 out); NaN when ``n == 0``."""
+    n = jnp.asarray(n, jnp.float64)
+    mean = safe_mean(log_w_sum, n)
+    return mean, jnp.maximum(safe_mean(log_w_sq_sum, n) - mean**2, 0.0)
 
 
 @struct.dataclass

@@ -3,7 +3,7 @@
 * :func:`compute_gae`: advantages with truncation bootstrapping.
 * :class:`RewardNormState` and :func:`learning_reward`: what PPO learns from — the env reward,
   reshaped (potential form of a level reward), minus the seed's ESS reward term, scaled by the
-  running return scale.
+  running return scale; with the KL objective, :func:`kl_reward` is added before the scaling.
 * :func:`ppo_loss`: clipped surrogate + value loss − entropy bonus + the ESS constraint's
   augmented-Lagrangian term; :func:`dual_ascent`: the multiplier's update.
 
@@ -122,6 +122,17 @@ def learning_reward(cfg: PPOConfig, env_reward: Array, info: dict, terminated: A
         level_before = jnp.asarray(info[LEVEL_KEYS[1]], jnp.float32)
         reward = reward + (cfg.gamma * level - level_before) / (1.0 - cfg.gamma)
     return reward - penalty, penalty
+
+
+def kl_reward(cfg: PPOConfig, step_log_weight: Array) -> Array:
+    """The KL objective's per-step reward term ``β·log w_t = −β·log(K·π(a_t|s_t))`` (float32).
+
+    ``step_log_weight`` is the rollout's :attr:`~swarm_jax.agents.acting.Choice.step_log_weight`
+    (computed once, at collection, with the parameters that acted; a fixed reward thereafter).
+    Its expectation under π is ``−β·KL(π(·|s)‖uniform)`` at each state, and its sum over an
+    episode is ``−β·log(q/p)`` of the trajectory (``swarm_jax.agents.ppo``, "KL objective").
+    """
+    return jnp.float32(cfg.kl_coef) * jnp.asarray(step_log_weight, jnp.float32)
 
 
 def ess_constraint_term(log_probs: Array, ess_lambda: Array, ess_target, penalty_coef: float):

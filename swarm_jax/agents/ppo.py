@@ -33,6 +33,30 @@ same optimal policy, no large state-dependent level in the return); minus the se
 ``w_ess · max(0, ess_target − ESS_t)``; divided by the running scale of its discounted return
 (``normalize_reward``). ``ep_rew_mean`` and evaluation report the env reward alone.
 
+**KL objective** (``objective="kl"``, β = ``kl_coef``; the seed's objective is ``"seed"``).
+Let ``p`` be the ensemble of trajectories of classical KMC and ``q`` the one the policy generates.
+At every step both draw the same K candidates i.i.d. from the physical distribution and advance
+the same physical clock; they differ only in the pick: uniform (probability ``1/K``) under ``p``,
+``π(a_t|s_t)`` under ``q``. Every other factor of a trajectory's probability cancels in the
+ratio, so ``log q(τ)/p(τ) = Σ_t log(K·π(a_t|s_t)) = −Σ_t log w_t`` and
+``E_q[Σ_t −log w_t] = KL(q‖p)`` exactly. Adding ``β·log w_t`` to each step's reward (before
+reward normalisation, :func:`~swarm_jax.agents.losses.kl_reward`) makes the undiscounted return
+``R(τ) − β·log q(τ)/p(τ)``, whose expectation under ``q`` is ``E_q[R] − β·KL(q‖p)
+= β·log Z_β − β·KL(q‖p_β)`` with ``p_β ∝ p·exp(R/β)``: its maximiser is the tilted ensemble
+``p_β``, under which the importance weight ``W = p/q = Z_β·exp(−R/β)`` depends on ``τ`` only
+through ``R``. The value function learns this soft return. The term is a *fixed* reward: it is
+the log-weight the rollout computed with the parameters that acted, not differentiated. That is
+unbiased for the gradient of the objective: ``∇_θ E_q[−β log q] = E_q[−β log q·∇ log q]
+− β·E_q[∇ log q]`` and the second term vanishes, ``E_π[∇ log π] = ∇ Σ_a π_a = 0``, so the
+score-function (policy-gradient) estimator with the log-ratio as reward is the whole gradient.
+With ``reward.mode: delta`` and only ``w_roughness = s`` the env rewards sum over an episode
+ended by ``episode_ml`` (terminated, not bootstrapped) to ``−s·(W_final − W_0) = −s·W_final``
+(the substrate is flat), so the optimum is ``q* ∝ p·exp(−s·W_final/β)``: a terminal observable
+paid out as it accrues, which needs no separate terminal-reward mode. The KL objective therefore
+requires ``gamma = 1`` (GAE with γ = 1: terminated episodes are cut, truncated ones still
+bootstrap), no potential shaping, no ESS constraint or ESS reward term and no entropy bonus
+(:class:`~swarm_jax.agents.ppo_config.PPOConfig` rejects the combination in one line).
+
 **ESS constraint.** The mean per-step ESS ratio ``K² / Σ_j 1/π_j`` of the policy over the visited
 states must stay at or above ``ess_target``: ``λ·c + ρ/2·max(0, c)²`` with ``c = target −
 mean ESS`` of the current parameters is added to every minibatch loss, and λ follows dual ascent
@@ -100,7 +124,7 @@ from swarm_jax.agents.evaluation import (  # noqa: F401  (re-exported)
     DEFAULT_INFO_KEYS, evaluate, info_keys_present,
 )
 from swarm_jax.agents.losses import (  # noqa: F401  (re-exported)
-    RewardNormState, compute_gae, dual_ascent, learning_reward, ppo_loss,
+    RewardNormState, compute_gae, dual_ascent, kl_reward, learning_reward, ppo_loss,
 )
 from swarm_jax.agents.networks import NetworkConfig, make_network
 from swarm_jax.agents.ppo_config import (  # noqa: F401  (re-exported)
@@ -180,6 +204,7 @@ class Transition:
     reward: Array  # the learning reward (swarm_jax.agents.losses.learning_reward)
     env_reward: Array  # reward returned by the env
     ess_ratio: Array  # per-step ESS ratio of the actor's distribution, K² / Σ_j 1/π_j
+    step_log_weight: Array  # log w_t = −log K − log π_a at collection (Choice.step_log_weight)
     terminated: Array  # bool
     done: Array  # bool, terminated | truncated
 
@@ -451,6 +476,8 @@ def _env_step(s: _Setup, rs: RunnerState, _):
     done = terminated | jnp.asarray(truncated, bool)
     learn, penalty = learning_reward(cfg, reward, info, terminated, choice.ess, s.w_ess,
                                      s.ess_target, s.shaping)
+    if cfg.objective == "kl":
+        learn = learn + kl_reward(cfg, choice.step_log_weight)
     reward_norm = rs.reward_norm
     if cfg.normalize_reward:
         reward_norm = reward_norm.update(learn, done, cfg.gamma)
@@ -460,7 +487,7 @@ def _env_step(s: _Setup, rs: RunnerState, _):
         obs=rs.last_obs, action=choice.action, log_prob=choice.log_prob, value=choice.value,
         next_value=jax.lax.stop_gradient(next_value), reward=learn,
         env_reward=jnp.asarray(reward, jnp.float32), ess_ratio=choice.ess,
-        terminated=terminated, done=done,
+        step_log_weight=choice.step_log_weight, terminated=terminated, done=done,
     )
     record.update(penalty=penalty,
                   **{k: jnp.asarray(info[k], jnp.float32) for k in s.info_keys})
@@ -516,6 +543,9 @@ def _update(s: _Setup, rs: RunnerState, _):
         "n_episodes": finished["n_episodes"],
         "log_sum_w": finished["log_sum_w"],
         "log_sum_w2": finished["log_sum_w2"],
+        "log_w_sum": finished["log_w_sum"],
+        "log_w_sq_sum": finished["log_w_sq_sum"],
+        "kl_per_step": -traj.step_log_weight.mean(),
         "ess_ratio": rollout_ess,
         "ess_constraint": jnp.asarray(s.ess_target, jnp.float32) - rollout_ess,
         "ess_lambda": ess_lambda,
@@ -531,7 +561,8 @@ def _update(s: _Setup, rs: RunnerState, _):
 
 #: Per-update statistics reported as their mean over a chunk.
 _CHUNK_MEANS = ("ess_ratio", "ess_constraint", "ess_penalty", "reward", "learn_reward", "loss",
-                "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "ess_loss")
+                "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "ess_loss",
+                "kl_per_step")
 
 
 def _train_chunk(s: _Setup, rs: RunnerState, n_updates: int):
@@ -541,12 +572,18 @@ def _train_chunk(s: _Setup, rs: RunnerState, n_updates: int):
     running = batch_ess(rs.traj_log_weight).astype(jnp.float32)
     finished = ep.batch_ess_from_sums(jax.nn.logsumexp(m["log_sum_w"]),
                                       jax.nn.logsumexp(m["log_sum_w2"]), n_ep)
+    lw_mean, lw_var = ep.log_weight_moments(m["log_w_sum"].sum(), m["log_w_sq_sum"].sum(), n_ep)
+    lw_running = rs.traj_log_weight.astype(jnp.float64)  # fallback, as batch_ess: no NaN metric
+    lw_mean = jnp.where(n_ep > 0, lw_mean, lw_running.mean())
+    lw_var = jnp.where(n_ep > 0, lw_var, lw_running.var())
     metrics = {
         **dict(zip(("ep_rew_mean", "ep_len_mean"),
                    rs.episodes.means(rs.episodes.returns, rs.episodes.lengths))),
         "n_episodes": n_ep,
         "batch_ess": jnp.where(n_ep > 0, finished, running),
         "batch_ess_running": running,
+        "traj_log_weight_mean": lw_mean,
+        "traj_log_weight_var": lw_var,
         "learning_rate": m["learning_rate"][-1],
         "ess_lambda": m["ess_lambda"][-1],
         "reward_scale": m["reward_scale"][-1],
@@ -668,6 +705,11 @@ def make_train(
           ``reward``: mean per-step env reward; ``learn_reward``: mean per-step learning reward
           (shaped, normalised); ``reward_scale``: the normaliser's divisor.
         * ``batch_ess``, ``batch_ess_running``: see the module docstring.
+        * ``kl_per_step``: mean of ``−step_log_weight = log(K·π_a)`` over the chunk's rollout
+          steps (a per-step estimate of KL(q‖p); 0 for the uniform policy).
+          ``traj_log_weight_mean``, ``traj_log_weight_var``: mean and variance of ``log W``
+          over the episodes finished within the chunk (if none finished, over the running
+          partial trajectories at the end of the chunk, as ``batch_ess``).
         * each of ``info_keys`` the env provides (``roughness``, ``coverage``, ``o_ti_ratio``,
           ``mean_height``): mean over the chunk's rollout steps and envs.
         * ``learning_rate``: the LR of the chunk's last update; ``env_steps``, ``update_step``:

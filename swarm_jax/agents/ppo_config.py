@@ -20,6 +20,10 @@ Array = jax.Array
 #: ``reward_shaping`` choices.
 REWARD_SHAPINGS = ("potential", "none")
 
+#: ``objective`` choices: the seed's (env reward, ESS term and constraint) or the trajectory-level
+#: KL-regularised one (``swarm_jax.agents.ppo``, "KL objective").
+OBJECTIVES = ("seed", "kl")
+
 #: ``info`` keys of a level reward's level after and before the step, ``L(s')`` and ``L(s)``, that
 #: ``reward_shaping="potential"`` reads (TiO2GrowthEnv reports them; zeros in delta mode).
 LEVEL_KEYS = ("reward_level", "reward_level_before")
@@ -91,6 +95,16 @@ class PPOConfig:
             (a warm-up of ``U[0, max_steps)`` classical-KMC steps before training), so episode
             ends do not come in lockstep. The first (partial) episode of each environment is
             not counted in ``ep_rew_mean``. ``True`` by default.
+        objective: ``"seed"`` (default): learn from the env reward with the seed's ESS term and
+            the ESS constraint. ``"kl"``: maximise ``E_q[R] − kl_coef·KL(q‖p)`` over whole
+            trajectories (q the policy's dynamics, p classical KMC): each step's learning reward
+            gets ``+kl_coef · step_log_weight = −kl_coef·log(K·π(a_t|s_t))`` (module docstring of
+            :mod:`swarm_jax.agents.ppo`, "KL objective"). It needs ``gamma = 1``,
+            ``ess_constraint = false``, ``reward_shaping = none``, ``ent_coef = 0`` and no ESS
+            reward term (``w_ess`` 0 or None; a training config needs ``reward.w_ess = 0``):
+            each of those would change the optimum away from the tilted ensemble.
+        kl_coef: β > 0 of the KL objective (dimensionless, in reward units per nat); only read
+            when ``objective = "kl"``.
         total_timesteps: env steps in total (all envs); ``num_updates`` is derived from it.
     """
 
@@ -121,11 +135,14 @@ class PPOConfig:
     reward_shaping: str = "potential"
     normalize_reward: bool = True
     stagger_episodes: bool = True
+    objective: str = "seed"
+    kl_coef: float = 1.0
     total_timesteps: int = 100_000
 
     def __post_init__(self):
         self._check_learning_fields()
         self._check_ppo_fields()
+        self._check_objective()
         if self.reward_shaping == "potential" and not self.gamma < 1:
             raise ConfigError(f"ppo.reward_shaping = 'potential' needs ppo.gamma < 1 (got "
                               f"{show(self.gamma)}); set reward_shaping: none for gamma = 1",
@@ -155,6 +172,27 @@ class PPOConfig:
         self._coerce("stagger_episodes", check_bool)
         if self.w_ess is not None:
             self._coerce("w_ess", check_number, ge=0)
+
+    def _check_objective(self) -> None:
+        """``objective``/``kl_coef``, and the settings the KL objective excludes (one line each)."""
+        self._coerce("objective", check_choice, OBJECTIVES)
+        self._coerce("kl_coef", check_number, gt=0, le=1e6)
+        if self.objective != "kl":
+            return
+        why = "ppo.objective = 'kl' maximises E_q[R] - kl_coef*KL(q||p) over whole trajectories"
+        conflicts = (
+            ("gamma", self.gamma != 1, "1 (the trajectory KL is an undiscounted sum)"),
+            ("ess_constraint", self.ess_constraint, "false (the KL term replaces it)"),
+            ("reward_shaping", self.reward_shaping != "none",
+             "'none' (use reward.mode: delta for a terminal observable)"),
+            ("ent_coef", self.ent_coef != 0, "0 (the KL term is the entropy regulariser "
+                                               "relative to physics; a bonus would move the optimum)"),
+            ("w_ess", self.w_ess not in (None, 0), "0 (the ESS reward term would move the optimum)"),
+        )
+        for name, bad, allowed in conflicts:
+            if bad:
+                raise ConfigError(f"ppo.{name} = {show(getattr(self, name))}: must be {allowed} "
+                                  f"with {why}", field=f"ppo.{name}")
 
     def _check_ppo_fields(self) -> None:
         self._coerce("learning_rate", check_number, gt=0)
@@ -217,9 +255,12 @@ class PPOConfig:
 
 
 def resolve_ess_term(config: PPOConfig, env_params) -> tuple[Any, Any]:
-    """``(w_ess, ess_target)`` used for the learning reward (see :class:`PPOConfig`)."""
+    """``(w_ess, ess_target)`` used for the learning reward (see :class:`PPOConfig`; 0 for the
+    weight under the KL objective unless given)."""
     reward_cfg = getattr(env_params, "reward", None)
     w = config.w_ess
+    if w is None and config.objective == "kl":
+        w = 0.0  # the KL objective has no ESS reward term (PPOConfig.objective)
     if w is None:
         w = getattr(reward_cfg, "w_ess", DEFAULT_W_ESS)
     target = config.ess_target

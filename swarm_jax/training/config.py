@@ -350,6 +350,10 @@ class TrainConfig:
         _set(self, "ppo", _ppo_section(self.ppo, self.training))
         if self.reward.ess_target != self.ppo.ess_target:
             _set(self, "reward", self.reward.replace(ess_target=self.ppo.ess_target))
+        if self.ppo.objective == "kl" and self.reward.w_ess != 0:
+            raise ConfigError(f"reward.w_ess = {show(self.reward.w_ess)}: must be 0 with "
+                              "ppo.objective = 'kl' (the ESS reward term would move the optimum)",
+                              field="reward.w_ess")
         if self.training.cpu_overrides:
             try:
                 applied = _apply_cpu(self)

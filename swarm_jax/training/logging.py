@@ -11,11 +11,15 @@ Tags follow the original project's SB3 pipeline, so existing dashboards keep wor
     approx_kl       train/approx_kl          fps             time/fps
     clip_fraction   train/clip_fraction      ess_lambda      train/ess_lambda
     ess_constraint  train/ess_constraint     ess_loss        train/ess_loss
-    reward_scale    train/reward_scale
+    reward_scale    train/reward_scale       kl_per_step     train/kl_per_step
+    traj_log_weight_mean  custom/traj_log_weight_mean
+    traj_log_weight_var   custom/traj_log_weight_var
 
 ``ep_rew_mean``/``ep_len_mean`` are SB3's: the mean over the last 100 finished episodes.
 ``ess_lambda`` is the Lagrange multiplier of the ESS constraint and ``ess_constraint`` its value,
-``ess_target − mean per-step ESS ratio`` (≤ 0 when the constraint holds).
+``ess_target − mean per-step ESS ratio`` (≤ 0 when the constraint holds). ``kl_per_step`` is the
+rollout mean of ``log(K·π_a)`` (the per-step KL from classical KMC, the KL objective's penalty);
+``traj_log_weight_mean``/``_var`` describe ``log W`` of the episodes finished in the chunk.
 
 A key that already contains ``/`` is used as the tag verbatim; any other unknown key is logged as
 ``custom/<key>``. The x axis (``step``) is environment steps summed over all parallel envs.
@@ -64,6 +68,9 @@ METRIC_TAGS: dict[str, str] = {
     "ess_constraint": "train/ess_constraint",
     "ess_loss": "train/ess_loss",
     "reward_scale": "train/reward_scale",
+    "kl_per_step": "train/kl_per_step",
+    "traj_log_weight_mean": "custom/traj_log_weight_mean",
+    "traj_log_weight_var": "custom/traj_log_weight_var",
     "ess_ratio": "custom/ess_ratio",
     "batch_ess": "custom/batch_ess",
     "roughness": "custom/roughness",
