@@ -340,11 +340,16 @@ def probability_estimate(indicator, log_weights) -> dict:
 
     Not reliable (``reasons`` says why) when: fewer than :data:`MIN_HITS` hits or effective hits
     (``integrand_ess``); the integrand's PSIS ``k̂`` > :data:`KHAT_THRESHOLD` (heavy-tailed: the
-    error bar is too small); ``|mean W − 1|`` > :data:`MEAN_WEIGHT_Z` standard errors.
+    error bar is too small). Only the integrand ``W·1_A`` enters the estimate and its error, so
+    only its diagnostics decide: a sampler tilted towards ``A`` rarely visits the trajectories far
+    outside ``A``, whose weights are the largest, so ``E_q[W] = 1`` can fail (``|mean W − 1|`` >
+    :data:`MEAN_WEIGHT_Z` standard errors) while ``P(A)`` is estimated correctly. That failure is
+    reported in ``warnings`` (and ``mean_weight_consistent``), not as a reason.
 
     Returns:
         the keys of :func:`plain_estimate`, :func:`integrand_diagnostics` and
-        :func:`mean_weight_check`, plus ``"reliable"`` and ``"reasons"``.
+        :func:`mean_weight_check`, plus ``"reliable"``, ``"reasons"``, ``"warnings"`` and
+        ``"mean_weight_consistent"``.
     """
     lw = _log_weights(log_weights)
     a = _values_like(indicator, lw, "indicator")
@@ -361,8 +366,9 @@ def probability_estimate(indicator, log_weights) -> dict:
     if out["integrand_khat"] is not None and out["integrand_khat"] > KHAT_THRESHOLD:
         reasons.append(f"PSIS k-hat of W·1_A {out['integrand_khat']:.2f} > {KHAT_THRESHOLD:g} "
                        "(heavy-tailed integrand: the error bar is too small)")
-    reasons += _weight_reason(out)
-    out.update(reliable=not reasons, reasons=reasons)
+    warnings = _weight_reason(out)
+    out.update(reliable=not reasons, reasons=reasons, warnings=warnings,
+               mean_weight_consistent=not warnings)
     return out
 
 
@@ -386,8 +392,10 @@ def mean_estimate(values, log_weights) -> dict:
            "per_trajectory_variance": se * se * lw.size if se is not None else None}
     out.update(assess_weights(lw))
     out.update(mean_weight_check(lw))
-    reasons = list(out["reasons"]) + _weight_reason(out)
-    out.update(reliable=not reasons, reasons=reasons)
+    weight_reasons = _weight_reason(out)
+    reasons = list(out["reasons"]) + weight_reasons
+    out.update(reliable=not reasons, reasons=reasons, warnings=[],
+               mean_weight_consistent=not weight_reasons)
     return out
 
 
