@@ -57,7 +57,7 @@ from gymnax.environments import environment, spaces
 from swarm_jax.env.reward import RewardConfig, compute_reward, reward_metrics
 from swarm_jax.physics.engine import Event
 from swarm_jax.physics.lattice import CEILING, NO_EVENTS, LatticeState, init_flat, validate_lattice_size
-from swarm_jax.physics.params import PhysicsParams, concrete_number, make_rate_tables
+from swarm_jax.physics.params import PhysicsParams, check_type, concrete_number, make_rate_tables
 from swarm_jax.swarm import features as F
 from swarm_jax.swarm.candidates import draw_candidates, execute_candidate
 
@@ -96,7 +96,12 @@ class EnvParams:
     reward: RewardConfig = struct.field(default_factory=RewardConfig)
 
     def __post_init__(self):
-        # Concrete values only (see PhysicsParams); the step counter it bounds is int32.
+        # Concrete values only (see PhysicsParams); the step counter it bounds is int32. A tree
+        # JAX rebuilds with placeholders (jax.tree.map(lambda _: None, p)) is not checked.
+        if isinstance(self.physics, PhysicsParams) and not isinstance(
+                self.physics.temperature, (type(None), bool)):
+            check_type("EnvParams", "max_steps_in_episode", self.max_steps_in_episode,
+                       f"an integer in [1, {_INT32_MAX}]")
         steps = concrete_number(self.max_steps_in_episode)
         if steps is not None and not (steps.is_integer() and 1 <= steps <= _INT32_MAX):
             raise ValueError(f"EnvParams.max_steps_in_episode = {self.max_steps_in_episode!r}: "
