@@ -23,7 +23,7 @@ import sys
 from typing import Optional, Sequence
 
 from swarm_jax.physics import PhysicsParams, estimate_state_bytes
-from swarm_jax.physics.lattice import deposit_target
+from swarm_jax.physics.lattice import LATTICE_SIZE_RULE, deposit_target, validate_lattice_size
 from swarm_jax.swarm import full_lattice
 from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM
 from swarm_jax.trained_policy import PolicyLoadError, TrainedPolicy, load_policy
@@ -200,12 +200,7 @@ def parse_lattice(args) -> tuple[int, int, int, int, Optional[float]]:
     lx, ly, lz = args.lattice_size or (*DEFAULT_LATERAL, None)
     if lx is None or ly is None:
         raise _bad("--lattice-size", f"{lx} {ly} {lz}", "LX LY LZ with only LZ allowed 'auto'")
-    if lx < 3 or ly < 3 or (lz is not None and lz < 2):
-        raise _bad("--lattice-size", f"{lx} {ly} {lz}",
-                   "LX LY LZ with LX, LY >= 3 (distinct periodic neighbours) and LZ >= 2 "
-                   "(substrate plus one layer)")
-    if lx * ly >= 2**31:
-        raise _bad("--lattice-size", f"{lx} {ly} {lz}", "at most 2^31 - 1 columns and LZ <= 127")
+    _check_lattice(lx, ly, 2 if lz is None else lz, f"{lx} {ly} {'auto' if lz is None else lz}")
     monolayers = args.monolayers
     if monolayers is None and args.events is None:
         monolayers = DEFAULT_MONOLAYERS
@@ -219,13 +214,19 @@ def parse_lattice(args) -> tuple[int, int, int, int, Optional[float]]:
     growth = events / (lx * ly) if monolayers is None else min(monolayers, events / (lx * ly))
     if lz is None:
         lz = default_box_height(growth, lx * ly)
-        if lz > 127:
-            raise UsageError(
-                f"--lattice-size {lx} {ly} auto: {events} events per replica need a box of "
-                f"{lz} layers, more than 127; use more columns or fewer events / monolayers")
-    elif lz > 127:
-        raise _bad("--lattice-size", f"{lx} {ly} {lz}", "at most 2^31 - 1 columns and LZ <= 127")
+        _check_lattice(lx, ly, lz, f"{lx} {ly} auto (a box of {lz} layers for {events} events "
+                                   "per replica; use more columns or fewer events / monolayers)")
     return lx, ly, lz, events, monolayers
+
+
+def _check_lattice(lx: int, ly: int, lz: int, shown: str) -> None:
+    """The lattice limits shared with train.py and the environment
+    (:func:`swarm_jax.physics.lattice.validate_lattice_size`), as a ``--lattice-size`` error."""
+    try:
+        validate_lattice_size((lx, ly, lz))
+    except ValueError:
+        raise _bad("--lattice-size", shown, LATTICE_SIZE_RULE.replace(
+            "three integers (Lx, Ly, Lz)", "LX LY LZ")) from None
 
 
 def check_ranges(args) -> None:

@@ -84,7 +84,7 @@ def _stop_message(config: SimulationConfig, status: np.ndarray, n_events: np.nda
         x, y = np.unravel_index(int(np.argmax(heights[r])), heights[r].shape)
         text = (f"{head}: column full at z = Lz-1 = {lz - 1} at (x, y) = ({x}, {y}) (the film "
                 f"reached the top of the box); use a taller lattice (--lattice-size {lx} {ly} "
-                f"{min(2 * lz, 127)}) or fewer events")
+                f"{2 * lz}) or fewer events")
         name = "ceiling"
     else:
         text = (f"{head}: no event is possible (total rate 0 Hz; e.g. --deposition-rate 0 on an "

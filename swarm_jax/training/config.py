@@ -51,6 +51,7 @@ import yaml
 from swarm_jax.agents.networks import NetworkConfig
 from swarm_jax.agents.ppo_config import PPOConfig
 from swarm_jax.env.reward import RewardConfig
+from swarm_jax.physics.lattice import LATTICE_SIZE_RULE, validate_lattice_size
 from swarm_jax.validation import (
     STEPS_MAX, ConfigError, check_int_list, check_number, fail, show, suggest,
 )
@@ -180,6 +181,10 @@ class EnvironmentConfig:
             p + "lattice_size", self.lattice_size, length=3, mins=(3, 3, 2).__getitem__,
             allowed="a list of 3 integers [Lx, Ly, Lz] with Lx, Ly >= 3 (distinct periodic "
                     "neighbours) and Lz >= 2 (substrate plus one layer)")
+        try:  # the limits shared with the environment and simulate
+            validate_lattice_size(size)
+        except ValueError:
+            raise fail(p + "lattice_size", self.lattice_size, LATTICE_SIZE_RULE) from None
         _set(self, "lattice_size", size)
         _set(self, "temperature", check_number(p + "temperature", self.temperature, gt=0, unit="K"))
         _set(self, "deposition_rate",
