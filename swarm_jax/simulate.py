@@ -137,12 +137,12 @@ from swarm_jax.production.config import (  # noqa: F401
 )
 from swarm_jax.production.runners import (  # noqa: F401
     POLICY_FACTORIES, CandidateCarry, ChunkFn, CompiledChunks, PolicyRunner, Simulator,
-    candidates_chunk, classical_chunk, full_chunk, initial_state, make_classical_runner,
+    candidates_chunk, check_policy, classical_chunk, full_chunk, initial_state, make_classical_runner,
     make_runner, make_trained_runner, simulator,
 )
 from swarm_jax.production.run import (  # noqa: F401
     CHECKPOINT_DIR, PARTIAL_TIMESERIES, RUN_FILE, RunProgress, SimulationResult, SimulationRun,
-    next_chunk_events, remove_checkpoints, simulate, start,
+    check_own_checkpoints, next_chunk_events, remove_checkpoints, simulate, start,
 )
 from swarm_jax.production.writers import (  # noqa: F401
     FINAL_OBSERVABLES, LATTICE_CONSTANT_ANGSTROM, OUTPUT_FILES, TIMESERIES_COLUMNS,
@@ -259,16 +259,13 @@ def _config_from_args(args, argv: Sequence[str]) -> SimulationConfig:
     log_every = min(log_every, events)
     physics = parse_physics(args.physics)
     mode, context_refresh, react_slots = parse_policy(args, lx, ly, lz)
-    if args.policy not in POLICY_FACTORIES:
-        raise UsageError(f"--policy {args.policy}: not available yet in this version "
-                         f"(available: {', '.join(POLICY_FACTORIES)})")
     try:
         check_output_dir(args.out)
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
     check_every = args.check_every or default_check_every(
         args.replicas, mode if args.policy == "trained" else "classical")
-    return SimulationConfig(
+    config = SimulationConfig(
         lattice_size=(lx, ly, lz), temperature=args.temperature,
         deposition_rate=args.deposition_rate, o_ti_flux_ratio=args.o_ti_ratio,
         events=events, log_every=log_every, replicas=args.replicas, seed=args.seed,
@@ -279,6 +276,8 @@ def _config_from_args(args, argv: Sequence[str]) -> SimulationConfig:
         monolayers=monolayers, check_every=check_every, checkpoint_every=args.checkpoint_every,
         checkpoint_minutes=args.checkpoint_minutes, resume=args.resume, argv=tuple(argv),
     )
+    check_policy(config)  # the registered policies (the library path checks the same)
+    return config
 
 
 # Fields that define a run's result: a resumed run must keep them.
@@ -412,6 +411,12 @@ def claim_out(config: SimulationConfig):
     if not free and _out_has_content(out):
         lock.release()
         raise UsageError(busy_text)
+    if not config.resume:
+        try:  # --overwrite replaces simulate's outputs, never another tool's checkpoints
+            check_own_checkpoints(out)
+        except UsageError:
+            lock.release()
+            raise
     return lock
 
 

@@ -51,6 +51,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 from gymnax.environments import environment, spaces
 
@@ -81,6 +82,27 @@ def batched_step(env):
     if step_batch is not None:
         return step_batch
     return jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+
+def check_action(action, shape: tuple) -> None:
+    """Outside ``jit``: ``action`` must be integer candidate indices of ``shape`` (``()`` for
+    :meth:`TiO2GrowthEnv.step`, ``(B,)`` for ``step_batch``); one ``TypeError``/``ValueError``
+    naming ``action``, its shape and the expected one. Tracers are not checked; values out of
+    ``[0, K)`` are clamped (module docstring)."""
+    if isinstance(action, jax.core.Tracer):
+        return
+    want = f"integer candidate index{'es' if shape else ''} of shape {shape}"
+    if action is None or isinstance(action, (str, bytes, bool, np.bool_)):
+        raise TypeError(f"action = {action!r}: must be an {want}")
+    try:
+        got = np.shape(action)
+        dtype = getattr(action, "dtype", None) or np.asarray(action).dtype
+    except (TypeError, ValueError):
+        raise TypeError(f"action of type {type(action).__name__}: must be an {want}") from None
+    if tuple(got) != tuple(shape):
+        raise ValueError(f"action has shape {tuple(got)}: must be an {want}")
+    if not np.issubdtype(dtype, np.integer):
+        raise TypeError(f"action has dtype {dtype}: must be an {want}")
 
 
 @struct.dataclass
@@ -240,14 +262,19 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
         )
         return self._observe(state, params, tables), state
 
-    @partial(jax.jit, static_argnames=("self",))
     def step(self, key: jax.Array, state: EnvState, action, params: EnvParams | None = None):
         """gymnax's ``step`` (same keys, same outputs), with the auto-reset under ``lax.cond``.
 
         Unbatched, the reset is then only evaluated when the episode ends; under ``vmap`` the
         cond becomes a select and costs what gymnax's select does (O(N) per step: at 50×50×20
-        this auto-reset is most of the step). For batches use :meth:`step_batch`.
+        this auto-reset is most of the step). For batches use :meth:`step_batch`. A concrete
+        ``action`` is checked first (:func:`check_action`); the step itself is jitted.
         """
+        check_action(action, ())
+        return self._step(key, state, action, params)
+
+    @partial(jax.jit, static_argnames=("self",))
+    def _step(self, key: jax.Array, state: EnvState, action, params: EnvParams | None = None):
         if params is None:
             params = self.default_params
         key_reset, (obs_st, state_st, reward, terminated, truncated, info) = self._step_no_reset(
@@ -297,6 +324,7 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
           ``(obs, state, reward, terminated, truncated, info)`` with leading axis ``B``, as
           ``vmap`` of :meth:`step` (``info["final_observation"]`` the pre-reset observations).
         """
+        check_action(action, (keys.shape[0],))
         if params is None:
             params = self.default_params
         n = keys.shape[0]
