@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import sys
 import time
 from typing import Callable, Optional
@@ -67,6 +68,15 @@ class SimulationResult:
     loop_seconds: float
     compile_seconds: float
     resumed_from: Optional[int] = None  # events per replica of the checkpoint resumed, if any
+    signal_name: Optional[str] = None  # "SIGINT" / "SIGTERM" when interrupted
+
+    @property
+    def exit_code(self) -> int:
+        """The command line's exit status: 128 + the signal when interrupted (130 SIGINT, 143
+        SIGTERM), else 0."""
+        if self.status != "interrupted":
+            return 0
+        return 128 + int(signal.Signals[self.signal_name or "SIGINT"])
 
     @property
     def rows(self) -> list:
@@ -408,7 +418,7 @@ def _result(run: SimulationRun, signal_name: Optional[str], loop_seconds: float)
         timeseries_path=run.csv_path, heights=heights, species=species, oxide=oxide, final=final,
         status=status, message=message, engine_seconds=run.progress.engine_seconds,
         loop_seconds=loop_seconds, compile_seconds=run.chunks.compile_seconds,
-        resumed_from=run.resumed_from,
+        resumed_from=run.resumed_from, signal_name=signal_name if status == "interrupted" else None,
     )
 
 
