@@ -65,7 +65,9 @@ def test_pathological_yaml_on_the_command_line_is_one_line_exit_2(tmp_path, caps
 
 
 def test_a_config_may_use_a_few_aliases(tmp_path):
-    text = TINY.read_text().replace("ppo:", "anchors: null\nppo:")
+    text = TINY.read_text().replace("n_steps: 8", "n_steps: &n 8").replace("batch_size: 8",
+                                                                              "batch_size: *n")
+    assert "*n" in text
     path = tmp_path / "ok.yaml"
     path.write_text(text)
     load_config(path)  # the shipped configs are far inside the limits
@@ -243,3 +245,82 @@ def test_simulate_overwrite_replaces_its_own_run(tmp_path):
     (out / "checkpoints" / "7").mkdir()
     assert simulate.main([*argv, "--overwrite"]) == 0
     assert not (out / "checkpoints").exists() and (out / "summary.json").is_file()
+
+
+# ---- probes: load_policy, --pretrained with corrupt metadata, analyze on damaged outputs -------
+
+
+@pytest.mark.parametrize("path", [None, 123, b"/tmp", ""])
+def test_load_policy_refuses_what_is_not_a_path(path):
+    from swarm_jax.trained_policy import load_policy
+
+    with pytest.raises(TypeError, match="load_policy\\(path=.*must be a checkpoint folder path"):
+        load_policy(path)
+
+
+def _damaged_final(tmp_path, fault: str):
+    import shutil
+
+    from swarm_jax.training.checkpoint import MANIFEST, save_final
+
+    final = save_final(tmp_path / f"final_{fault}", {"params": {"w": np.arange(16.0)}},
+                       {"name": "t"}, {"step": 1})
+    meta = final / "meta" / "metadata"
+    if fault == "truncated":
+        meta.write_bytes(meta.read_bytes()[: len(meta.read_bytes()) // 2])
+    elif fault == "garbage":
+        meta.write_text('{"config": [1, 2,')
+    elif fault == "unverified_wrong_tree":
+        (final / MANIFEST).unlink()
+        meta.write_text('{"config": "x", "meta": 5}')
+    elif fault == "missing":
+        shutil.rmtree(final / "meta")
+    return final
+
+
+@pytest.mark.parametrize("fault", ["truncated", "garbage", "unverified_wrong_tree", "missing"])
+def test_pretrained_with_corrupt_metadata_is_one_line_exit_2(tmp_path, capsys, fault):
+    final = _damaged_final(tmp_path, fault)
+    assert train_cli.main(["--config", str(TINY), "--pretrained", str(final), "--out",
+                           str(tmp_path / "out"), "--no-progress", "--no-compile-cache"]) == 2
+    assert "cannot use checkpoint" in one_error_line(capsys)
+
+
+def _analyze_run(tmp_path, name: str):
+    """A run folder with a simulate-like layout, small enough to write by hand."""
+    from swarm_jax.production.writers import TIMESERIES_COLUMNS
+
+    run = tmp_path / name
+    run.mkdir()
+    rows = [",".join(TIMESERIES_COLUMNS)]
+    for i in range(6):
+        values = {c: "0" for c in TIMESERIES_COLUMNS}
+        values.update(replica="0", event=str(10 * i), time=str(0.1 * i),
+                      mean_height=str(0.2 * i), roughness=str(0.1 + 0.05 * i), status="running")
+        rows.append(",".join(values[c] for c in TIMESERIES_COLUMNS))
+    (run / "timeseries.csv").write_text("\n".join(rows) + "\n")
+    np.savez(run / "final_state.npz", heights=np.ones((5, 5), np.int32))
+    return run
+
+
+@pytest.mark.parametrize("damage", ["truncated_row", "header_only_part", "garbage_npz",
+                                    "empty_npz", "no_heights"])
+def test_analyze_on_damaged_outputs_is_one_line_exit_2(tmp_path, capsys, damage):
+    from swarm_jax import analyze
+
+    run = _analyze_run(tmp_path, damage)
+    ts, fs = run / "timeseries.csv", run / "final_state.npz"
+    if damage == "truncated_row":
+        text = ts.read_text()
+        ts.write_text(text[: len(text) - 20])
+    elif damage == "header_only_part":
+        ts.write_text(ts.read_text()[:20])
+    elif damage == "garbage_npz":
+        fs.write_bytes(b"\x00garbage" * 100)
+    elif damage == "empty_npz":
+        fs.write_bytes(b"")
+    elif damage == "no_heights":
+        np.savez(fs, species=np.zeros((5, 5, 4), np.int8))
+    assert analyze.main([str(run), "--no-plots", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("swarm_jax.analyze: error: "), err

@@ -177,8 +177,8 @@ def test_train_signal_after_a_checkpoint_prints_the_resume_command(tmp_path):
 
 
 def _simulate_argv(out: Path, *extra) -> list[str]:
-    return [sys.executable, "-m", "swarm_jax.simulate", "--lattice-size", "6", "6", "8",
-            "--events", "200000", "--log-every", "1000", "--check-every", "1024",
+    return [sys.executable, "-m", "swarm_jax.simulate", "--lattice-size", "6", "6", "auto",
+            "--monolayers", "200", "--log-every", "1024", "--check-every", "1024",
             "--checkpoint-every", "2048", "--out", str(out), "--quiet", *extra]
 
 
