@@ -62,6 +62,7 @@ try:
         OneLineParser,
         count,
         exit_code,
+        exit_on_uncaught_interrupt,
         ignore_interrupts,
         install_interrupt_handlers,
         signal_name,
@@ -74,6 +75,9 @@ except KeyboardInterrupt:
     _name = signal.Signals(_EARLY_SIGNALS[0]).name
     print(f"{PROG}: interrupted by {_name} while starting; nothing was written", file=sys.stderr)
     sys.exit(128 + _EARLY_SIGNALS[0])
+if __name__ == "__main__":  # from here on main(), or the excepthook before it, is one line
+    install_interrupt_handlers()
+    exit_on_uncaught_interrupt(PROG)
 
 
 class _UsageError(Exception):
