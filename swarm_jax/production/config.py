@@ -282,8 +282,9 @@ def _check_lattice(lx: int, ly: int, lz: int, shown: str) -> None:
     try:
         validate_lattice_size((lx, ly, lz))
     except ValueError:
-        raise _bad("--lattice-size", shown, LATTICE_SIZE_RULE.replace(
-            "three integers (Lx, Ly, Lz)", "LX LY LZ")) from None
+        rule = LATTICE_SIZE_RULE.replace("three integers (Lx, Ly, Lz)", "LX LY LZ")
+        rule = rule.replace("Lx", "LX").replace("Ly", "LY").replace("Lz", "LZ")
+        raise _bad("--lattice-size", shown, rule) from None
 
 
 def check_ranges(args) -> None:
