@@ -114,8 +114,9 @@ def validate_lattice_size(lattice_size) -> tuple[int, int, int]:
 
 
 def estimate_state_bytes(lattice_size) -> int:
-    """Bytes held by one LatticeState of this size (used to refuse impossible allocations early)."""
-    lx, ly, lz = validate_lattice_size(lattice_size)
+    """Bytes held by one LatticeState of this size (used to refuse impossible allocations early;
+    an estimate, so sizes beyond :data:`MAX_LATTICE_SITES` are estimated too, not refused)."""
+    lx, ly, lz = (int(v) for v in lattice_size)
     c = lx * ly
     p = sumtree.tree_capacity(c)
     return 3 * (c + 1) * lz + 4 * (c + 1) + 8 * 2 * p + 8 * 16
