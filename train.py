@@ -339,7 +339,11 @@ def _main(argv: list[str] | None, parsed: list) -> int:
 
     if not args.no_compile_cache:
         enable_compilation_cache()
-    from swarm_jax.training.checkpoint import CheckpointError, CheckpointWriteError
+    from swarm_jax.training.checkpoint import (
+        CheckpointError, CheckpointWriteError, quiet_orbax_write_failures,
+    )
+
+    quiet_orbax_write_failures()  # a failed write: one line, not orbax's tracebacks
     from swarm_jax.training.config import ConfigError
     from swarm_jax.training.curriculum import plan_stages, run_curriculum
     from swarm_jax.training.trainer import StagePaths, TrainError

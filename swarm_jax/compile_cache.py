@@ -64,16 +64,13 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     except OSError:
         return None
     import jax
+    from jax.experimental.compilation_cache import compilation_cache
 
-    jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    try:
-        # JAX initialises the cache once per process, on the first compilation; if something was
-        # compiled before this call, reset it so the folder set here is used.
-        from jax._src import compilation_cache as _cc
-
-        _cc.reset_cache()
-    except Exception:  # noqa: BLE001  (private API; the config above is what matters)
-        pass
+    # JAX initialises the cache once per process, on the first compilation; if something was
+    # compiled before this call, reset it so the folder set here is used (public API:
+    # https://docs.jax.dev/en/latest/jax.experimental.compilation_cache.html).
+    compilation_cache.reset_cache()
+    compilation_cache.set_cache_dir(str(folder))
     return folder

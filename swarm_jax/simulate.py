@@ -143,6 +143,7 @@ from swarm_jax.outdir import (
 )
 from swarm_jax.physics import estimate_state_bytes
 from swarm_jax.swarm import full_lattice
+from swarm_jax.training.checkpoint import quiet_orbax_write_failures
 # The library (swarm_jax.production), re-exported under the names this module always had.
 from swarm_jax.production.config import (  # noqa: F401
     DEFAULT_CHECKPOINT_MINUTES, DEFAULT_LATERAL, DEFAULT_MONOLAYERS, EVENTS_PER_ATOM_CAP, PROG,
@@ -505,6 +506,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(argv: Optional[Sequence[str]], out: list) -> int:
     enable_compilation_cache()
+    quiet_orbax_write_failures()  # a failed checkpoint write: one line, not orbax's tracebacks
     try:
         config = parse_config(argv)
         estimated = check_memory(config)

@@ -325,6 +325,7 @@ def make_run_dir(path: Path, n_replicas=3, lx=16, ly=12, lz=80, weights=True, su
     return final, species, oxide
 
 
+@pytest.mark.slow
 def test_cli_writes_all_outputs(tmp_path, capsys):
     run = tmp_path / "run"
     final, species, oxide = make_run_dir(run)
@@ -425,6 +426,7 @@ def test_cli_missing_inputs_exit_2(tmp_path, capsys):
     assert "missing column" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_module_entry_point_error_is_one_line_no_traceback(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                JAX_PLATFORMS="cpu")
@@ -555,6 +557,7 @@ def test_collapsed_importance_weights_are_flagged(tmp_path, capsys):
 
 
 
+@pytest.mark.slow
 def test_cli_keeps_simulates_height_map_and_refuses_a_live_folder(tmp_path, capsys):
     from swarm_jax.outdir import claim_output_dir
 

@@ -11,6 +11,8 @@ import pytest
 from swarm_jax.env.tio2_env import EnvParams, TiO2GrowthEnv
 from swarm_jax.physics.params import PhysicsParams
 
+pytestmark = pytest.mark.slow  # not in the quick tier: compiles the env and the gym adapter
+
 
 @pytest.mark.parametrize("kwargs, field, allowed", [
     (dict(temperature=-300), "temperature", "> 0 K"),

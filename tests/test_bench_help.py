@@ -23,12 +23,13 @@ def _help(capsys, argv) -> str:
 
 
 def _option_helps(text: str) -> dict[str, str]:
-    """{"--option": its help text} from argparse's "options:" block."""
+    """{"--option": its help text} from argparse's "options:" block (metavars of several words,
+    e.g. ``--lattice LX LY LZ`` or ``--flux FLUX [FLUX ...]``, included)."""
     block = text.split("\noptions:\n", 1)[1]
     helps: dict[str, str] = {}
     current = None
     for line in block.splitlines():
-        match = re.match(r"^  (-\S+)(?: [A-Za-z_{},]+)?(?:, (--\S+)(?: [A-Za-z_{},]+)?)?(?:\s{2,}(.*))?$", line)
+        match = re.match(r"^  (-\S+)(?: [A-Za-z_{},.\[\]]+)*(?:, (--\S+)(?: [A-Za-z_{},.\[\]]+)*)?(?:\s{2,}(.*))?$", line)
         if match:
             current = match.group(2) or match.group(1)
             helps[current] = (match.group(3) or "").strip()

@@ -94,6 +94,7 @@ CONFIG = {"name": "t", "stage": 1, "environment": {"lattice_size": (8, 8, 5), "t
           "ppo": {"learning_rate": 3e-4}, "training": {"ess_threshold": None}}
 
 
+@pytest.mark.slow
 def test_round_trip_restores_types_dtypes_values_and_config(tmp_path):
     with CheckpointStore(tmp_path / "ck") as store:
         saved = make_runner(7)
@@ -177,6 +178,7 @@ def _run_child(code: str, env_extra: dict | None = None, **kwargs) -> subprocess
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_checkpoint_saved_on_another_device_restores_on_default_device(tmp_path):
     """Stands in for GPU -> CPU: a 2-device process saves on its device 1, we restore here."""
     final = tmp_path / "final"
@@ -259,6 +261,7 @@ def test_structure_and_dtype_mismatch_are_reported(tmp_path):
             store.restore(9, target=make_runner(0))
 
 
+@pytest.mark.slow
 def test_save_final_overwrite_load_params_only_and_read_config(tmp_path):
     final = tmp_path / "results" / "stage1_final"
     assert save_final(final, make_runner(1), CONFIG, {"stage": 1}) == final

@@ -160,7 +160,10 @@ def test_async_saves_are_verified_after_wait_and_restore_exactly(tmp_path):
 _FSIZE_CHILD = """
 import resource, signal, sys
 import numpy as np
-from swarm_jax.training.checkpoint import CheckpointStore, CheckpointWriteError, save_final
+from swarm_jax.training.checkpoint import (
+    CheckpointStore, CheckpointWriteError, quiet_orbax_write_failures, save_final,
+)
+quiet_orbax_write_failures()   # what the command-line tools do first
 directory, mode = sys.argv[1], sys.argv[2]
 store = CheckpointStore(directory, max_to_keep=3, async_save=(mode == "async"))
 store.save(1, {"w": np.zeros(16, np.float32)}, {"name": "t"}, {"step": 1})
@@ -180,6 +183,36 @@ except CheckpointWriteError as err:
 """
 
 
+@pytest.mark.slow
+def test_importing_installs_nothing_and_the_quiet_scope_is_undone():
+    """No global hook or log filter on import: a child process imports the module and compares;
+    then the explicit install is idempotent and its undo restores the previous state."""
+    child = textwrap.dedent("""
+        import logging, sys
+        before = (sys.unraisablehook, list(logging.getLogger("absl").filters),
+                  list(logging.getLogger("asyncio").filters))
+        from swarm_jax.training import checkpoint
+        after = (sys.unraisablehook, list(logging.getLogger("absl").filters),
+                 list(logging.getLogger("asyncio").filters))
+        print(before == after)
+        with checkpoint.quiet_orbax_failures():
+            inside = (sys.unraisablehook, logging.getLogger("absl").filters[:],
+                      logging.getLogger("asyncio").filters[:])
+            checkpoint.quiet_orbax_write_failures()()  # a second install adds (and undoes) nothing
+            again = (sys.unraisablehook, logging.getLogger("absl").filters[:],
+                     logging.getLogger("asyncio").filters[:])
+            print(inside != before and again == inside and len(inside[1]) == len(before[1]) + 1)
+        print((sys.unraisablehook, list(logging.getLogger("absl").filters),
+               list(logging.getLogger("asyncio").filters)) == before)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SWARM_JAX_CACHE_DIR": "off"}
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["True", "True", "True"], proc.stdout
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_write_past_the_file_size_limit_is_one_line_and_keeps_the_previous_checkpoint(
         tmp_path, mode):

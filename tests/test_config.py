@@ -1,4 +1,4 @@
-"""Tests of swarm_jax.training.config: the stage YAMLs, the flat seed layout, overrides and the
+"""Tests of swarm_jax.training.config: the stage YAMLs, the original project's flat layout, overrides and the
 validation of malformed configs (a table of hand-written cases plus hypothesis-generated ones)."""
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from swarm_jax.training.config import (
 REPO = Path(__file__).resolve().parents[1]
 STAGE_LATTICES = {1: (8, 8, 5), 2: (20, 20, 10), 3: (50, 50, 20)}
 # Accelerator budgets (seconds to minutes on one GPU) and the CPU overrides' budgets (minutes on
-# two cores; stage 1 keeps the seed's 100k).
+# two cores; stage 1 keeps the original project's 100k).
 STAGE_BUDGETS = {1: 2_000_000, 2: 10_000_000, 3: 50_000_000}
 CPU_BUDGETS = {1: 100_000, 2: 200_000, 3: 200_000}
 
-# The example config of the seed README, verbatim (flat layout; `3e-4` is a string to PyYAML).
+# The example config of the original project's README, verbatim (flat layout; `3e-4` is a string to PyYAML).
 SEED_YAML = """\
 # Environment
 lattice_size: [8, 8, 5]
@@ -594,13 +594,14 @@ def valid_configs(draw):
             "cpu_overrides": cpu,
         },
     }
-    # Move some fields to the flat (seed) layout (optional keys this sample leaves out stay out).
+    # Move some fields to the flat layout of the original project (optional keys this sample leaves out stay out).
     given = sorted(k for k, section in FLAT_KEYS.items() if k in d[section])
     for key in draw(st.sets(st.sampled_from(given))):
         d[key] = d[FLAT_KEYS[key]].pop(key)
     return d, (rollout, n_mb, n_updates)
 
 
+@pytest.mark.slow
 @settings(max_examples=max(60, settings.default.max_examples))
 @given(valid_configs())
 def test_random_valid_configs(sample):
@@ -674,6 +675,7 @@ INVALID = {
 }
 
 
+@pytest.mark.slow
 @settings(max_examples=max(120, settings.default.max_examples))
 @given(valid_configs(), st.sampled_from(sorted(INVALID)), st.data())
 def test_random_invalid_mutation_raises_config_error(sample, target, data):
@@ -697,6 +699,7 @@ _junk = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=max(80, settings.default.max_examples))
 @given(valid_configs(), st.data())
 def test_random_junk_never_raises_another_exception(sample, data):

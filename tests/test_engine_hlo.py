@@ -13,6 +13,8 @@ import pytest
 
 from swarm_jax.physics import PhysicsParams, engine, init_flat, make_rate_tables
 
+pytestmark = pytest.mark.slow  # not in the quick tier: compiles the run loops to read their HLO
+
 
 def _while_bodies(hlo_text: str) -> list[str]:
     """Text of every computation that is used as a while body (or is called from inside one)."""

@@ -260,6 +260,7 @@ def test_vmapped_batch_equals_one_by_one(data, n_events, seed):
     _pytrees_equal(run_batch, stack(run_single))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("temperature", TEMPERATURES)
 def test_long_run_then_rebuild(temperature):
     """After a hundred engine events the incremental tree equals a from-scratch rebuild and
@@ -275,6 +276,7 @@ def test_long_run_then_rebuild(temperature):
     assert_matches_reference(state, tables, ref)
 
 
+@pytest.mark.slow
 def test_ceiling_state_is_frozen():
     """A stopped state (CEILING) is left unchanged by further runs and traces."""
     params = PhysicsParams(temperature=300.0)
@@ -295,6 +297,7 @@ def test_ceiling_state_is_frozen():
     assert np.all(np.asarray(info.dt) == 0.0) and np.all(np.asarray(info.kind) == -1)
 
 
+@pytest.mark.slow
 def test_run_reaching_ceiling_stops():
     """A run that fills a column stops there: status CEILING, and nothing changes afterwards."""
     params = PhysicsParams(temperature=180.0)
@@ -310,6 +313,7 @@ def test_run_reaching_ceiling_stops():
     assert_same_physical_state(run(state, tables, jax.random.key(4), RUN_EVENTS), state)
 
 
+@pytest.mark.slow
 def test_no_events_state():
     """Without deposition a bare substrate has nothing to do: NO_EVENTS, and the clock stays finite."""
     params = PhysicsParams(temperature=300.0, deposition_rate=0.0)
@@ -327,6 +331,7 @@ def test_no_events_state():
     assert ReferenceLattice.flat(SHAPE, params).status == 2
 
 
+@pytest.mark.slow
 def test_last_atom_desorbing_gives_no_events():
     """A single adatom that can only desorb (no deposition, hops barred): after it leaves, the
     state reports NO_EVENTS and further steps keep a finite clock."""

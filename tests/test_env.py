@@ -50,6 +50,7 @@ def test_package_exports_and_params():
     assert float(q.temperature) == 450.0 and float(q.deposition_rate) == 3.0 and q.reward.mode == "delta"
 
 
+@pytest.mark.slow
 def test_observation_shapes_and_space_are_independent_of_lattice_size():
     shapes = []
     for size in [(8, 8, 5), (50, 50, 20)]:
@@ -73,6 +74,7 @@ def small_env():
     return env, env.default_params, jax.jit(env.step)
 
 
+@pytest.mark.slow
 def test_episode_step_info_clock_and_truncation(small_env):
     env, p, step = small_env
     obs, state = env.reset(jax.random.key(0), p)
@@ -157,6 +159,7 @@ def test_ceiling_terminates_with_reason_and_auto_resets(small_env):
     assert int(state.lattice.status) == RUNNING and int(state.lattice.n_events) == 0 and int(state.step_count) == 0
 
 
+@pytest.mark.slow
 def test_no_events_terminates_with_reason(small_env):
     env, _, step = small_env
     p = EnvParams.create(deposition_rate=0.0, max_steps_in_episode=12)
@@ -234,6 +237,7 @@ def _batched_rollout(env, p, step_fn, state, n_steps: int, seed: int):
     return run(state)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["steps", "ceiling", "no_events", "no_events_all_slots"])
 def test_step_batch_is_vmap_of_step_bit_for_bit(case):
     """The batched auto-reset (reset only the done rows) gives vmap(step)'s outputs exactly, over

@@ -58,7 +58,7 @@ def test_missing_extra_gives_a_clear_import_error():
 # ---- with the extra ----------------------------------------------------------------------------
 
 sb3 = pytest.importorskip("stable_baselines3")
-pytestmark = pytest.mark.parity
+pytestmark = [pytest.mark.parity, pytest.mark.slow]  # slow: the SB3/gymnasium adapters compile the env per test
 
 from stable_baselines3.common.env_checker import check_env  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402

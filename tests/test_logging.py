@@ -37,7 +37,7 @@ ALL_TAGS = {**SEED_TAGS, **LEARNING_TAGS}
 
 
 def test_metric_tags_match_the_seed_names():
-    assert METRIC_TAGS == ALL_TAGS  # the seed's names unchanged, plus the constraint's
+    assert METRIC_TAGS == ALL_TAGS  # the original project's names unchanged, plus the constraint's
     assert metric_tag("learning_rate") == "custom/learning_rate"
     assert metric_tag("train/learning_rate") == "train/learning_rate"
 
@@ -113,6 +113,7 @@ def test_read_metrics_returns_every_column_by_env_steps(tmp_path):
         read_metrics(tmp_path / "missing.csv")
 
 
+@pytest.mark.slow
 def test_plot_learning_curves_writes_png(tmp_path):
     path = tmp_path / "metrics_stage1.csv"
     write_metrics_csv(path)

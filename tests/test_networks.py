@@ -16,6 +16,8 @@ from swarm_jax.agents.networks import (
     select_log_prob,
 )
 
+pytestmark = pytest.mark.slow  # not in the quick tier: hypothesis properties over network shapes (a compilation per shape)
+
 D, G = 6, 5
 
 

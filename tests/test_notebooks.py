@@ -5,14 +5,14 @@ Each notebook is executed with nbclient in a fresh ``python3`` (ipykernel) kerne
 a temporary folder shared by the three runs, in order, so notebook 02 reloads the checkpoint
 written by notebook 01, as a user would. The notebooks assert their own physics (``check`` cells
 at 5 standard errors, checkpoint round trips, GSF round trips), so "no cell raised" is a real
-test. A second test checks that the committed notebooks are what ``_build_notebooks.py`` generates
-and carry no outputs.
+test. A second test checks that each committed notebook has the cells of its source, the
+jupytext percent-format ``notebooks/<name>.py`` next to it (the sources are the truth; the
+``.ipynb`` are generated: ``jupytext --update --to ipynb notebooks/0*.py``), and carries no outputs.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -28,26 +28,32 @@ NOTEBOOKS = ("01_quickstart.ipynb", "02_reload_and_simulate.ipynb", "03_physics_
 CELL_TIMEOUT_S = 600
 
 
-def _builder():
-    sys.path.insert(0, str(NOTEBOOK_DIR))
-    try:
-        import _build_notebooks
-    finally:
-        sys.path.remove(str(NOTEBOOK_DIR))
-    return _build_notebooks
-
-
-def test_committed_notebooks_are_generated_and_clean():
-    builder = _builder()
+def test_committed_notebooks_are_their_sources_and_clean():
+    jupytext = pytest.importorskip("jupytext")
+    sources = sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9]*.py"))
+    assert sources == sorted(Path(n).stem for n in NOTEBOOKS), (
+        "every notebooks/NN_*.py source has its .ipynb, listed in NOTEBOOKS, and vice versa")
     for name in NOTEBOOKS:
         committed = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
-        generated = builder.build(name, builder.NOTEBOOKS[name])
-        assert [c.source for c in committed.cells] == [c.source for c in generated.cells], (
-            f"{name} differs from notebooks/_build_notebooks.py: regenerate it")
+        source = jupytext.read(NOTEBOOK_DIR / f"{Path(name).stem}.py")
+        assert ([(c.cell_type, c.source) for c in committed.cells]
+                == [(c.cell_type, c.source) for c in source.cells]), (
+            f"{name} differs from its source {Path(name).stem}.py: "
+            "jupytext --update --to ipynb notebooks/0*.py")
+        assert committed.metadata.get("accelerator") == "GPU", f"{name}: Colab's GPU metadata"
         for cell in committed.cells:
             if cell.cell_type == "code":
                 assert cell.outputs == [] and cell.execution_count is None, (
                     f"{name}: commit notebooks without outputs")
+
+
+def test_the_set_up_cell_is_the_same_in_every_notebook():
+    """Each notebook carries the same set-up cell (a Colab notebook must stand alone, so it is
+    repeated, not imported): edit it in one source, copy it to the others."""
+    jupytext = pytest.importorskip("jupytext")
+    first_code = [next(c.source for c in jupytext.read(NOTEBOOK_DIR / f"{Path(n).stem}.py").cells
+                       if c.cell_type == "code") for n in NOTEBOOKS]
+    assert first_code[0].startswith("# Set-up.") and len(set(first_code)) == 1
 
 
 @pytest.fixture(scope="module")

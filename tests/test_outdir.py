@@ -44,6 +44,7 @@ def test_second_claim_refused_then_free_after_release(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_claim_of_other_process_refused_and_freed_by_kill(tmp_path):
     out = tmp_path / "run"
     code = ("import sys,time; from swarm_jax.outdir import claim_output_dir; "

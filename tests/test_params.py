@@ -1,14 +1,13 @@
 """The one stored-tree-vs-template check (swarm_jax.agents.params) on small synthetic trees."""
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from swarm_jax.agents.networks import NETWORK_KINDS, NetworkConfig, make_network
+from swarm_jax.agents.networks import NETWORK_KINDS, NetworkConfig, count_params, make_network
 from swarm_jax.agents.params import check_tree_matches, network_template, stored_shape_dtype
 
 
@@ -82,6 +81,7 @@ def test_typed_key_is_compared_as_its_key_data():
         check(bad)
 
 
+@pytest.mark.slow
 def test_network_template_is_the_init_tree():
     net = make_network(NetworkConfig(hidden_sizes=(8,)), 5)
     obs = {"candidates": (5, 3), "global": (2,)}
@@ -91,15 +91,28 @@ def test_network_template_is_the_init_tree():
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(spec))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", NETWORK_KINDS)
 def test_memory_estimate_counts_exactly_the_networks_parameters(kind):
-    """The trainer's memory check counts parameters with a closed formula (Python ints, so absurd
-    widths cannot overflow); it must stay equal to the network's own parameter tree."""
+    """The trainer's memory check counts the parameters of an abstract init (jax.eval_shape): the
+    same number as a real init, and for an absurd width (nothing allocated) the closed form of the
+    dense layers (D candidate features, G global ones, K candidates)."""
+    from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM as D
+    from swarm_jax.swarm.features import GLOBAL_FEATURE_DIM as G
     from swarm_jax.training.config import TrainConfig
     from swarm_jax.training.trainer import estimate_network_params, make_env
 
     cfg = TrainConfig(network={"kind": kind, "hidden_sizes": [16, 8]}, environment={"n_swarm": 4})
     env = make_env(cfg)
-    template = network_template(make_network(cfg.network, env.num_actions), env.obs_shapes)
-    n = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(template))
-    assert estimate_network_params(cfg) == n
+    obs = {k: jnp.zeros(shape, jnp.float32) for k, shape in env.obs_shapes.items()}
+    real = make_network(cfg.network, env.num_actions).init(jax.random.key(0), obs)
+    assert estimate_network_params(cfg) == count_params(real)
+
+    def mlp(sizes):
+        return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+    h, k = 2**31 - 1, 4
+    huge = TrainConfig(network={"kind": kind, "hidden_sizes": [h]}, environment={"n_swarm": k})
+    expected = (mlp([k * D + G, h, k]) + mlp([k * D + G, h, 1]) if kind == "flat_mlp"
+                else mlp([D + G, h, 1]) + mlp([2 * D + G, h, 1]))
+    assert estimate_network_params(huge) == expected > 2**32

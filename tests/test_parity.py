@@ -32,6 +32,7 @@ def test_stage1_environment_comes_from_the_config():
     assert kw["temperature"] == 180.0 and kw["deposition_rate"] == 0.1
 
 
+@pytest.mark.slow
 def test_sb3_mlp_policy_is_our_flat_mlp():
     """Copying SB3's MlpPolicy weights into FlatActorCritic gives the same distribution and value
     on real observations: same architecture, same flattening of the observation."""

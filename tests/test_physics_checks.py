@@ -23,6 +23,8 @@ from swarm_jax.physics import sumtree
 from swarm_jax.physics.engine import select_in_column
 from reference import K_B, O, SUBSTRATE, TI, ReferenceLattice, slot_kind
 
+pytestmark = pytest.mark.slow  # not in the quick tier: statistical checks of the engine (many events per check)
+
 N_SIGMA = 5.0
 P_MIN = 1e-6  # smallest acceptable p-value of a goodness-of-fit test (about 5 sigma)
 TEMPERATURES = (180.0, 300.0, 600.0)

@@ -76,6 +76,7 @@ def _gae(r, v, nv, term, trunc, gamma, lam):
     return np.asarray(adv), np.asarray(ret)
 
 
+@pytest.mark.slow
 def test_gae_hand_made_truncation_and_termination():
     gamma, lam = 0.9, 0.8
     r = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
@@ -98,6 +99,7 @@ def test_gae_hand_made_truncation_and_termination():
     np.testing.assert_allclose(ret, ref_ret, rtol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lam", [0.0, 0.95, 1.0])
 def test_gae_matches_numpy_reference_batched(lam):
     gamma = 0.97
@@ -118,6 +120,7 @@ def test_gae_matches_numpy_reference_batched(lam):
 # ---- small pieces ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_batch_ess_from_sums_matches_weights_module():
     lw = jax.random.normal(jax.random.PRNGKey(0), (50,)) * 3.0
     mask = jax.random.uniform(jax.random.PRNGKey(1), (50,)) < 0.4
@@ -380,6 +383,7 @@ def test_ess_constraint_holds_the_target_where_unconstrained_ppo_collapses():
     assert reward_free > reward_con
 
 
+@pytest.mark.slow
 def test_episode_window_keeps_the_last_finished_episodes_over_all_envs():
     from swarm_jax.agents.ppo import EpisodeWindow
 
@@ -399,6 +403,7 @@ def test_episode_window_keeps_the_last_finished_episodes_over_all_envs():
     assert float(win.mean(win.returns)) == pytest.approx((11 + 12 + 13 + 14) / 4)
 
 
+@pytest.mark.slow
 def test_episode_window_matches_a_plain_fifo():
     """Against an obviously-correct list of the last 100 episodes, over random finish patterns."""
     from swarm_jax.agents.ppo import EpisodeWindow
@@ -416,6 +421,7 @@ def test_episode_window_matches_a_plain_fifo():
         assert float(win.mean(win.returns)) == pytest.approx(np.mean(fifo), rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_reward_normaliser_matches_numpy_running_variance():
     from swarm_jax.agents.ppo import RewardNormState
 
@@ -448,6 +454,7 @@ def test_potential_shaping_keeps_action_preferences_of_the_level_reward():
     assert g_shaped == pytest.approx(g_level - levels[0] / (1 - gamma) + tail, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_staggered_starts_spread_episode_ends():
     env = MockSwarmEnv(num_candidates=4)
     params = env.default_params.replace(max_steps_in_episode=16, terminate_threshold=jnp.inf)

@@ -6,12 +6,15 @@ Uses the 8x8x16 lattice and chunk lengths of 300 and 100 events of tests/test_si
 
 import jax
 import numpy as np
+import pytest
 
 from swarm_jax import simulate
 from swarm_jax.physics import film_arrays
 from swarm_jax.production import (
     fold_keys, lattice_of, next_chunk_events, simulator, SimulationConfig,
 )
+
+pytestmark = pytest.mark.slow  # not in the quick tier: end-to-end production runs
 
 
 def _argv(out):

@@ -13,6 +13,8 @@ from swarm_jax.env.reward import ess_penalty
 from swarm_jax.physics import from_arrays
 from swarm_jax.physics.params import O, SUBSTRATE, TI, PhysicsParams
 
+pytestmark = pytest.mark.slow  # not in the quick tier: hypothesis properties over lattices (a compilation per shape)
+
 PARAMS = PhysicsParams()
 
 

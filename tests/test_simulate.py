@@ -214,6 +214,7 @@ def test_plugged_in_runner_weights_and_interrupt(tmp_path):
     assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored
 
 
+@pytest.mark.slow
 def test_module_entry_point_in_a_subprocess(tmp_path):
     """``python -m swarm_jax.simulate`` end to end. With no flux nothing can happen on a bare
     substrate: the run stops at event 0 (status no_events) and still writes every output."""

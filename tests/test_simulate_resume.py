@@ -141,6 +141,7 @@ def test_resume_refuses_other_settings_and_empty_folders(tmp_path, capsys):
     assert len(err) == 1 and "cannot read" in err[0]
 
 
+@pytest.mark.slow
 def test_resume_without_a_checkpoint_starts_over(reference, tmp_path):
     """A run killed before its first checkpoint is resumed from event 0 with its saved command."""
     out = tmp_path / "run"
@@ -379,6 +380,7 @@ def test_collapsed_weights_are_flagged_in_summary_and_on_the_console(capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.slow
 def test_library_interface_steps_to_the_same_run(reference, tmp_path):
     """``start`` / ``step`` / ``result``: stepping by hand is the command line's run."""
     out = tmp_path / "lib"

@@ -76,6 +76,7 @@ def _leaves_equal(a, b):
     return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
 
 
+@pytest.mark.slow
 def test_load_policy_from_final_step_and_store(checkpoints):
     final = P.load_policy(checkpoints["final"])
     assert final.n_swarm == K and final.network_config == NetworkConfig("swarm", HIDDEN, "tanh")
@@ -88,6 +89,7 @@ def test_load_policy_from_final_step_and_store(checkpoints):
     assert not P.load_policy(checkpoints["flat"]).per_candidate
 
 
+@pytest.mark.slow
 def test_policy_logits_are_the_networks_actor_logits(checkpoints):
     pol = P.load_policy(checkpoints["final"])
     x = jax.random.uniform(jax.random.key(0), (3, 11, D), jnp.float32)
@@ -99,6 +101,7 @@ def test_policy_logits_are_the_networks_actor_logits(checkpoints):
     assert float(jnp.std(logits)) > 0.1  # the sharpened head really discriminates
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, text", [
     ("missing", "no such file"), ("empty", "not a readable training checkpoint"),
     ("mismatch", "shape"), ("no_k", "n_swarm")])
@@ -180,6 +183,7 @@ def test_cli_full_lattice_mode(checkpoints, tmp_path):
     (["--mode", "full"], "scores a whole K-set"),
     (["--react-slots", "2"], "only used with --mode full"),
 ])
+@pytest.mark.slow
 def test_cli_usage_errors(checkpoints, tmp_path, capsys, extra, text):
     code, out = _cli(tmp_path, "never", checkpoints["flat" if "full" in extra else "final"], *extra)
     assert code == 2 and not out.exists()

@@ -15,6 +15,8 @@ from scipy import stats
 import swarm_jax  # noqa: F401  (enables x64)
 from swarm_jax.physics import sumtree
 
+pytestmark = pytest.mark.slow  # not in the quick tier: hypothesis properties, each size compiled anew
+
 SIZES = [1, 2, 3, 5, 8, 17, 100]
 P_MIN = 1e-6
 _update = jax.jit(sumtree.update)

@@ -17,6 +17,8 @@ from swarm_jax.swarm import candidates as cand
 from swarm_jax.swarm import features as F
 from swarm_jax.swarm import weights as W
 
+pytestmark = pytest.mark.slow  # not in the quick tier: hypothesis properties over lattices (a compilation per shape)
+
 
 def random_film(rng, lx, ly, lz, max_h=None):
     """A random valid SOS film (heights <= max_h), random Ti/O, random oxide flags."""

@@ -441,6 +441,7 @@ def test_curriculum_hands_parameters_across_lattice_sizes(tiny_run, tmp_path):
                    zip(jax.tree.leaves(final_b), jax.tree.leaves(raw_a)))  # B did learn
 
 
+@pytest.mark.slow
 def test_pretrained_with_a_different_network_is_refused(tiny_run, tmp_path, capsys):
     ref_out, _ = tiny_run
     other = with_overrides(load_config(TINY), {"network.hidden_sizes": [16, 16]})
@@ -474,6 +475,7 @@ def test_cli_errors_are_one_line_and_exit_2(argv, expected, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_cli_config_errors(tiny_run, tmp_path, capsys):
     ref_out, _ = tiny_run
     bad = tmp_path / "bad.yaml"

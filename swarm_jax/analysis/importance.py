@@ -30,6 +30,14 @@ strings): reliable means ESS ≥ max(:data:`ESS_FLOOR_RATIO` · n, :data:`ESS_FL
 when ``k̂`` can be estimated, ``k̂ ≤`` :data:`KHAT_THRESHOLD`. Equal weights (the classical
 policy) are always reliable: the estimate is the plain replica mean.
 
+Estimators judged against classical KMC (docs/sampling.md): :func:`probability_estimate` (the plain
+``mean(W·1_A)``, with the ESS and ``k̂`` of the integrand ``W·1_A``, the free check
+``E_q[W] = 1`` (:func:`mean_weight_check`) and its own ``reliable`` rule), :func:`mean_estimate`
+(SNIS, with :func:`assess_weights`), :func:`estimator_efficiency` per trajectory and at equal wall
+time, :func:`efficiency_interval` (bootstrap) and :func:`group_mse`. Naming: :func:`batch_ess`
+here is a *count* in [1, n]; ``swarm_jax.swarm.weights.batch_ess`` is the *ratio* ESS / n;
+:func:`integrand_diagnostics` reports ``integrand_ess``, a count in [1, hits].
+
 NumPy only (no JAX): ``swarm_jax.simulate`` and ``swarm_jax.analyze`` share these definitions, as
 well as :func:`mean_stderr` for unweighted replica statistics.
 """
@@ -45,11 +53,22 @@ __all__ = [
     "ESS_FLOOR_COUNT",
     "ESS_FLOOR_RATIO",
     "KHAT_THRESHOLD",
+    "MEAN_WEIGHT_Z",
+    "MIN_HITS",
     "MIN_TAIL",
     "assess_weights",
     "batch_ess",
+    "efficiency_interval",
+    "estimator_efficiency",
     "gpd_fit",
+    "group_mse",
+    "integrand_diagnostics",
+    "mean_estimate",
     "mean_stderr",
+    "mean_weight_check",
+    "per_trajectory_variance",
+    "plain_estimate",
+    "probability_estimate",
     "psis_khat",
     "snis_estimate",
     "weighted_estimates",
@@ -170,11 +189,15 @@ def psis_khat(log_weights) -> Optional[float]:
     ``(M+1)``-th largest are the exceedances fitted by :func:`gpd_fit`.
     """
     lw = np.sort(_log_weights(log_weights))
-    n = lw.size
-    m = tail_length(n)
+    return _tail_khat(lw, tail_length(lw.size))
+
+
+def _tail_khat(sorted_logs: np.ndarray, m: int) -> Optional[float]:
+    """k̂ of the ``m`` largest of ascending log values (exceedances over the next one), or None."""
+    n = sorted_logs.size
     if m < MIN_TAIL or m >= n:
         return None
-    w = np.exp(lw - lw[-1])
+    w = np.exp(sorted_logs - sorted_logs[-1])
     exceed = w[n - m:] - w[n - m - 1]
     if not np.any(exceed > 0):
         return None
@@ -223,3 +246,205 @@ def weighted_estimates(observables: dict, log_weights) -> dict:
         out[name] = {"estimate": est, "stderr": se}
     out.update(assess_weights(log_weights))
     return out
+
+
+# --------------------------------------------------------------------------- estimators of a
+# probability and of a mean from a sampler's trajectories, with their diagnostics (docs/sampling.md)
+
+#: Fewer hits of the event (or effective hits of the integrand W·1_A) than this: the error bar of
+#: a probability rests on a handful of trajectories and is flagged unreliable.
+MIN_HITS = 10
+#: |mean W − 1| above this many standard errors: the free check E_q[W] = 1 fails (the weights'
+#: tail is not sampled) and the estimate is flagged unreliable.
+MEAN_WEIGHT_Z = 3.0
+
+
+def _values_like(values, lw: np.ndarray, name: str = "values") -> np.ndarray:
+    a = np.asarray(values, dtype=np.float64).reshape(-1)
+    if a.shape != lw.shape:
+        raise ValueError(f"{name} {a.shape} and log_weights {lw.shape} differ in shape")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name}: every value must be finite")
+    return a
+
+
+def plain_estimate(values, log_weights) -> dict:
+    """The plain (unnormalised) importance estimate ``mean(W·A)`` of ``E_physics[A]``.
+
+    Unbiased for any sampler (``E_q[W·A] = E_p[A]``); for a probability ``A = 1_event``. The
+    standard error is ``sd(W·A) / sqrt(n)`` (``n − 1`` deviation).
+
+    Args:
+        values: (n,) observable per trajectory. log_weights: (n,) log W (0 for classical).
+
+    Returns:
+        ``{"estimate", "stderr", "per_trajectory_variance", "n"}``; the variance of one
+        trajectory's ``W·A`` (``stderr² · n``), ``None`` with ``stderr`` for n = 1.
+    """
+    lw = _log_weights(log_weights)
+    f = np.exp(lw) * _values_like(values, lw)
+    n = f.size
+    var = float(f.var(ddof=1)) if n > 1 else None
+    return {"estimate": float(f.mean()), "stderr": math.sqrt(var / n) if var is not None else None,
+            "per_trajectory_variance": var, "n": n}
+
+
+def integrand_diagnostics(values, log_weights) -> dict:
+    """Diagnostics of the integrand ``|W·A|`` of a plain estimate (for a probability, ``W·1_A``:
+    the weights off the event set do not enter the estimate and do not matter).
+
+    Returns:
+        ``{"hits", "integrand_ess", "integrand_khat"}``: ``hits`` = trajectories with
+        ``W·A ≠ 0``; ``integrand_ess = (Σ|f|)² / Σf²`` (a count in [1, hits], 0 without hits: the
+        number of trajectories that effectively carry the estimate); ``integrand_khat`` the PSIS
+        tail shape of ``|f|`` (its ``M = ceil(min(n/5, 3 sqrt n))`` largest values over all n,
+        fewer when there are fewer hits; ``None`` when under :data:`MIN_TAIL` or flat).
+    """
+    lw = _log_weights(log_weights)
+    a = np.abs(_values_like(values, lw))
+    nz = a > 0
+    hits = int(nz.sum())
+    if hits == 0:
+        return {"hits": 0, "integrand_ess": 0.0, "integrand_khat": None}
+    log_f = np.sort(lw[nz] + np.log(a[nz]))
+    p = np.exp(log_f - log_f[-1])
+    ess = float(p.sum() ** 2 / np.sum(p * p))
+    khat = _tail_khat(log_f, min(tail_length(lw.size), hits - 1))
+    return {"hits": hits, "integrand_ess": ess, "integrand_khat": khat}
+
+
+def mean_weight_check(log_weights) -> dict:
+    """The free check ``E_q[W] = 1``: ``{"mean_weight", "mean_weight_stderr", "mean_weight_z"}``
+    with ``z = (mean W − 1) / stderr`` (0 for exactly unit weights, ±inf for equal non-unit ones)."""
+    lw = _log_weights(log_weights)
+    w = np.exp(lw)
+    mean = float(w.mean())
+    se = float(w.std(ddof=1) / math.sqrt(w.size)) if w.size > 1 else 0.0
+    if se > 0:
+        z = (mean - 1.0) / se
+    else:
+        z = 0.0 if mean == 1.0 else math.copysign(math.inf, mean - 1.0)
+    return {"mean_weight": mean, "mean_weight_stderr": se, "mean_weight_z": z}
+
+
+def _weight_reason(check: dict) -> list[str]:
+    if abs(check["mean_weight_z"]) > MEAN_WEIGHT_Z:
+        return [f"mean weight {check['mean_weight']:.3g} ± {check['mean_weight_stderr']:.2g} is "
+                f"{abs(check['mean_weight_z']):.1f} standard errors from 1 (E_q[W] = 1 fails: "
+                "the weights' tail is not sampled)"]
+    return []
+
+
+def probability_estimate(indicator, log_weights) -> dict:
+    """``P(A) = mean(W·1_A)`` with its standard error, diagnostics and a ``reliable`` flag.
+
+    Not reliable (``reasons`` says why) when: fewer than :data:`MIN_HITS` hits or effective hits
+    (``integrand_ess``); the integrand's PSIS ``k̂`` > :data:`KHAT_THRESHOLD` (heavy-tailed: the
+    error bar is too small); ``|mean W − 1|`` > :data:`MEAN_WEIGHT_Z` standard errors.
+
+    Returns:
+        the keys of :func:`plain_estimate`, :func:`integrand_diagnostics` and
+        :func:`mean_weight_check`, plus ``"reliable"`` and ``"reasons"``.
+    """
+    lw = _log_weights(log_weights)
+    a = _values_like(indicator, lw, "indicator")
+    if not np.all((a == 0) | (a == 1)):
+        raise ValueError("indicator: values must be 0 or 1")
+    out = plain_estimate(a, lw)
+    out.update(integrand_diagnostics(a, lw))
+    out.update(mean_weight_check(lw))
+    reasons = []
+    if out["hits"] < MIN_HITS:
+        reasons.append(f"only {out['hits']} trajectories hit the event (< {MIN_HITS})")
+    elif out["integrand_ess"] < MIN_HITS:
+        reasons.append(f"effective hits (ESS of W·1_A) {out['integrand_ess']:.3g} < {MIN_HITS}")
+    if out["integrand_khat"] is not None and out["integrand_khat"] > KHAT_THRESHOLD:
+        reasons.append(f"PSIS k-hat of W·1_A {out['integrand_khat']:.2f} > {KHAT_THRESHOLD:g} "
+                       "(heavy-tailed integrand: the error bar is too small)")
+    reasons += _weight_reason(out)
+    out.update(reliable=not reasons, reasons=reasons)
+    return out
+
+
+def mean_estimate(values, log_weights) -> dict:
+    """``E[A]`` by self-normalised importance sampling, with diagnostics and ``reliable``.
+
+    SNIS (``Σ W A / Σ W``) rather than ``mean(W·A)`` for a mean: a typical observable (the
+    roughness) varies little between trajectories, so ``W·A`` fluctuates mostly through ``W``;
+    normalising cancels that (delta-method variance ``E[W²(A − μ)²]`` instead of ``Var(W·A)``),
+    at an O(1/n) bias far below the error. Not reliable when :func:`assess_weights` says so
+    (batch ESS, PSIS ``k̂`` of W: here every weight enters) or ``E_q[W] = 1`` fails.
+
+    Returns:
+        ``{"estimate", "stderr", "per_trajectory_variance", "n"}`` (``n·stderr²``), the keys of
+        :func:`assess_weights` and :func:`mean_weight_check`, ``"reliable"``, ``"reasons"``.
+    """
+    lw = _log_weights(log_weights)
+    a = _values_like(values, lw)
+    est, se = snis_estimate(a, lw)
+    out = {"estimate": est, "stderr": se, "n": lw.size,
+           "per_trajectory_variance": se * se * lw.size if se is not None else None}
+    out.update(assess_weights(lw))
+    out.update(mean_weight_check(lw))
+    reasons = list(out["reasons"]) + _weight_reason(out)
+    out.update(reliable=not reasons, reasons=reasons)
+    return out
+
+
+ESTIMATORS = {"probability": probability_estimate, "mean": mean_estimate}
+
+
+def per_trajectory_variance(kind: str, values, log_weights) -> float:
+    """Variance per trajectory of the estimator of ``kind`` ("probability" or "mean")."""
+    if kind not in ESTIMATORS:
+        raise ValueError(f"kind = {kind!r}: must be one of {sorted(ESTIMATORS)}")
+    if kind == "probability":
+        return plain_estimate(values, log_weights)["per_trajectory_variance"]
+    lw = _log_weights(log_weights)
+    return snis_estimate(values, lw)[1] ** 2 * lw.size
+
+
+def estimator_efficiency(var_classical: float, var_sampler: float, seconds_classical: float,
+                         seconds_sampler: float) -> dict:
+    """Efficiency of a sampler against classical KMC (``> 1``: the sampler is better).
+
+    ``equal_replicas = σ²_classical / σ²_sampler`` (variances per trajectory);
+    ``equal_time = equal_replicas · t_classical / t_sampler`` (seconds per trajectory).
+    """
+    ratio = var_classical / var_sampler if var_sampler > 0 else math.inf
+    return {"equal_replicas": ratio, "equal_time": ratio * seconds_classical / seconds_sampler}
+
+
+def efficiency_interval(kind: str, classical_values, sampler_values, sampler_log_weights,
+                        time_ratios, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """Percentile bootstrap interval of both efficiencies of :func:`estimator_efficiency`.
+
+    Resamples, independently, the classical reference trajectories, the sampler's trajectories
+    and the alternated timing pairs (``time_ratios``: ``t_classical / t_sampler`` per pair). A
+    bootstrap sees only what was sampled: when the integrand is heavy-tailed (``reliable`` False)
+    the interval is as optimistic as the error bar.
+
+    Returns:
+        ``{"equal_replicas": [low, high], "equal_time": [low, high]}``.
+    """
+    rng = np.random.default_rng(seed)
+    c = np.asarray(classical_values, np.float64).reshape(-1)
+    a = np.asarray(sampler_values, np.float64).reshape(-1)
+    lw = _log_weights(sampler_log_weights)
+    t = np.asarray(time_ratios, np.float64).reshape(-1)
+    reps, times = np.empty(n_boot), np.empty(n_boot)
+    for b in range(n_boot):
+        vc = float(c[rng.integers(0, c.size, c.size)].var(ddof=1))
+        i = rng.integers(0, a.size, a.size)
+        vs = per_trajectory_variance(kind, a[i], lw[i])
+        reps[b] = vc / vs if vs > 0 else math.inf
+        times[b] = reps[b] * float(np.median(t[rng.integers(0, t.size, t.size)]))
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    return {"equal_replicas": [float(v) for v in np.percentile(reps, q)],
+            "equal_time": [float(v) for v in np.percentile(times, q)]}
+
+
+def group_mse(estimates, reference: float) -> float:
+    """Mean squared error ``mean_g (est_g − reference)²`` of estimates from repeated groups (G,)."""
+    e = np.asarray(estimates, np.float64).reshape(-1)
+    return float(np.mean((e - reference) ** 2))

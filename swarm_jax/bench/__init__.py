@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m swarm_jax.bench {kmc,env,train,...}``.
+"""Benchmarks: ``python -m swarm_jax.bench {kmc,env,train,scaling,learning,evaluate,sampling}``.
 
 Each suite is a module of this package exposing ``add_arguments(parser)`` and
 ``run(args) -> list[dict]`` (one dict per table row). The driver prints the rows as a table and

@@ -17,6 +17,8 @@ SUITES = {
     "train": "swarm_jax.bench.train",
     "scaling": "swarm_jax.bench.scaling",
     "learning": "swarm_jax.bench.learning",
+    "sampling": "swarm_jax.bench.sampling",
+    "evaluate": "swarm_jax.bench.evaluate",
 }
 
 
@@ -47,12 +49,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import swarm_jax  # noqa: F401  (enables x64 before any suite builds arrays)
     from swarm_jax.bench.common import format_table, machine_info, write_json
+    from swarm_jax.training.checkpoint import quiet_orbax_write_failures
+
+    quiet_orbax_write_failures()  # the learning suite trains (and checkpoints) a policy
 
     module = modules[args.suite]
     info = machine_info()
     print(f"# {args.suite} benchmark on {info['cpu']} ({info['cpu_count']} cores), backend {info['backend']}, jax {info['jax']}")
     rows = module.run(args)
-    print(format_table(rows))
+    print(format_table(rows, getattr(module, "TABLE_COLUMNS", None)))
     path = write_json(args.json, args.suite, rows)
     print(f"# wrote {path}")
     return 0

@@ -78,14 +78,15 @@ def _lattice_of(state) -> LatticeState:
     return state if isinstance(state, LatticeState) else state.lattice
 
 
+def metrics_from_observables(obs: dict) -> jnp.ndarray:
+    """(3,) float64 [roughness W (layers), mean height (ML), O/Ti] picked from
+    :func:`swarm_jax.physics.observables` (the order of :data:`METRIC_NAMES`)."""
+    return jnp.stack([obs[name] for name in METRIC_NAMES]).astype(jnp.float64)
+
+
 def reward_metrics(lattice: LatticeState) -> jnp.ndarray:
     """(3,) float64 [roughness W (layers), mean height (ML), O/Ti] of a lattice (O(C) over heights)."""
-    h = lattice.heights[: lattice.n_columns].astype(jnp.float64)
-    mean_h = h.mean()
-    roughness = jnp.sqrt(jnp.mean((h - mean_h) ** 2))
-    n = (lattice.deposited - lattice.desorbed).astype(jnp.float64)
-    o_ti = jnp.where(n[0] > 0, n[1] / jnp.maximum(n[0], 1.0), 0.0)
-    return jnp.stack([roughness, mean_h, o_ti])
+    return metrics_from_observables(observables(lattice))
 
 
 def morphology_terms(metrics: jnp.ndarray, config: RewardConfig) -> jnp.ndarray:
@@ -124,7 +125,7 @@ def compute_reward(state, config: RewardConfig, ess_ratio=None, prev_state=None)
     """
     lattice = _lattice_of(state)
     obs = observables(lattice)
-    metrics = reward_metrics(lattice)
+    metrics = metrics_from_observables(obs)
     terms = morphology_terms(metrics, config)
     if prev_state is not None:
         prev_metrics = reward_metrics(_lattice_of(prev_state))

@@ -16,6 +16,15 @@ NO_EVENTS: Γ_tot = 0). ``truncated``: the episode is cut — its step counter r
 there, which ends the simulation but not the film's growth, so learners bootstrap it).
 ``info["termination_reason"]`` = 1 (CEILING) / 2 (NO_EVENTS), 0 while running.
 
+Episodes defined by physics: with ``EnvParams.episode_ml`` θ > 0 an episode ends (``terminated``,
+reason 3 = END_THICKNESS) at the step whose deposit brings the film to ``deposit_target(C, θ)``
+atoms, so every such episode holds exactly the same deposited amount and trained and classical
+runs are compared at equal thickness; with ``episode_time`` > 0 it ends (reason 4 = END_TIME) at
+the first event at or past that physical time. ``max_steps_in_episode`` stays as a safety cap
+(truncation), and a column reaching the top of the box still truncates (counted, reason 1): use a
+box tall enough that it is rare. The global ``progress`` feature follows the episode's own
+measure (deposits, time or steps).
+
 Batches: :meth:`TiO2GrowthEnv.step_batch` returns what ``jax.vmap(env.step)`` returns, bit for
 bit, but resets only the envs that are done (under ``vmap`` the cond of ``step`` is a select that
 resets and copies every env on every step: on CPU, 2-core AMD EPYC, that was ~70 % of the batched
@@ -46,6 +55,7 @@ allowed range); traced values inside ``jit``/``vmap`` are not checked.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from functools import partial
 
@@ -57,7 +67,9 @@ from gymnax.environments import environment, spaces
 
 from swarm_jax.env.reward import RewardConfig, compute_reward, reward_metrics
 from swarm_jax.physics.engine import Event
-from swarm_jax.physics.lattice import CEILING, NO_EVENTS, LatticeState, init_flat, validate_lattice_size
+from swarm_jax.physics.lattice import (
+    CEILING, NO_EVENTS, LatticeState, deposited_atoms, init_flat, validate_lattice_size,
+)
 from swarm_jax.physics.params import PhysicsParams, check_type, concrete_number, make_rate_tables
 from swarm_jax.swarm import features as F
 from swarm_jax.swarm.candidates import draw_candidates, execute_candidate
@@ -69,6 +81,44 @@ METRIC_KEYS = ("roughness", "coverage", "o_ti_ratio", "mean_height")
 _INT32_MAX = 2**31 - 1
 _PHYSICS_FIELDS = tuple(f.name for f in dataclasses.fields(PhysicsParams))
 _REWARD_FIELDS = tuple(f.name for f in dataclasses.fields(RewardConfig))
+
+
+#: ``info["termination_reason"]`` codes beyond the lattice's own status (RUNNING 0, CEILING 1,
+#: NO_EVENTS 2): the episode reached its deposited amount / its physical time.
+END_THICKNESS, END_TIME = 3, 4
+END_REASON_NAMES = {0: "running", CEILING: "ceiling", NO_EVENTS: "no_events",
+                    END_THICKNESS: "thickness", END_TIME: "time"}
+
+
+def deposit_target_traced(episode_ml, n_columns: int) -> jax.Array:
+    """:func:`~swarm_jax.physics.lattice.deposit_target` for a (possibly traced) ``episode_ml``:
+    ``max(1, ceil(θ · C))`` atoms as float64 (the same float64 product, so the same integer)."""
+    return jnp.maximum(1.0, jnp.ceil(jnp.asarray(episode_ml, jnp.float64) * n_columns))
+
+
+def end_reason(state: "EnvState", params: "EnvParams", n_columns: int) -> jax.Array:
+    """int32 why the episode ends after ``state`` (0 while it runs): the lattice's status
+    (CEILING, NO_EVENTS) first, then the deposited amount ``episode_ml`` (END_THICKNESS: the
+    film holds exactly ``deposit_target`` deposits, one atom per step at most), then the physical
+    time ``episode_time`` (END_TIME: the clock passed it with the step's event). A zero limit is off."""
+    lattice = state.lattice
+    thick = (params.episode_ml > 0) & (
+        deposited_atoms(lattice) >= deposit_target_traced(params.episode_ml, n_columns))
+    timed = (params.episode_time > 0) & (lattice.time >= params.episode_time)
+    return jnp.where(lattice.status != 0, lattice.status,
+                     jnp.where(thick, END_THICKNESS, jnp.where(timed, END_TIME, 0))).astype(jnp.int32)
+
+
+def episode_progress(state: "EnvState", params: "EnvParams", n_columns: int) -> jax.Array:
+    """The global "progress" feature in [0, 1]: deposits / target for a thickness-ended episode,
+    time / ``episode_time`` for a time-ended one, else steps / ``max_steps_in_episode``."""
+    lattice = state.lattice
+    by_steps = state.step_count / jnp.maximum(jnp.asarray(params.max_steps_in_episode), 1)
+    by_time = lattice.time / jnp.where(params.episode_time > 0, params.episode_time, 1.0)
+    by_ml = deposited_atoms(lattice) / deposit_target_traced(params.episode_ml, n_columns)
+    progress = jnp.where(params.episode_ml > 0, by_ml,
+                         jnp.where(params.episode_time > 0, by_time, by_steps))
+    return jnp.clip(progress, 0.0, 1.0)
 
 
 def batched_step(env):
@@ -116,6 +166,8 @@ class EnvParams:
     physics: PhysicsParams = struct.field(default_factory=PhysicsParams)
     max_steps_in_episode: int = 1000
     reward: RewardConfig = struct.field(default_factory=RewardConfig)
+    episode_ml: float = 0.0
+    episode_time: float = 0.0
 
     def __post_init__(self):
         # Concrete values only (see PhysicsParams); the step counter it bounds is int32. A tree
@@ -128,10 +180,16 @@ class EnvParams:
         if steps is not None and not (steps.is_integer() and 1 <= steps <= _INT32_MAX):
             raise ValueError(f"EnvParams.max_steps_in_episode = {self.max_steps_in_episode!r}: "
                              f"must be an integer in [1, {_INT32_MAX}]")
+        for name, unit in (("episode_ml", "ML"), ("episode_time", "s")):
+            value = concrete_number(getattr(self, name))
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"EnvParams.{name} = {getattr(self, name)!r}: must be a finite "
+                                 f"number >= 0 ({unit}; 0 = no such end)")
 
     @classmethod
     def create(cls, *, max_steps_in_episode: int = 1000, max_steps: int | None = None, physics=None,
-               reward=None, **overrides) -> "EnvParams":
+               reward=None, episode_ml: float = 0.0, episode_time: float = 0.0,
+               **overrides) -> "EnvParams":
         """Builds params from keyword overrides of PhysicsParams and RewardConfig fields."""
         physics = physics if physics is not None else PhysicsParams()
         reward = reward if reward is not None else RewardConfig()
@@ -146,6 +204,8 @@ class EnvParams:
             physics=physics.replace(**phys_kw),
             max_steps_in_episode=max_steps_in_episode,
             reward=RewardConfig(**{**{k: getattr(reward, k) for k in _REWARD_FIELDS}, **rew_kw}),
+            episode_ml=episode_ml,
+            episode_time=episode_time,
         )
 
     @property
@@ -380,15 +440,18 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
         info.update(
             dt=step_info.dt,
             event_kind=step_info.kind,
-            termination_reason=lattice.status,
+            termination_reason=end_reason(new_state, params, self.n_columns),
             total_rate=lattice.total,
         )
         obs = self._observe(new_state, params, tables)
         return obs, new_state, reward.astype(jnp.float32), terminated, info
 
     def is_terminated(self, state: EnvState, params: EnvParams) -> jax.Array:
-        """The film cannot change any more: no event is possible (Γ_tot = 0)."""
-        return state.lattice.status == NO_EVENTS
+        """The episode is over: the film cannot change any more (no event is possible, Γ_tot = 0),
+        or it reached the episode's deposited amount (``episode_ml``) or physical time
+        (``episode_time``), where the objective is defined (no bootstrap past it)."""
+        reason = end_reason(state, params, self.n_columns)
+        return (reason == NO_EVENTS) | (reason == END_THICKNESS) | (reason == END_TIME)
 
     def is_truncated(self, state: EnvState, params: EnvParams) -> jax.Array:
         """The episode is cut, not finished: its step limit, or a column reached the top of the
@@ -402,8 +465,12 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
 
     # ------------------------------------------------------------------ helpers
 
+    @property
+    def n_columns(self) -> int:
+        return self.lattice_size[0] * self.lattice_size[1]
+
     def _observe(self, state: EnvState, params: EnvParams, tables):
-        progress = state.step_count / jnp.maximum(jnp.asarray(params.max_steps_in_episode), 1)
+        progress = episode_progress(state, params, self.n_columns)
         return {
             "candidates": F.candidate_features(state.lattice, state.candidates),
             "global": F.global_features(state.lattice, tables, params.physics, progress),

@@ -1,4 +1,4 @@
-"""Stable-Baselines3 callbacks for SwarmThinkers training with SB3 (the seed project's names).
+"""Stable-Baselines3 callbacks for SwarmThinkers training with SB3 (the original project's names).
 
 * :class:`ESSMonitorCallback` logs ``custom/ess_ratio``, the mean per-step ESS ratio
   ``K² / Σ_j 1/π_j`` of the SB3 policy's distribution over the K candidates (docs/physics.md, SwarmThinkers;

@@ -40,9 +40,10 @@ from flax import struct
 
 from swarm_jax.physics import sumtree
 from swarm_jax.physics.lattice import (
-    CEILING, DEPOSIT_O, DEPOSIT_TI, DESORB, HOP, NO_EVENTS, REACT, RUNNING, LatticeState,
+    CEILING, DEPOSIT_O, DEPOSIT_TI, DESORB, HOP, NO_EVENTS, REACT, RUNNING, LatticeState, check_sos,
+    validate_lattice_size, zero_counters,
 )
-from swarm_jax.physics.params import DIRECTIONS, O, TI, VACANT, RateTables
+from swarm_jax.physics.params import DIRECTIONS, O, TI, VACANT, PhysicsParams, RateTables, make_rate_tables
 
 N_SURFACE_EVENTS = 7  # deposit Ti, deposit O, 4 hops, desorb
 K_DEP_TI, K_DEP_O, K_HOP0, K_DESORB, K_REACT0 = 0, 1, 2, 6, 7
@@ -189,6 +190,39 @@ def rebuild_rates(state: LatticeState, tables: RateTables) -> LatticeState:
         state.status != RUNNING, state.status, jnp.where(total > 0, RUNNING, NO_EVENTS)
     ).astype(jnp.int32)
     return state.replace(tree=tree, total=total, status=status)
+
+
+def from_arrays(heights, species, oxide, params: PhysicsParams) -> LatticeState:
+    """Builds a state from (Lx, Ly) heights and (Lx, Ly, Lz) species/oxide arrays (host-side; here
+    rather than in :mod:`~swarm_jax.physics.lattice` because it needs :func:`rebuild_rates`).
+
+    The arrays must satisfy the SOS invariant; rates are computed from scratch. Counters start at
+    zero except ``deposited``, which is set to the atoms present (so bookkeeping balances).
+    """
+    heights = np.asarray(heights)
+    species = np.asarray(species)
+    oxide = np.asarray(oxide)
+    lx, ly, lz = validate_lattice_size(species.shape)
+    check_sos(heights, species, oxide)
+    c = lx * ly
+    h = np.zeros((c + 1,), np.int32)
+    h[:c] = heights.reshape(c)
+    sp = np.zeros((c + 1, lz), np.int8)
+    sp[:c] = species.reshape(c, lz)
+    ox = np.zeros((c + 1, lz), np.int8)
+    ox[:c] = oxide.reshape(c, lz)
+    counters = zero_counters()
+    counters["deposited"] = jnp.array([(species == TI).sum(), (species == O).sum()], jnp.int64)
+    state = LatticeState(
+        heights=jnp.asarray(h), species=jnp.asarray(sp), oxide=jnp.asarray(ox),
+        react_class=jnp.full((c + 1, lz), -1, jnp.int8),
+        tree=jnp.zeros((2 * sumtree.tree_capacity(c),), jnp.float64),
+        total=jnp.zeros((), jnp.float64), status=jnp.zeros((), jnp.int32),
+        lx=lx, ly=ly, lz=lz, **counters,
+    )
+    state = rebuild_rates(state, make_rate_tables(params))
+    full = int(h[:c].max()) >= lz - 1
+    return state.replace(status=jnp.asarray(CEILING if full else state.status, jnp.int32))
 
 
 # --------------------------------------------------------------------------- selection

@@ -131,7 +131,8 @@ def _empty_fields(lx: int, ly: int, lz: int):
     return heights, species, oxide, react_class
 
 
-def _counters():
+def zero_counters():
+    """The run counters of a fresh state, all zero: clock, event counts, deposited/desorbed atoms."""
     return dict(
         time=jnp.zeros((), jnp.float64),
         n_events=jnp.zeros((), jnp.int64),
@@ -155,42 +156,8 @@ def init_flat(lattice_size, params: PhysicsParams) -> LatticeState:
     status = jnp.where(total > 0, RUNNING, NO_EVENTS).astype(jnp.int32)
     return LatticeState(
         heights=heights, species=species, oxide=oxide, react_class=react_class, tree=tree,
-        total=total, status=status, lx=lx, ly=ly, lz=lz, **_counters(),
+        total=total, status=status, lx=lx, ly=ly, lz=lz, **zero_counters(),
     )
-
-
-def from_arrays(heights, species, oxide, params: PhysicsParams) -> LatticeState:
-    """Builds a state from (Lx, Ly) heights and (Lx, Ly, Lz) species/oxide arrays.
-
-    The arrays must satisfy the SOS invariant; rates are computed from scratch. Counters start at
-    zero except ``deposited``, which is set to the atoms present (so bookkeeping balances).
-    """
-    from swarm_jax.physics.engine import rebuild_rates  # engine depends on this module
-
-    heights = np.asarray(heights)
-    species = np.asarray(species)
-    oxide = np.asarray(oxide)
-    lx, ly, lz = validate_lattice_size(species.shape)
-    check_sos(heights, species, oxide)
-    c = lx * ly
-    h = np.zeros((c + 1,), np.int32)
-    h[:c] = heights.reshape(c)
-    sp = np.zeros((c + 1, lz), np.int8)
-    sp[:c] = species.reshape(c, lz)
-    ox = np.zeros((c + 1, lz), np.int8)
-    ox[:c] = oxide.reshape(c, lz)
-    counters = _counters()
-    counters["deposited"] = jnp.array([(species == TI).sum(), (species == O).sum()], jnp.int64)
-    state = LatticeState(
-        heights=jnp.asarray(h), species=jnp.asarray(sp), oxide=jnp.asarray(ox),
-        react_class=jnp.full((c + 1, lz), -1, jnp.int8),
-        tree=jnp.zeros((2 * sumtree.tree_capacity(c),), jnp.float64),
-        total=jnp.zeros((), jnp.float64), status=jnp.zeros((), jnp.int32),
-        lx=lx, ly=ly, lz=lz, **counters,
-    )
-    state = rebuild_rates(state, make_rate_tables(params))
-    full = int(h[:c].max()) >= lz - 1
-    return state.replace(status=jnp.asarray(CEILING if full else state.status, jnp.int32))
 
 
 def check_sos(heights, species, oxide) -> None:
@@ -254,6 +221,27 @@ def deposited_atoms(state: LatticeState) -> jnp.ndarray:
     return jnp.sum(state.deposited)
 
 
+def height_stats(state: LatticeState) -> dict:
+    """Statistics of the height map, O(C): ``mean_height`` (ML), ``roughness`` W (layers, the RMS
+    deviation of h from its mean), ``coverage`` (fraction of columns with h > 0), ``h_max``,
+    ``h_min`` (layers); float64 scalars. The one definition of these quantities: observables,
+    rewards and policy features read them from here."""
+    h = state.heights[: state.n_columns].astype(jnp.float64)
+    mean_h = h.mean()
+    return dict(
+        mean_height=mean_h,
+        roughness=jnp.sqrt(jnp.mean((h - mean_h) ** 2)),
+        coverage=jnp.mean((h > 0).astype(jnp.float64)),
+        h_max=h.max(),
+        h_min=h.min(),
+    )
+
+
+def o_ti_ratio(n_ti, n_o) -> jnp.ndarray:
+    """Atom-count ratio O/Ti of a film, float64; 0 while it holds no Ti."""
+    return jnp.where(n_ti > 0, jnp.asarray(n_o, jnp.float64) / jnp.maximum(n_ti, 1), 0.0)
+
+
 def observables(state: LatticeState) -> dict:
     """Morphology and composition of docs/physics.md, Observables (O(C) in the number of columns).
 
@@ -262,21 +250,19 @@ def observables(state: LatticeState) -> dict:
     ``oxide_fraction`` (oxide atoms / film atoms; an O(N) count over the oxide flags), ``fill_fraction`` (mean h / (Lz - 1)),
     ``time`` (s).
     """
-    h = state.heights[: state.n_columns].astype(jnp.float64)
-    mean_h = h.mean()
-    roughness = jnp.sqrt(jnp.mean((h - mean_h) ** 2))
+    hs = height_stats(state)
     n = atoms_present(state)
     n_ti, n_o = n[0], n[1]
     n_atoms = n_ti + n_o
     n_oxide = state.n_oxide
     return dict(
-        mean_height=mean_h,
-        roughness=roughness,
-        coverage=jnp.mean((h > 0).astype(jnp.float64)),
+        mean_height=hs["mean_height"],
+        roughness=hs["roughness"],
+        coverage=hs["coverage"],
         n_ti=n_ti,
         n_o=n_o,
-        o_ti_ratio=jnp.where(n_ti > 0, n_o / jnp.maximum(n_ti, 1), 0.0),
+        o_ti_ratio=o_ti_ratio(n_ti, n_o),
         oxide_fraction=jnp.where(n_atoms > 0, n_oxide / jnp.maximum(n_atoms, 1), 0.0),
-        fill_fraction=mean_h / (state.lz - 1),
+        fill_fraction=hs["mean_height"] / (state.lz - 1),
         time=state.time,
     )

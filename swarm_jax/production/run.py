@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import signal
 import sys
 import time
 from typing import Callable, Optional
@@ -35,7 +34,7 @@ from swarm_jax.production.runners import (
     CandidateCarry, CompiledChunks, PolicyRunner, fold_keys, make_runner, simulator,
 )
 from swarm_jax.production.writers import (
-    FINAL_OBSERVABLES, TimeseriesStream, log_rows, read_timeseries_rows, replica_status_names,
+    FINAL_OBSERVABLES, SimulationResult, TimeseriesStream, log_rows, replica_status_names,
 )
 from swarm_jax.training.safety import GracefulInterrupt
 
@@ -48,40 +47,6 @@ __all__ = [
 CHECKPOINT_DIR = "checkpoints"  # inside --out, removed when a run ends (other than interrupted)
 RUN_FILE = "run.json"  # inside CHECKPOINT_DIR: the command line, for --resume
 PARTIAL_TIMESERIES = "timeseries.partial.csv"  # inside CHECKPOINT_DIR: rows streamed so far
-
-
-@dataclasses.dataclass
-class SimulationResult:
-    """What :func:`simulate` produced (host arrays; replica axis first).
-
-    The time series is streamed to ``timeseries_path`` while the run goes (its size grows with
-    the run, host memory does not); :attr:`rows` reads it back."""
-
-    timeseries_path: str  # CSV, TIMESERIES_COLUMNS
-    heights: np.ndarray  # (R, Lx, Ly) int32
-    species: np.ndarray  # (R, Lx, Ly, Lz) int8
-    oxide: np.ndarray  # (R, Lx, Ly, Lz) int8
-    final: dict  # observable -> (R,) array, plus n_events, status
-    status: str  # "completed", "ceiling", "no_events" or "interrupted"
-    message: str
-    engine_seconds: float
-    loop_seconds: float
-    compile_seconds: float
-    resumed_from: Optional[int] = None  # events per replica of the checkpoint resumed, if any
-    signal_name: Optional[str] = None  # "SIGINT" / "SIGTERM" when interrupted
-
-    @property
-    def exit_code(self) -> int:
-        """The command line's exit status: 128 + the signal when interrupted (130 SIGINT, 143
-        SIGTERM), else 0."""
-        if self.status != "interrupted":
-            return 0
-        return 128 + int(signal.Signals[self.signal_name or "SIGINT"])
-
-    @property
-    def rows(self) -> list:
-        """The time-series rows as dicts with typed values (int, float, str per column)."""
-        return read_timeseries_rows(self.timeseries_path)
 
 
 def _stop_message(config: SimulationConfig, status: np.ndarray, n_events: np.ndarray,

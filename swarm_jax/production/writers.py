@@ -13,7 +13,9 @@ import json
 import os
 import resource
 import shutil
-from typing import TYPE_CHECKING, Optional
+import signal
+from dataclasses import dataclass
+from typing import Optional
 
 import jax
 import numpy as np
@@ -26,12 +28,9 @@ from swarm_jax.physics import STATUS_NAMES
 from swarm_jax.production.config import SimulationConfig, load_trained_policy
 from swarm_jax.swarm import full_lattice
 
-if TYPE_CHECKING:
-    from swarm_jax.production.run import SimulationResult
-
 __all__ = [
-    "TIMESERIES_COLUMNS", "LATTICE_CONSTANT_ANGSTROM", "FINAL_OBSERVABLES", "OUTPUT_FILES",
-    "WEIGHTED_OBSERVABLES", "read_timeseries_rows", "replica_status_names", "log_rows",
+    "SimulationResult", "TIMESERIES_COLUMNS", "LATTICE_CONSTANT_ANGSTROM", "FINAL_OBSERVABLES",
+    "OUTPUT_FILES", "WEIGHTED_OBSERVABLES", "read_timeseries_rows", "replica_status_names", "log_rows",
     "TimeseriesStream", "write_timeseries", "write_final_state", "importance_estimates",
     "build_summary", "write_outputs",
 ]
@@ -57,6 +56,40 @@ def read_timeseries_rows(path: str) -> list:
 
     with open(path, newline="", encoding="utf-8") as fh:
         return [{k: typed(k, v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+@dataclass
+class SimulationResult:
+    """What :func:`~swarm_jax.production.run.simulate` produced (host arrays; replica axis first).
+
+    The time series is streamed to ``timeseries_path`` while the run goes (its size grows with
+    the run, host memory does not); :attr:`rows` reads it back."""
+
+    timeseries_path: str  # CSV, TIMESERIES_COLUMNS
+    heights: np.ndarray  # (R, Lx, Ly) int32
+    species: np.ndarray  # (R, Lx, Ly, Lz) int8
+    oxide: np.ndarray  # (R, Lx, Ly, Lz) int8
+    final: dict  # observable -> (R,) array, plus n_events, status
+    status: str  # "completed", "ceiling", "no_events" or "interrupted"
+    message: str
+    engine_seconds: float
+    loop_seconds: float
+    compile_seconds: float
+    resumed_from: Optional[int] = None  # events per replica of the checkpoint resumed, if any
+    signal_name: Optional[str] = None  # "SIGINT" / "SIGTERM" when interrupted
+
+    @property
+    def exit_code(self) -> int:
+        """The command line's exit status: 128 + the signal when interrupted (130 SIGINT, 143
+        SIGTERM), else 0."""
+        if self.status != "interrupted":
+            return 0
+        return 128 + int(signal.Signals[self.signal_name or "SIGINT"])
+
+    @property
+    def rows(self) -> list:
+        """The time-series rows as dicts with typed values (int, float, str per column)."""
+        return read_timeseries_rows(self.timeseries_path)
 
 
 def _status_name(code: int) -> str:

@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from swarm_jax.physics.engine import K_HOP0, Event
-from swarm_jax.physics.lattice import HOP, N_EVENT_KINDS, LatticeState
+from swarm_jax.physics.lattice import HOP, N_EVENT_KINDS, LatticeState, height_stats, o_ti_ratio
 from swarm_jax.physics.params import O, SUBSTRATE, TI, VACANT, PhysicsParams, RateTables
 from swarm_jax.swarm.candidates import candidate_site_z
 
@@ -196,17 +196,16 @@ def global_features(
 
     ``progress`` is the episode's step count divided by its maximum (dimensionless).
     """
-    n_cols = lattice.n_columns
-    h = lattice.heights[:n_cols].astype(jnp.float64)
-    mean_h = h.mean()
+    hs = height_stats(lattice)
+    h = lattice.heights[: lattice.n_columns]
     return assemble_global_features(
         lattice, tables, physics, progress,
-        mean_h=mean_h,
-        roughness=jnp.sqrt(jnp.mean((h - mean_h) ** 2)),
-        h_max=h.max(),
-        h_min=h.min(),
-        coverage=jnp.mean((h > 0).astype(jnp.float64)),
-        n_oxide=jnp.sum(lattice.oxide[:n_cols], dtype=jnp.int64),
+        mean_h=hs["mean_height"],
+        roughness=hs["roughness"],
+        h_max=hs["h_max"],
+        h_min=hs["h_min"],
+        coverage=hs["coverage"],
+        n_oxide=lattice.n_oxide,
         n_open=jnp.sum(h < lattice.lz - 1),
     )
 
@@ -226,7 +225,7 @@ def assemble_global_features(lattice: LatticeState, tables: RateTables, physics:
     n_ti, n_o = n[0].astype(jnp.float64), n[1].astype(jnp.float64)
     n_atoms = n_ti + n_o
     ti_fraction = jnp.where(n_atoms > 0, n_ti / jnp.maximum(n_atoms, 1.0), 0.0)
-    o_ti = jnp.where(n_ti > 0, n_o / jnp.maximum(n_ti, 1.0), 0.0)
+    o_ti = o_ti_ratio(n_ti, n_o)
     n_oxide = jnp.asarray(n_oxide).astype(jnp.float64)
     oxide_fraction = jnp.where(n_atoms > 0, n_oxide / jnp.maximum(n_atoms, 1.0), 0.0)
     r_dep = n_open * tables.dep.sum()

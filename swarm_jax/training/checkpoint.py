@@ -62,6 +62,10 @@ host. A template whose tree structure, shapes or dtypes differ from the checkpoi
 :class:`CheckpointError` naming the first mismatching leaf, before orbax is asked to read anything
 (:func:`swarm_jax.agents.params.check_tree_matches`, the check every loader of saved trees uses).
 
+A failed write is one exception for the caller; the echoes orbax, asyncio and TensorStore print
+besides it are silenced only when asked (:func:`quiet_orbax_write_failures`, which the command-line
+tools call; nothing is installed on import).
+
 Multi-host: every process must call :meth:`CheckpointStore.save` (orbax coordinates, the primary
 host writes the metadata); the housekeeping done here (emptying ``.deleted/``, swapping
 ``save_final`` directories) runs on process 0 only.
@@ -69,6 +73,7 @@ host writes the metadata); the housekeeping done here (emptying ``.deleted/``, s
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -91,6 +96,8 @@ from swarm_jax.agents.params import check_tree_matches, is_typed_key, stored_sha
 from swarm_jax.outdir import atomic_write_text
 
 __all__ = [
+    "quiet_orbax_failures",
+    "quiet_orbax_write_failures",
     "CheckpointError",
     "CheckpointStore",
     "CheckpointWriteError",
@@ -153,16 +160,11 @@ class _OrbaxOrphanTaskFilter(logging.Filter):
         return not ("exception was never retrieved" in text and "orbax" in text)
 
 
-logging.getLogger("absl").addFilter(_OrbaxErrorLogFilter())
-logging.getLogger("asyncio").addFilter(_OrbaxOrphanTaskFilter())
-
-
-def _install_unraisable_filter() -> None:
-    """After a failed write orbax closes its asyncio loop while TensorStore still completes the
-    other writes in flight; each completion then fails with ``RuntimeError('Event loop is
-    closed')`` as an *unraisable* exception (dozens of tracebacks on stderr). Those, and only
-    those, are dropped; the failure itself reaches the caller as one exception."""
-    previous = sys.unraisablehook
+def _drop_loop_closed(previous):
+    """An ``unraisablehook`` that drops ``RuntimeError('Event loop is closed')`` and passes
+    everything else to ``previous``. After a failed write orbax closes its asyncio loop while
+    TensorStore still completes the other writes in flight; each completion then fails with that
+    error as an *unraisable* exception (dozens of tracebacks on stderr)."""
 
     def hook(unraisable):
         err = unraisable.exc_value
@@ -170,10 +172,54 @@ def _install_unraisable_filter() -> None:
             return
         previous(unraisable)
 
-    sys.unraisablehook = hook
+    hook.swarm_jax_orbax_filter = True
+    return hook
 
 
-_install_unraisable_filter()
+def quiet_orbax_write_failures() -> Callable[[], None]:
+    """Silences the echoes of a failed orbax write, process-wide, and returns the function that
+    undoes it. Idempotent; nothing is installed on import.
+
+    A failed write reaches the caller of this module as one exception
+    (:class:`CheckpointWriteError` / :class:`CheckpointError`), but orbax also logs its traceback
+    from each of its threads (~20), asyncio logs "exception was never retrieved" for the other
+    writes in flight (when they are garbage-collected, often at exit), and TensorStore raises
+    unraisable "Event loop is closed" errors. This drops those records and only those: orbax's
+    own ERROR records on the ``absl`` logger, asyncio's orphan-task records of orbax tasks, and
+    the "Event loop is closed" unraisables. The command-line tools (``train.py``,
+    ``swarm-simulate``, ``python -m swarm_jax.bench``) call it first thing, since they own their
+    process; a library user may call it, or use :func:`quiet_orbax_failures` as a scope.
+    """
+    filters = ((logging.getLogger("absl"), _OrbaxErrorLogFilter),
+               (logging.getLogger("asyncio"), _OrbaxOrphanTaskFilter))
+    added = []
+    for logger, kind in filters:
+        if not any(isinstance(f, kind) for f in logger.filters):
+            added.append((logger, kind()))
+            logger.addFilter(added[-1][1])
+    hook = None
+    if not getattr(sys.unraisablehook, "swarm_jax_orbax_filter", False):
+        previous = sys.unraisablehook
+        hook = sys.unraisablehook = _drop_loop_closed(previous)
+
+    def undo() -> None:
+        for logger, f in added:
+            logger.removeFilter(f)
+        if hook is not None and sys.unraisablehook is hook:
+            sys.unraisablehook = previous
+
+    return undo
+
+
+@contextlib.contextmanager
+def quiet_orbax_failures():
+    """:func:`quiet_orbax_write_failures` for the duration of a ``with`` block."""
+    undo = quiet_orbax_write_failures()
+    try:
+        yield
+    finally:
+        undo()
+
 
 #: The checksum manifest of a checkpoint: one ``<sha256>  <bytes>  <relative path>`` line per file.
 MANIFEST = "MANIFEST.sha256"

@@ -16,7 +16,7 @@ home in another section and that :class:`TrainConfig` copies in: ``PPOConfig.n_e
 ``total_timesteps`` come from ``training``, ``RewardConfig.ess_target`` from ``ppo.ess_target``;
 ``PPOConfig.w_ess`` stays ``None`` (the trainer takes ``reward.w_ess`` from the env).
 
-YAML files may use this nested layout, the seed's FLAT layout (every key at top level, e.g.
+YAML files may use this nested layout, the original project's FLAT layout (every key at top level, e.g.
 ``temperature: 180.0``, ``learning_rate: 3e-4``, ``w_roughness: 1.0``), or a mix of the two. A
 flat key is the bare key of the section it belongs to; giving the same key both ways is an
 error. PyYAML reads ``3e-4`` (no dot) as a string, so numeric strings are accepted wherever a
@@ -164,6 +164,9 @@ class EnvironmentConfig:
       o_ti_flux_ratio: r = F_O / F_Ti (>= 0).
       max_steps: episode length in env steps (truncation; the ceiling may end it earlier).
       n_swarm: K, candidate events proposed per env step (>= 1).
+      episode_ml: deposited amount θ (ML) that ends an episode (0: none): every episode then
+        holds exactly ``deposit_target(Lx·Ly, θ)`` deposited atoms (docs/sampling.md).
+      episode_time: physical time (s) that ends an episode (0: none).
       physics: overrides of other :class:`PhysicsParams` fields by name (e.g. ``e_es: 0.2``).
     """
 
@@ -174,6 +177,8 @@ class EnvironmentConfig:
     max_steps: int = 1000
     n_swarm: int = 32
     physics: Mapping[str, float] = field(default_factory=FrozenMap)
+    episode_ml: float = 0.0
+    episode_time: float = 0.0
 
     def __post_init__(self):
         p = "environment."
@@ -192,6 +197,8 @@ class EnvironmentConfig:
         _set(self, "o_ti_flux_ratio", check_number(p + "o_ti_flux_ratio", self.o_ti_flux_ratio, ge=0))
         _set(self, "max_steps", check_number(p + "max_steps", self.max_steps, integer=True, ge=1))
         _set(self, "n_swarm", check_number(p + "n_swarm", self.n_swarm, integer=True, ge=1))
+        _set(self, "episode_ml", check_number(p + "episode_ml", self.episode_ml, ge=0, unit="ML"))
+        _set(self, "episode_time", check_number(p + "episode_time", self.episode_time, ge=0, unit="s"))
         _set(self, "physics", self._check_physics(self.physics))
 
     @staticmethod
@@ -468,7 +475,7 @@ def config_from_dict(d: Mapping) -> TrainConfig:
 
 _TOP_LEVEL_LISTING = (
     f"allowed at top level: the sections {', '.join(SECTIONS)}, the keys {', '.join(TOP_LEVEL_KEYS)}, "
-    "or any field of a section given flat (seed layout, e.g. temperature, learning_rate, n_envs)")
+    "or any field of a section given flat (the original project's layout, e.g. temperature, learning_rate, n_envs)")
 
 
 def _given_twice(section: str, key: str) -> ConfigError:

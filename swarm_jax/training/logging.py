@@ -1,6 +1,6 @@
 """TensorBoard logging, metrics-CSV reading, learning-curve plots and the ESS early-stop monitor.
 
-Tags follow the seed's SB3 pipeline, so existing dashboards keep working::
+Tags follow the original project's SB3 pipeline, so existing dashboards keep working::
 
     metric key      TensorBoard tag          metric key      TensorBoard tag
     ep_rew_mean     rollout/ep_rew_mean      ess_ratio       custom/ess_ratio
@@ -276,7 +276,7 @@ def plot_learning_curves(
 class ESSMonitor:
     """Early stop when the ESS ratio stays below ``threshold`` for ``patience`` consecutive logs.
 
-    The seed's ``ESSMonitorCallback`` as a plain object: call :meth:`update` once per log with the
+    The original project's ``ESSMonitorCallback`` as a plain object: call :meth:`update` once per log with the
     mean ESS ratio (effective sample size / number of samples, in [0, 1]). A non-finite ESS
     counts as below the threshold (a broken importance weight is no reason to go on).
 

@@ -167,7 +167,8 @@ def make_env(cfg: TrainConfig) -> TiO2GrowthEnv:
 
 def _env(e: EnvironmentConfig, reward: RewardConfig) -> TiO2GrowthEnv:
     return TiO2GrowthEnv(e.lattice_size, n_swarm=e.n_swarm, physics=e.physics_params(),
-                         max_steps_in_episode=e.max_steps, reward=reward)
+                         max_steps_in_episode=e.max_steps, reward=reward,
+                         episode_ml=e.episode_ml, episode_time=e.episode_time)
 
 
 @functools.lru_cache(maxsize=4)
@@ -204,23 +205,16 @@ def make_trainer(cfg: TrainConfig, n_devices: int | None = None) -> PPOTrainer:
                            resolve_devices(n_devices, cfg))
 
 
-def _mlp_params(n_in: int, hidden: Sequence[int], n_out: int) -> int:
-    """Weights and biases of a dense MLP ``n_in -> hidden... -> n_out``."""
-    sizes = [int(n_in), *map(int, hidden), int(n_out)]
-    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-
-
 def estimate_network_params(cfg: TrainConfig) -> int:
-    """Parameters of the actor-critic of ``cfg.network`` (exact for its dense layers; a Python
-    int, so absurd widths cannot overflow). ``swarm``: per-candidate actor on ``D + G`` inputs and
-    a critic on the pooled ``2 D + G``; ``flat_mlp``: two MLPs on ``K D + G`` (K and 1 outputs)."""
-    from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM as D
-    from swarm_jax.swarm.features import GLOBAL_FEATURE_DIM as G
+    """Parameters of the actor-critic of ``cfg.network``: the leaves of its init tree from
+    :func:`jax.eval_shape` (:func:`~swarm_jax.agents.params.network_template`; nothing is
+    allocated, and the count is a Python int, so absurd widths cannot overflow)."""
+    from swarm_jax.agents.networks import make_network
+    from swarm_jax.agents.params import network_template
 
-    hidden, k = cfg.network.hidden_sizes, cfg.environment.n_swarm
-    if cfg.network.kind == "flat_mlp":
-        return _mlp_params(k * D + G, hidden, k) + _mlp_params(k * D + G, hidden, 1)
-    return _mlp_params(D + G, hidden, 1) + _mlp_params(2 * D + G, hidden, 1)
+    env = make_env(cfg)
+    template = network_template(make_network(cfg.network, env.num_actions), env.obs_shapes)
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(template))
 
 
 def estimate_training_bytes(cfg: TrainConfig, parts: dict | None = None) -> int:
