@@ -124,15 +124,8 @@ import shlex
 import sys
 from typing import Optional, Sequence
 
-from swarm_jax.cli import (
-    OneLineParser,
-    count,
-    exit_code,
-    exit_on_uncaught_interrupt,
-    ignore_interrupts,
-    install_interrupt_handlers,
-    signal_name,
-)
+from swarm_jax.cli import (OneLineParser, count, exit_code, exit_on_uncaught_interrupt,
+                           ignore_interrupts, install_interrupt_handlers, signal_name)
 
 if __name__ == "__main__":  # from here on a signal is one line (the package import came before)
     install_interrupt_handlers()
