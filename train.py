@@ -25,7 +25,10 @@ or output file could not be written (disk full, file-size limit; the last verifi
 intact and ``--resume`` continues from it), 2 bad input (one ``train.py: error: ...`` line on
 stderr; also an ``--out`` folder that is a file, not writable, empty, or in use by another run),
 3 NaN/inf during training (the last verified checkpoint is kept), 130 interrupted by SIGINT (143
-for SIGTERM) after saving a checkpoint.
+for SIGTERM). A signal during a chunk lets the chunk finish, saves a checkpoint and prints the
+command that resumes; at any other moment (start-up, compilation, a checkpoint or the final
+write) the run stops at once with one line on stderr: the command that resumes once a verified
+checkpoint exists, else that there is nothing to resume. Never a traceback.
 
 The output folder has one owner: ``--out`` is locked for the whole run (see
 ``swarm_jax.outdir``). JAX's persistent compilation cache is on (``~/.cache/swarm_jax/jax``, or
@@ -37,12 +40,44 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from pathlib import Path
 
-from swarm_jax.cli import OneLineParser, count
-
 PROG = "train.py"
+_EARLY_SIGNALS: list[int] = []
+
+
+def _early_signal(signum, frame):
+    """SIGINT/SIGTERM while the package (and JAX) is imported, before main() runs."""
+    _EARLY_SIGNALS.append(signum)
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, _early_signal)
+try:
+    from swarm_jax.cli import (
+        OneLineParser,
+        count,
+        exit_code,
+        exit_on_uncaught_interrupt,
+        ignore_interrupts,
+        install_interrupt_handlers,
+        signal_name,
+    )
+except KeyboardInterrupt:
+    if __name__ != "__main__" or not _EARLY_SIGNALS:
+        raise
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _name = signal.Signals(_EARLY_SIGNALS[0]).name
+    print(f"{PROG}: interrupted by {_name} while starting; nothing was written", file=sys.stderr)
+    sys.exit(128 + _EARLY_SIGNALS[0])
+if __name__ == "__main__":  # from here on main(), or the excepthook before it, is one line
+    install_interrupt_handlers()
+    exit_on_uncaught_interrupt(PROG)
 
 
 class _UsageError(Exception):
@@ -251,12 +286,48 @@ def _report(results) -> int:
     return last.exit_code
 
 
+def _interrupted(err: BaseException, args: argparse.Namespace | None) -> int:
+    """One line for a SIGINT/SIGTERM outside the chunk loop's graceful stop (start-up,
+    compilation, a checkpoint, the final write): the command that resumes, once a verified
+    checkpoint exists; the exit status 128 + signal."""
+    ignore_interrupts()
+    name, hint = signal_name(err), None
+    if args is not None:
+        try:
+            from swarm_jax.training.checkpoint import newest_verified_step
+
+            stores = sorted((Path(args.out) / "checkpoints").glob("stage[123]"))
+            if any(newest_verified_step(store) is not None for store in stores):
+                hint = _resume_hint(args)
+        except Exception:  # noqa: BLE001 (no hint rather than a traceback)
+            hint = None
+    if hint is not None:
+        print(f"{PROG}: interrupted by {name}; resume with: {hint}", file=sys.stderr)
+    else:
+        print(f"{PROG}: interrupted by {name} before any checkpoint was written; nothing to "
+              "resume (run the same command again to start over)", file=sys.stderr)
+    return exit_code(err)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status.
+    SIGINT/SIGTERM at any moment: one line on stderr, exit status 130/143 (see the module
+    docstring)."""
+    if __name__ == "__main__" or argv is None:
+        install_interrupt_handlers()
+    parsed: list[argparse.Namespace] = []
+    try:
+        return _main(argv, parsed)
+    except KeyboardInterrupt as err:
+        return _interrupted(err, parsed[0] if parsed else None)
+
+
+def _main(argv: list[str] | None, parsed: list) -> int:
     from swarm_jax.outdir import OutputDirError, claim_output_dir
 
     try:
         args = _parse_args(argv)
+        parsed.append(args)
         _start_up(args)
     except (_UsageError, OutputDirError) as err:
         return _error(str(err))

@@ -70,8 +70,11 @@ heights and roughness in layers (lattice constant a = 4.59 Å), lattice sizes in
 
 Every invalid input gives one line ``swarm_jax.simulate: error: ...`` on stderr and exit status 2.
 
-SIGINT/SIGTERM: the chunk in progress finishes, a checkpoint and every output are written
-(status ``interrupted``) and the exit status is 130; ``--resume`` continues.
+SIGINT/SIGTERM: during a chunk, the chunk in progress finishes, a checkpoint and every output
+are written (status ``interrupted``); at any other moment (start-up, compilation of the initial
+state, restoring, writing the outputs) the run stops at once. Either way: one line on stderr, no
+traceback, exit status 130 (SIGINT) or 143 (SIGTERM), and ``--resume`` continues once the run
+has started (its ``checkpoints/run.json`` exists).
 
 Policies: ``classical`` is the rejection-free BKL engine (:func:`swarm_jax.physics.run`).
 ``trained`` (``--checkpoint CKPT``: a ``stageN_final`` directory, a step directory of
@@ -121,7 +124,12 @@ import shlex
 import sys
 from typing import Optional, Sequence
 
-from swarm_jax.cli import OneLineParser, count
+from swarm_jax.cli import (OneLineParser, count, exit_code, exit_on_uncaught_interrupt,
+                           ignore_interrupts, install_interrupt_handlers, signal_name)
+
+if __name__ == "__main__":  # from here on a signal is one line (the package import came before)
+    install_interrupt_handlers()
+    exit_on_uncaught_interrupt("swarm_jax.simulate")
 from swarm_jax.compile_cache import enable_compilation_cache
 from swarm_jax.outdir import (
     LOCK_NAME, OutputDirError, atomic_write_text, check_output_dir, claim_output_dir,
@@ -138,12 +146,12 @@ from swarm_jax.production.config import (  # noqa: F401
 )
 from swarm_jax.production.runners import (  # noqa: F401
     POLICY_FACTORIES, CandidateCarry, ChunkFn, CompiledChunks, PolicyRunner, Simulator,
-    candidates_chunk, classical_chunk, full_chunk, initial_state, make_classical_runner,
+    candidates_chunk, check_policy, classical_chunk, full_chunk, initial_state, make_classical_runner,
     make_runner, make_trained_runner, simulator,
 )
 from swarm_jax.production.run import (  # noqa: F401
     CHECKPOINT_DIR, PARTIAL_TIMESERIES, RUN_FILE, RunProgress, SimulationResult, SimulationRun,
-    next_chunk_events, remove_checkpoints, simulate, start,
+    check_own_checkpoints, next_chunk_events, remove_checkpoints, simulate, start,
 )
 from swarm_jax.production.writers import (  # noqa: F401
     FINAL_OBSERVABLES, LATTICE_CONSTANT_ANGSTROM, OUTPUT_FILES, TIMESERIES_COLUMNS,
@@ -260,16 +268,13 @@ def _config_from_args(args, argv: Sequence[str]) -> SimulationConfig:
     log_every = min(log_every, events)
     physics = parse_physics(args.physics)
     mode, context_refresh, react_slots = parse_policy(args, lx, ly, lz)
-    if args.policy not in POLICY_FACTORIES:
-        raise UsageError(f"--policy {args.policy}: not available yet in this version "
-                         f"(available: {', '.join(POLICY_FACTORIES)})")
     try:
         check_output_dir(args.out)
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
     check_every = args.check_every or default_check_every(
         args.replicas, mode if args.policy == "trained" else "classical")
-    return SimulationConfig(
+    config = SimulationConfig(
         lattice_size=(lx, ly, lz), temperature=args.temperature,
         deposition_rate=args.deposition_rate, o_ti_flux_ratio=args.o_ti_ratio,
         events=events, log_every=log_every, replicas=args.replicas, seed=args.seed,
@@ -280,6 +285,8 @@ def _config_from_args(args, argv: Sequence[str]) -> SimulationConfig:
         monolayers=monolayers, check_every=check_every, checkpoint_every=args.checkpoint_every,
         checkpoint_minutes=args.checkpoint_minutes, resume=args.resume, argv=tuple(argv),
     )
+    check_policy(config)  # the registered policies (the library path checks the same)
+    return config
 
 
 # Fields that define a run's result: a resumed run must keep them.
@@ -413,6 +420,12 @@ def claim_out(config: SimulationConfig):
     if not free and _out_has_content(out):
         lock.release()
         raise UsageError(busy_text)
+    if not config.resume:
+        try:  # --overwrite replaces simulate's outputs, never another tool's checkpoints
+            check_own_checkpoints(out)
+        except UsageError:
+            lock.release()
+            raise
     return lock
 
 
@@ -451,15 +464,40 @@ def _run_and_write(config: SimulationConfig, estimated: int) -> int:
         remove_checkpoints(config)
     if not config.quiet:
         print(_final_line(config, result, summary))
-    return 130 if result.status == "interrupted" else 0
+    return result.exit_code
+
+
+def _interrupted(err: BaseException, out_dir: Optional[str]) -> int:
+    """One line for a SIGINT/SIGTERM outside the chunk loop's graceful stop (start-up, the first
+    compilation of the initial state, restoring, writing the outputs); exit 128 + signal."""
+    ignore_interrupts()
+    name = signal_name(err)
+    if out_dir is not None and os.path.isfile(os.path.join(out_dir, CHECKPOINT_DIR, RUN_FILE)):
+        _say(f"interrupted by {name}; continue with: python -m {PROG} --resume --out "
+             f"{shlex.quote(str(out_dir))}")
+    else:
+        _say(f"interrupted by {name} before the run started; nothing to resume")
+    return exit_code(err)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point. Exit status: 0 done (also when stopped at the ceiling or with no possible
     event; see ``status`` in summary.json), 1 outputs could not be written, 2 bad input,
-    130 interrupted (outputs and a checkpoint written; continue with ``--resume``).
+    130 (SIGINT) / 143 (SIGTERM) interrupted: during a chunk, the chunk finishes and the outputs
+    and a checkpoint are written; at any other moment the run stops at once; either way one
+    line, and ``--resume`` continues once the run has started.
     JAX's persistent compilation cache is on (``swarm_jax.compile_cache``; ``SWARM_JAX_CACHE_DIR``
     moves it, ``SWARM_JAX_CACHE_DIR=off`` turns it off)."""
+    if argv is None:
+        install_interrupt_handlers()
+    out: list = []
+    try:
+        return _main(argv, out)
+    except KeyboardInterrupt as err:
+        return _interrupted(err, out[0] if out else None)
+
+
+def _main(argv: Optional[Sequence[str]], out: list) -> int:
     enable_compilation_cache()
     quiet_orbax_write_failures()  # a failed checkpoint write: one line, not orbax's tracebacks
     try:
@@ -471,6 +509,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
+    out.append(config.out_dir)
     with lock:
         return _run_and_write(config, estimated)
 

@@ -24,6 +24,7 @@ M. Under ``jit`` the critic's half of the network is dead code and costs nothing
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -162,11 +163,15 @@ def load_policy(path: str | Path) -> TrainedPolicy:
     """Loads the actor of a training checkpoint (see the module docstring).
 
     Raises:
+        TypeError: ``path`` is not a path (``None``, a number, an empty string).
         PolicyLoadError: no checkpoint at ``path``, no parameters in it, a config without the
             network/K, or parameters that do not fit the network of the config.
     """
     from swarm_jax.training import checkpoint as ckpt  # orbax: imported only when needed
 
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise TypeError(f"load_policy(path={path!r}): path must be a checkpoint folder path "
+                        f"(str or os.PathLike), not {type(path).__name__}")
     path = Path(path)
     if not path.exists():
         raise PolicyLoadError(f"{path}: no such file or directory")

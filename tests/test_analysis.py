@@ -431,7 +431,7 @@ def test_cli_module_entry_point_error_is_one_line_no_traceback(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-m", "swarm_jax.analyze", str(tmp_path / "missing")],
-                          capture_output=True, text=True, env=env, cwd=str(REPO), timeout=120)
+                          capture_output=True, text=True, env=env, cwd=str(REPO), timeout=1800)  # hang guard only
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("swarm_jax.analyze: error:")

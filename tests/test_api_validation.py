@@ -59,9 +59,12 @@ def test_valid_and_traced_values_are_accepted():
     as_arrays = jax.tree.map(jnp.asarray, PhysicsParams())
     zeros = jax.tree.map(jnp.zeros_like, as_arrays)
     assert float(zeros.temperature) == 0.0
-    # ... while Python-number leaves are (tree_map builds a new PhysicsParams)
+    # pytree rebuilds (tree_map, gradients) are not constructions and are not checked; the
+    # constructor and replace() are
+    doubled = jax.tree.map(lambda x: x * 2, PhysicsParams())
+    assert doubled.sticking_ti == 1.8
     with pytest.raises(ValueError, match="PhysicsParams.sticking_ti = 1.8"):
-        jax.tree.map(lambda x: x * 2, PhysicsParams())
+        PhysicsParams().replace(sticking_ti=1.8)
 
 
 @pytest.mark.parametrize("n", [2.5, 0, -1, True, "3", None, 2**31])

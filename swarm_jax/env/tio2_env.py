@@ -61,6 +61,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 from gymnax.environments import environment, spaces
 
@@ -69,7 +70,7 @@ from swarm_jax.physics.engine import Event
 from swarm_jax.physics.lattice import (
     CEILING, NO_EVENTS, LatticeState, deposited_atoms, init_flat, validate_lattice_size,
 )
-from swarm_jax.physics.params import PhysicsParams, concrete_number, make_rate_tables
+from swarm_jax.physics.params import PhysicsParams, check_type, concrete_number, make_rate_tables
 from swarm_jax.swarm import features as F
 from swarm_jax.swarm.candidates import draw_candidates, execute_candidate
 
@@ -133,6 +134,27 @@ def batched_step(env):
     return jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
 
+def check_action(action, shape: tuple) -> None:
+    """Outside ``jit``: ``action`` must be integer candidate indices of ``shape`` (``()`` for
+    :meth:`TiO2GrowthEnv.step`, ``(B,)`` for ``step_batch``); one ``TypeError``/``ValueError``
+    naming ``action``, its shape and the expected one. Tracers are not checked; values out of
+    ``[0, K)`` are clamped (module docstring)."""
+    if isinstance(action, jax.core.Tracer):
+        return
+    want = f"integer candidate index{'es' if shape else ''} of shape {shape}"
+    if action is None or isinstance(action, (str, bytes, bool, np.bool_)):
+        raise TypeError(f"action = {action!r}: must be an {want}")
+    try:
+        got = np.shape(action)
+        dtype = getattr(action, "dtype", None) or np.asarray(action).dtype
+    except (TypeError, ValueError):
+        raise TypeError(f"action of type {type(action).__name__}: must be an {want}") from None
+    if tuple(got) != tuple(shape):
+        raise ValueError(f"action has shape {tuple(got)}: must be an {want}")
+    if not np.issubdtype(dtype, np.integer):
+        raise TypeError(f"action has dtype {dtype}: must be an {want}")
+
+
 @struct.dataclass
 class EnvParams:
     """Environment parameters: physics, episode length and reward (all traceable but ``reward.mode``).
@@ -148,7 +170,12 @@ class EnvParams:
     episode_time: float = 0.0
 
     def __post_init__(self):
-        # Concrete values only (see PhysicsParams); the step counter it bounds is int32.
+        # Concrete values only (see PhysicsParams); the step counter it bounds is int32. A tree
+        # JAX rebuilds with placeholders (jax.tree.map(lambda _: None, p)) is not checked.
+        if isinstance(self.physics, PhysicsParams) and not isinstance(
+                self.physics.temperature, (type(None), bool)):
+            check_type("EnvParams", "max_steps_in_episode", self.max_steps_in_episode,
+                       f"an integer in [1, {_INT32_MAX}]")
         steps = concrete_number(self.max_steps_in_episode)
         if steps is not None and not (steps.is_integer() and 1 <= steps <= _INT32_MAX):
             raise ValueError(f"EnvParams.max_steps_in_episode = {self.max_steps_in_episode!r}: "
@@ -295,14 +322,19 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
         )
         return self._observe(state, params, tables), state
 
-    @partial(jax.jit, static_argnames=("self",))
     def step(self, key: jax.Array, state: EnvState, action, params: EnvParams | None = None):
         """gymnax's ``step`` (same keys, same outputs), with the auto-reset under ``lax.cond``.
 
         Unbatched, the reset is then only evaluated when the episode ends; under ``vmap`` the
         cond becomes a select and costs what gymnax's select does (O(N) per step: at 50×50×20
-        this auto-reset is most of the step). For batches use :meth:`step_batch`.
+        this auto-reset is most of the step). For batches use :meth:`step_batch`. A concrete
+        ``action`` is checked first (:func:`check_action`); the step itself is jitted.
         """
+        check_action(action, ())
+        return self._step(key, state, action, params)
+
+    @partial(jax.jit, static_argnames=("self",))
+    def _step(self, key: jax.Array, state: EnvState, action, params: EnvParams | None = None):
         if params is None:
             params = self.default_params
         key_reset, (obs_st, state_st, reward, terminated, truncated, info) = self._step_no_reset(
@@ -352,6 +384,7 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
           ``(obs, state, reward, terminated, truncated, info)`` with leading axis ``B``, as
           ``vmap`` of :meth:`step` (``info["final_observation"]`` the pre-reset observations).
         """
+        check_action(action, (keys.shape[0],))
         if params is None:
             params = self.default_params
         n = keys.shape[0]

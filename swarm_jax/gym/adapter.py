@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from typing import Any
 
 import numpy as np
@@ -238,9 +239,12 @@ def to_python(value):
 
 def seed_to_int64(seed: int) -> np.int64:
     """A non-negative integer seed -> the int64 fed to ``jax.random.key`` (modulo 2**63)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (numbers.Integral, np.integer)):
+        raise TypeError(f"seed = {seed!r}: must be a non-negative integer, not "
+                        f"{type(seed).__name__}")
     seed = int(seed)
     if seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+        raise ValueError(f"seed = {seed}: must be a non-negative integer")
     return np.int64(seed % _SEED_MODULUS)
 
 
@@ -285,6 +289,9 @@ class TiO2GrowthGymEnv(gym.Env):
         self.n_swarm = self.jax_env.n_swarm
         self.params = build_params(params, self.jax_env)
         self.render_mode = render_mode
+        if (isinstance(render_cell_px, bool) or not isinstance(render_cell_px, numbers.Integral)
+                or not 1 <= render_cell_px <= 1024):
+            raise ValueError(f"render_cell_px = {render_cell_px!r}: must be an integer in [1, 1024]")
         self.render_cell_px = int(render_cell_px)
         self.observation_space, self.action_space = make_spaces(self.n_swarm)
         self._kernels = kernels(self.lattice_size, self.n_swarm)

@@ -86,24 +86,37 @@ class LatticeState:
         return jnp.sum(self.oxide[: self.n_columns], dtype=jnp.int64)
 
 
+#: Most sites ``(Lx*Ly + 1) * Lz`` of a lattice: the per-site arrays are indexed with int32 (and
+#: heights are int32). The one size limit of train.py, the environment and simulate; memory is
+#: checked separately (``estimate_state_bytes``).
+MAX_LATTICE_SITES = 2**31 - 1
+LATTICE_SIZE_RULE = ("three integers (Lx, Ly, Lz) with Lx, Ly >= 3 (distinct periodic neighbours), "
+                     "Lz >= 2 (substrate plus one layer) and (Lx*Ly + 1)*Lz <= 2^31 - 1 sites")
+
+
 def validate_lattice_size(lattice_size) -> tuple[int, int, int]:
-    """Checks (Lx, Ly, Lz): Lx, Ly >= 3 (distinct periodic neighbours), Lz >= 2."""
+    """Checks (Lx, Ly, Lz) against :data:`LATTICE_SIZE_RULE` (integers, booleans refused) and
+    returns them as ints; one ``ValueError`` ``lattice_size = ...: must be ...`` otherwise."""
+    def bad():
+        return ValueError(f"lattice_size = {lattice_size!r}: must be {LATTICE_SIZE_RULE}")
+
     try:
-        lx, ly, lz = (int(v) for v in lattice_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"lattice_size must be three integers (Lx, Ly, Lz), got {lattice_size!r}")
-    if tuple(lattice_size) != (lx, ly, lz):
-        raise ValueError(f"lattice_size must be three integers (Lx, Ly, Lz), got {lattice_size!r}")
-    if lx < 3 or ly < 3:
-        raise ValueError(f"lattice_size: Lx and Ly must be >= 3, got {lattice_size!r}")
-    if lz < 2:
-        raise ValueError(f"lattice_size: Lz must be >= 2 (substrate plus one layer), got {lattice_size!r}")
+        values = tuple(lattice_size)
+    except TypeError:
+        raise bad() from None
+    if len(values) != 3 or any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))
+                               for v in values):
+        raise bad()
+    lx, ly, lz = (int(v) for v in values)
+    if lx < 3 or ly < 3 or lz < 2 or (lx * ly + 1) * lz > MAX_LATTICE_SITES:
+        raise bad()
     return lx, ly, lz
 
 
 def estimate_state_bytes(lattice_size) -> int:
-    """Bytes held by one LatticeState of this size (used to refuse impossible allocations early)."""
-    lx, ly, lz = validate_lattice_size(lattice_size)
+    """Bytes held by one LatticeState of this size (used to refuse impossible allocations early;
+    an estimate, so sizes beyond :data:`MAX_LATTICE_SITES` are estimated too, not refused)."""
+    lx, ly, lz = (int(v) for v in lattice_size)
     c = lx * ly
     rows, b = sumtree.tree_shape(c)
     return 3 * (c + 1) * lz + 4 * (c + 1) + 8 * rows * b + 8 * 16

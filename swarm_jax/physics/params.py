@@ -11,9 +11,11 @@ fluxes in monolayers per second (ML/s; one ML is one atom per column).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
@@ -30,30 +32,63 @@ DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 N_DIRECTIONS = 4
 
 
+def _is_tracer(value) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
 def concrete_number(value):
-    """``value`` as a Python float if it is a concrete real number (a Python or NumPy scalar, or a
-    0-d NumPy array); ``None`` for anything else (JAX arrays and tracers inside ``jit``/``vmap``,
-    batched values, placeholders JAX uses while rebuilding pytrees), which is not checked."""
-    if isinstance(value, bool):
+    """``value`` as a Python float if it is a concrete real number (a Python or NumPy scalar, a
+    0-d NumPy array or a concrete 0-d JAX array); ``None`` for anything else (tracers inside
+    ``jit``/``vmap``, batched values, placeholders JAX uses while rebuilding pytrees), which is
+    not checked."""
+    values = concrete_values(value)
+    return float(values) if values is not None and values.ndim == 0 else None
+
+
+def concrete_values(value) -> np.ndarray | None:
+    """The float64 NumPy values of a concrete real number or array (Python/NumPy number, NumPy
+    array, concrete JAX array, of any shape: sweeps hold one value per entry); ``None`` for
+    tracers, booleans and anything that is not a real number (not checked here)."""
+    if isinstance(value, (bool, np.bool_)) or _is_tracer(value):
         return None
-    if isinstance(value, np.ndarray):
-        if value.ndim != 0 or not np.issubdtype(value.dtype, np.number):
-            return None
-        value = value.item()
     if isinstance(value, (numbers.Real, np.integer, np.floating)):
-        return float(value)
+        return np.asarray(float(value))
+    if isinstance(value, (np.ndarray, jax.Array)):
+        if not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)):
+            return None
+        return np.asarray(value, dtype=np.float64)
     return None
+
+
+def check_type(owner: str, name: str, value, allowed: str = "a real number") -> None:
+    """Raise one ``TypeError`` naming ``owner.name``, the value and what is allowed when ``value``
+    is a string, ``None``, a boolean (booleans are not numbers: ``temperature=True`` would be
+    1 K) or a non-numeric array. Tracers and other objects (pytree placeholders such as
+    ``ShapeDtypeStruct`` or shardings) pass unchecked."""
+    dtype = getattr(value, "dtype", None)
+    bad = (value is None or isinstance(value, (str, bytes, bool, np.bool_))
+           or (isinstance(value, (np.ndarray, jax.Array)) and not _is_tracer(value)
+               and not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))))
+    if bad:
+        kind = f"{type(value).__name__}" + (f" of dtype {dtype}" if dtype is not None else "")
+        raise TypeError(f"{owner}.{name} = {_show(value)}: must be {allowed}, not {kind}")
+
+
+def _show(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_range(owner: str, name: str, value, lo=None, hi=None, lo_open: bool = False,
                 hi_open: bool = False, unit: str = "") -> None:
     """Raise ``ValueError`` naming ``owner.name`` and the allowed range when the concrete
-    ``value`` is NaN, infinite or outside it (non-concrete values pass: see :func:`concrete_number`)."""
-    x = concrete_number(value)
-    if x is None:
+    ``value`` (every entry of a concrete array) is NaN, infinite or outside it (tracers and
+    non-numeric placeholders pass: see :func:`concrete_values`)."""
+    x = concrete_values(value)
+    if x is None or x.size == 0:
         return
-    ok = math.isfinite(x) and (lo is None or (x > lo if lo_open else x >= lo)) \
-        and (hi is None or (x < hi if hi_open else x <= hi))
+    ok = bool(np.all(np.isfinite(x))) and (lo is None or bool(np.all(x > lo if lo_open else x >= lo))) \
+        and (hi is None or bool(np.all(x < hi if hi_open else x <= hi)))
     if not ok:
         if lo is not None and hi is not None:
             allowed = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
@@ -63,7 +98,7 @@ def check_range(owner: str, name: str, value, lo=None, hi=None, lo_open: bool = 
             allowed = f"{'<' if hi_open else '<='} {hi:g}"
         else:
             allowed = "finite"
-        raise ValueError(f"{owner}.{name} = {value!r}: must be a finite number {allowed}"
+        raise ValueError(f"{owner}.{name} = {_show(value)}: must be a finite number {allowed}"
                          f"{' ' + unit if unit else ''}")
 
 
@@ -81,14 +116,18 @@ PHYSICS_RANGES = {
 }
 
 
-@struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class PhysicsParams:
     """Parameters of docs/physics.md, Events and rates, with its defaults. All fields are pytree leaves (traceable).
 
-    Concrete values (Python/NumPy numbers) are validated at construction against
+    Construction (``PhysicsParams(...)``, :meth:`replace`) validates concrete values (Python/NumPy
+    numbers, NumPy arrays and concrete JAX arrays, every entry of a sweep) against
     :data:`PHYSICS_RANGES` (every field finite): a bad one raises one ``ValueError`` naming the
-    field and its allowed range. Traced or JAX-array values (inside ``jit``/``vmap``, sweeps) are
-    not checked.
+    field, the value and its allowed range; a string, ``None`` or a boolean (booleans are not
+    numbers: ``temperature=True`` would be 1 K) raises one ``TypeError``. Traced values (inside
+    ``jit``/``vmap``/``grad``) cannot be and are not checked. Pytree rebuilds by JAX
+    (``jax.tree.map``, gradients, ``in_axes`` specs, outputs of ``jit``) do not construct: they
+    are not checked either (a gradient or a mask is not a set of physical values).
     """
 
     temperature: float = 300.0  # K
@@ -113,8 +152,14 @@ class PhysicsParams:
 
     def __post_init__(self):
         for f in self.__dataclass_fields__:
+            value = getattr(self, f)
             lo, hi, lo_open, unit = PHYSICS_RANGES.get(f, (None, None, False, "eV"))
-            check_range("PhysicsParams", f, getattr(self, f), lo, hi, lo_open=lo_open, unit=unit)
+            check_type("PhysicsParams", f, value, f"a real number ({unit or 'dimensionless'})")
+            check_range("PhysicsParams", f, value, lo, hi, lo_open=lo_open, unit=unit)
+
+    def replace(self, **updates) -> "PhysicsParams":
+        """A copy with ``updates`` applied (validated like the constructor)."""
+        return dataclasses.replace(self, **updates)
 
     @property
     def kT(self):
@@ -135,6 +180,25 @@ class PhysicsParams:
                 [zero, e_ti_o, e_o_o],
             ]
         )
+
+
+_PHYSICS_FIELDS = tuple(f.name for f in dataclasses.fields(PhysicsParams))
+
+
+def _physics_unflatten(_, leaves) -> PhysicsParams:
+    """Rebuilds a PhysicsParams from pytree leaves without running the constructor's checks."""
+    obj = object.__new__(PhysicsParams)
+    for name, leaf in zip(_PHYSICS_FIELDS, leaves):
+        object.__setattr__(obj, name, leaf)
+    return obj
+
+
+jax.tree_util.register_pytree_with_keys(
+    PhysicsParams,
+    lambda p: ([(jax.tree_util.GetAttrKey(n), getattr(p, n)) for n in _PHYSICS_FIELDS], None),
+    _physics_unflatten,
+    lambda p: ([getattr(p, n) for n in _PHYSICS_FIELDS], None),
+)
 
 
 @struct.dataclass

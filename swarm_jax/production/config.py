@@ -18,12 +18,13 @@ import dataclasses
 import difflib
 import functools
 import math
+import numbers
 import os
 import sys
 from typing import Optional, Sequence
 
 from swarm_jax.physics import PhysicsParams, estimate_state_bytes
-from swarm_jax.physics.lattice import deposit_target
+from swarm_jax.physics.lattice import LATTICE_SIZE_RULE, deposit_target, validate_lattice_size
 from swarm_jax.swarm import full_lattice
 from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM
 from swarm_jax.trained_policy import PolicyLoadError, TrainedPolicy, load_policy
@@ -56,8 +57,9 @@ DEFAULT_LATERAL = (20, 20)
 DEFAULT_CHECKPOINT_MINUTES = 10.0
 
 
-class UsageError(Exception):
-    """Invalid command line or impossible run (one line on stderr, exit status 2)."""
+class UsageError(ValueError):
+    """Invalid command line, configuration or impossible run (one line on stderr, exit status 2;
+    a ``ValueError`` for library callers)."""
 
 
 def default_box_height(monolayers: float, columns: int) -> int:
@@ -114,6 +116,9 @@ class SimulationConfig:
     resume: bool = False
     argv: tuple[str, ...] = ()
 
+    def __post_init__(self):
+        check_config(self)
+
     def physics_params(self):
         """The :class:`swarm_jax.physics.PhysicsParams` of this run."""
         return PhysicsParams(temperature=self.temperature, deposition_rate=self.deposition_rate,
@@ -138,6 +143,58 @@ class SimulationConfig:
     def fillable_sites(self) -> int:
         lx, ly, lz = self.lattice_size
         return lx * ly * (lz - 1)
+
+
+_MODES = (None, "candidates", "full")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_config(config: SimulationConfig) -> None:
+    """Validates every field of ``config`` (run by its constructor, so the command line and the
+    library path check alike; the command line has checked the same values under flag names
+    before). Raises one :class:`UsageError` (a ``ValueError``) ``SimulationConfig.field = value:
+    must be ...``. The policy name is checked against the registered factories when a runner is
+    built (:func:`swarm_jax.production.runners.check_policy`)."""
+    def bad(name, allowed):
+        return UsageError(f"SimulationConfig.{name} = {getattr(config, name)!r}: must be {allowed}")
+
+    try:
+        validate_lattice_size(config.lattice_size)
+    except ValueError:
+        raise bad("lattice_size", LATTICE_SIZE_RULE) from None
+    for name, low in (("events", 1), ("log_every", 1), ("replicas", 1), ("seed", 0),
+                      ("check_every", 1)):
+        value = getattr(config, name)
+        if not (_is_int(value) and low <= value <= _MAX_INT):
+            raise bad(name, f"an integer in [{low}, 2^62]")
+    for name in ("checkpoint_every", "context_refresh", "react_slots"):
+        value = getattr(config, name)
+        if value is not None and not (_is_int(value) and 0 <= value <= _MAX_INT):
+            raise bad(name, "None or a non-negative integer")
+    if not isinstance(config.policy, str) or not config.policy:
+        raise bad("policy", "a policy name such as 'classical' or 'trained'")
+    if config.policy == "trained" and not isinstance(config.checkpoint, (str, os.PathLike)):
+        raise bad("checkpoint", "the path of a training checkpoint when policy = 'trained'")
+    if config.mode not in _MODES:
+        raise bad("mode", "None, 'candidates' or 'full'")
+    if not isinstance(config.out_dir, (str, os.PathLike)) or not str(config.out_dir):
+        raise bad("out_dir", "a folder path")
+    if config.monolayers is not None and not (
+            isinstance(config.monolayers, numbers.Real) and not isinstance(config.monolayers, bool)
+            and math.isfinite(config.monolayers) and 0 < config.monolayers <= 1e6):
+        raise bad("monolayers", "None or a number in (0, 1e6]")
+    if not isinstance(config.physics, tuple) or not all(
+            isinstance(kv, tuple) and len(kv) == 2 and isinstance(kv[0], str) for kv in config.physics):
+        raise bad("physics", "a tuple of (PhysicsParams field name, value) pairs")
+    try:
+        config.physics_params()  # types and ranges of temperature, fluxes and --physics values
+    except TypeError as err:  # an unknown field name, or a value that is not a number
+        raise UsageError(f"SimulationConfig: {err}") from None
+    except ValueError as err:
+        raise UsageError(f"SimulationConfig: {err}") from None
 
 
 def say(*parts) -> None:
@@ -200,12 +257,7 @@ def parse_lattice(args) -> tuple[int, int, int, int, Optional[float]]:
     lx, ly, lz = args.lattice_size or (*DEFAULT_LATERAL, None)
     if lx is None or ly is None:
         raise _bad("--lattice-size", f"{lx} {ly} {lz}", "LX LY LZ with only LZ allowed 'auto'")
-    if lx < 3 or ly < 3 or (lz is not None and lz < 2):
-        raise _bad("--lattice-size", f"{lx} {ly} {lz}",
-                   "LX LY LZ with LX, LY >= 3 (distinct periodic neighbours) and LZ >= 2 "
-                   "(substrate plus one layer)")
-    if lx * ly >= 2**31:
-        raise _bad("--lattice-size", f"{lx} {ly} {lz}", "at most 2^31 - 1 columns and LZ <= 127")
+    _check_lattice(lx, ly, 2 if lz is None else lz, f"{lx} {ly} {'auto' if lz is None else lz}")
     monolayers = args.monolayers
     if monolayers is None and args.events is None:
         monolayers = DEFAULT_MONOLAYERS
@@ -219,13 +271,20 @@ def parse_lattice(args) -> tuple[int, int, int, int, Optional[float]]:
     growth = events / (lx * ly) if monolayers is None else min(monolayers, events / (lx * ly))
     if lz is None:
         lz = default_box_height(growth, lx * ly)
-        if lz > 127:
-            raise UsageError(
-                f"--lattice-size {lx} {ly} auto: {events} events per replica need a box of "
-                f"{lz} layers, more than 127; use more columns or fewer events / monolayers")
-    elif lz > 127:
-        raise _bad("--lattice-size", f"{lx} {ly} {lz}", "at most 2^31 - 1 columns and LZ <= 127")
+        _check_lattice(lx, ly, lz, f"{lx} {ly} auto (a box of {lz} layers for {events} events "
+                                   "per replica; use more columns or fewer events / monolayers)")
     return lx, ly, lz, events, monolayers
+
+
+def _check_lattice(lx: int, ly: int, lz: int, shown: str) -> None:
+    """The lattice limits shared with train.py and the environment
+    (:func:`swarm_jax.physics.lattice.validate_lattice_size`), as a ``--lattice-size`` error."""
+    try:
+        validate_lattice_size((lx, ly, lz))
+    except ValueError:
+        rule = LATTICE_SIZE_RULE.replace("three integers (Lx, Ly, Lz)", "LX LY LZ")
+        rule = rule.replace("Lx", "LX").replace("Ly", "LY").replace("Lz", "LZ")
+        raise _bad("--lattice-size", shown, rule) from None
 
 
 def check_ranges(args) -> None:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from swarm_jax.distributed import batch_mesh, shard_batch
 from swarm_jax.physics import CEILING, RUNNING, LatticeState, film_arrays, observables
-from swarm_jax.production.config import SimulationConfig, UsageError, say
+from swarm_jax.production.config import PROG, SimulationConfig, UsageError, say
 from swarm_jax.production.runners import (
     CandidateCarry, CompiledChunks, PolicyRunner, fold_keys, make_runner, simulator,
 )
@@ -41,6 +41,7 @@ from swarm_jax.training.safety import GracefulInterrupt
 __all__ = [
     "CHECKPOINT_DIR", "RUN_FILE", "PARTIAL_TIMESERIES", "RunProgress", "next_chunk_events",
     "SimulationResult", "SimulationRun", "start", "simulate", "remove_checkpoints",
+    "check_own_checkpoints",
 ]
 
 CHECKPOINT_DIR = "checkpoints"  # inside --out, removed when a run ends (other than interrupted)
@@ -59,7 +60,7 @@ def _stop_message(config: SimulationConfig, status: np.ndarray, n_events: np.nda
         x, y = np.unravel_index(int(np.argmax(heights[r])), heights[r].shape)
         text = (f"{head}: column full at z = Lz-1 = {lz - 1} at (x, y) = ({x}, {y}) (the film "
                 f"reached the top of the box); use a taller lattice (--lattice-size {lx} {ly} "
-                f"{min(2 * lz, 127)}) or fewer events")
+                f"{2 * lz}) or fewer events")
         name = "ceiling"
     else:
         text = (f"{head}: no event is possible (total rate 0 Hz; e.g. --deposition-rate 0 on an "
@@ -408,10 +409,25 @@ def _result(run: SimulationRun, signal_name: Optional[str], loop_seconds: float)
         timeseries_path=run.csv_path, heights=heights, species=species, oxide=oxide, final=final,
         status=status, message=message, engine_seconds=run.progress.engine_seconds,
         loop_seconds=loop_seconds, compile_seconds=run.chunks.compile_seconds,
-        resumed_from=run.resumed_from,
+        resumed_from=run.resumed_from, signal_name=signal_name if status == "interrupted" else None,
     )
 
 
+def check_own_checkpoints(out_dir: str) -> None:
+    """Raises :class:`UsageError` if ``out_dir/checkpoints`` holds what another tool wrote
+    (train.py writes its checkpoints to a folder of the same name). Simulate's own folder is
+    recognised by its :data:`RUN_FILE` (written before anything else goes in); an empty folder
+    is nobody's data."""
+    path = os.path.join(out_dir, CHECKPOINT_DIR)
+    if (os.path.isdir(path) and not os.path.isfile(os.path.join(path, RUN_FILE))
+            and os.listdir(path)):
+        raise UsageError(f"--out {out_dir}: {path} holds checkpoints that {PROG} did not write "
+                         f"(no {RUN_FILE}; e.g. train.py's); they are not deleted: choose "
+                         "another --out")
+
+
 def remove_checkpoints(config: SimulationConfig) -> None:
-    """Deletes ``--out/checkpoints`` (after a run that cannot be resumed has written its outputs)."""
+    """Deletes ``--out/checkpoints`` (after a run that cannot be resumed has written its outputs,
+    or before a fresh run), only if simulate wrote it (:func:`check_own_checkpoints`)."""
+    check_own_checkpoints(config.out_dir)
     shutil.rmtree(os.path.join(config.out_dir, CHECKPOINT_DIR), ignore_errors=True)

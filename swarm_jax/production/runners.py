@@ -51,14 +51,15 @@ import numpy as np
 from flax import struct
 
 from swarm_jax.physics import LatticeState, PhysicsParams, init_flat, make_rate_tables, run
-from swarm_jax.production.config import SimulationConfig, load_trained_policy
+from swarm_jax.production.config import SimulationConfig, UsageError, load_trained_policy
 from swarm_jax.swarm import full_lattice
 from swarm_jax.swarm.policy import FilmStats, candidates_step, film_stats
 from swarm_jax.swarm.weights import batch_ess
 
 __all__ = [
     "ChunkFn", "PolicyRunner", "classical_chunk", "make_classical_runner", "CandidateCarry",
-    "candidates_chunk", "full_chunk", "make_trained_runner", "POLICY_FACTORIES", "make_runner",
+    "candidates_chunk", "full_chunk", "make_trained_runner", "POLICY_FACTORIES", "check_policy",
+    "make_runner",
     "CompiledChunks", "initial_state", "fold_keys", "lattice_of", "Simulator", "simulator",
 ]
 
@@ -264,9 +265,18 @@ def initial_state(config: SimulationConfig, params: PhysicsParams) -> LatticeSta
     return jax.tree.map(lambda x: jnp.tile(x[None], (config.replicas,) + (1,) * x.ndim), one)
 
 
+def check_policy(config: SimulationConfig) -> None:
+    """``config.policy`` must name a factory of :data:`POLICY_FACTORIES` (the one check of the
+    command line and of :func:`make_runner` / :func:`simulator`); one :class:`UsageError`."""
+    if config.policy not in POLICY_FACTORIES:
+        raise UsageError(f"policy {config.policy!r}: must be one of "
+                         f"{', '.join(map(repr, POLICY_FACTORIES))}")
+
+
 def make_runner(config: SimulationConfig) -> PolicyRunner:
     """The :class:`PolicyRunner` of ``config.policy`` (:data:`POLICY_FACTORIES`), with the rate
     tables of ``config``'s physics."""
+    check_policy(config)
     return POLICY_FACTORIES[config.policy](config, make_rate_tables(config.physics_params()))
 
 

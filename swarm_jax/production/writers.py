@@ -13,6 +13,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 from dataclasses import dataclass
 from typing import Optional
 
@@ -75,6 +76,15 @@ class SimulationResult:
     loop_seconds: float
     compile_seconds: float
     resumed_from: Optional[int] = None  # events per replica of the checkpoint resumed, if any
+    signal_name: Optional[str] = None  # "SIGINT" / "SIGTERM" when interrupted
+
+    @property
+    def exit_code(self) -> int:
+        """The command line's exit status: 128 + the signal when interrupted (130 SIGINT, 143
+        SIGTERM), else 0."""
+        if self.status != "interrupted":
+            return 0
+        return 128 + int(signal.Signals[self.signal_name or "SIGINT"])
 
     @property
     def rows(self) -> list:

@@ -51,6 +51,7 @@ import yaml
 from swarm_jax.agents.networks import NetworkConfig
 from swarm_jax.agents.ppo_config import PPOConfig
 from swarm_jax.env.reward import RewardConfig
+from swarm_jax.physics.lattice import LATTICE_SIZE_RULE, validate_lattice_size
 from swarm_jax.validation import (
     STEPS_MAX, ConfigError, check_int_list, check_number, fail, show, suggest,
 )
@@ -185,6 +186,10 @@ class EnvironmentConfig:
             p + "lattice_size", self.lattice_size, length=3, mins=(3, 3, 2).__getitem__,
             allowed="a list of 3 integers [Lx, Ly, Lz] with Lx, Ly >= 3 (distinct periodic "
                     "neighbours) and Lz >= 2 (substrate plus one layer)")
+        try:  # the limits shared with the environment and simulate
+            validate_lattice_size(size)
+        except ValueError:
+            raise fail(p + "lattice_size", self.lattice_size, LATTICE_SIZE_RULE) from None
         _set(self, "lattice_size", size)
         _set(self, "temperature", check_number(p + "temperature", self.temperature, gt=0, unit="K"))
         _set(self, "deposition_rate",
@@ -612,8 +617,46 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
                       f"up in {configs_dir()})")
 
 
+#: Limits of a config document (a config is a few hundred bytes, three levels deep, alias-free):
+#: larger, deeper or alias-heavier files are refused in one line instead of exhausting the
+#: recursion limit (deep nesting), the memory (huge files) or the time (alias bombs).
+MAX_CONFIG_BYTES = 1_000_000
+MAX_CONFIG_DEPTH = 32
+MAX_CONFIG_ALIASES = 64
+
+
+class _DocumentTooComplex(yaml.YAMLError):
+    """A document over one of the limits above (reported like any YAML error, with its line)."""
+
+    def __init__(self, problem: str, mark):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key repeated within one mapping (PyYAML keeps the last silently)."""
+    """SafeLoader that rejects a key repeated within one mapping (PyYAML keeps the last silently)
+    and documents nested deeper than :data:`MAX_CONFIG_DEPTH` or with more than
+    :data:`MAX_CONFIG_ALIASES` aliases."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth, self._aliases = 0, 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_CONFIG_ALIASES:
+                raise _DocumentTooComplex(f"more than {MAX_CONFIG_ALIASES} aliases (*name); a "
+                                          "config needs none", event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                raise _DocumentTooComplex(f"nested deeper than {MAX_CONFIG_DEPTH} levels",
+                                          event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
@@ -646,7 +689,12 @@ def load_config(path: str | Path) -> TrainConfig:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:  # at most the limit plus one byte (also of /dev/zero)
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {str(path)!r}: larger than the {MAX_CONFIG_BYTES} "
+                              "bytes a config may have")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r}: not found") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -661,6 +709,8 @@ def load_config(path: str | Path) -> TrainConfig:
         if context and cmark is not None:
             problem += f" ({context} started at line {cmark.line + 1}, column {cmark.column + 1})"
         raise ConfigError(f"config file {str(path)!r}: invalid YAML{where}: {problem}") from None
+    except RecursionError:  # a construct the depth limit does not see; never a traceback
+        raise ConfigError(f"config file {str(path)!r}: invalid YAML: nested too deeply") from None
     if data is None:
         raise ConfigError(f"config file {str(path)!r}: is empty (expected a mapping of config keys)")
     if isinstance(data, Mapping) and "name" not in data:
