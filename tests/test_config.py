@@ -660,7 +660,7 @@ INVALID = {
     ("ppo", "ess_penalty_coef"): _below(0) | _non_number,
     ("ppo", "reward_shaping"): _letters.filter(lambda s: s not in ("potential", "none")),
     ("ppo", "stagger_episodes"): st.integers() | _letters | st.none(),
-    ("ppo", "objective"): _letters.filter(lambda s: s not in ("seed", "kl")) | st.integers(),
+    ("ppo", "objective"): _letters.filter(lambda s: s not in ("reward", "kl")) | st.integers(),
     ("ppo", "kl_coef"): _below(0, exclude=False) | _above(1e6) | _non_number,
     ("network", "kind"): _letters.filter(lambda s: s not in ("swarm", "flat_mlp")),
     ("network", "hidden_sizes"): st.one_of(

@@ -10,6 +10,8 @@ from swarm_jax.env.tio2_env import (
 )
 from swarm_jax.physics.lattice import CEILING, deposit_target
 
+pytestmark = pytest.mark.slow  # not in the quick tier: whole episodes stepped from the host
+
 FROZEN = dict(temperature=180.0, deposition_rate=0.1)
 
 

@@ -75,22 +75,22 @@ def test_uniform_policy_adds_no_kl_term():
     assert float(kl_reward(cfg, jnp.zeros(3)).sum()) == 0.0
 
 
-def test_seed_objective_rollout_has_no_kl_term_and_differs_from_kl_only_by_it():
-    """Same key, same settings: the seed objective's learning reward is the env reward minus the
+def test_reward_objective_rollout_has_no_kl_term_and_differs_from_kl_only_by_it():
+    """Same key, same settings: the reward objective's learning reward is the env reward minus the
     ESS term (today's learner, unchanged); the KL objective's adds exactly β·log w_t."""
     env, params = _bandit(1.0)
     common = dict(gamma=1.0, ess_constraint=False, reward_shaping="none", ent_coef=0.0, w_ess=0.0,
                   n_envs=4, n_steps=12, batch_size=48, n_epochs=1, normalize_reward=False,
                   stagger_episodes=False, total_timesteps=48)
     out = {}
-    for objective in ("seed", "kl"):
+    for objective in ("reward", "kl"):
         trainer = make_train(PPOConfig(objective=objective, kl_coef=0.5, **common), NET, env, params)
         out[objective] = trainer.collect_rollout(_sharpened(trainer.init(jax.random.PRNGKey(5)), 50.0))[1]
-    seed, kl = out["seed"], out["kl"]
-    np.testing.assert_array_equal(seed.action, kl.action)
-    np.testing.assert_array_equal(seed.reward, seed.env_reward)
-    np.testing.assert_array_equal(kl.reward, seed.reward + np.float32(0.5) * seed.step_log_weight)
-    assert PPOConfig().objective == "seed"
+    base, kl = out["reward"], out["kl"]
+    np.testing.assert_array_equal(base.action, kl.action)
+    np.testing.assert_array_equal(base.reward, base.env_reward)
+    np.testing.assert_array_equal(kl.reward, base.reward + np.float32(0.5) * base.step_log_weight)
+    assert PPOConfig().objective == "reward"
 
 
 def test_log_weight_moments_from_sums():
@@ -133,7 +133,7 @@ def _policy_vs_optimum(trainer, rs, slope: float):
 def test_kl_ppo_moves_to_the_tilted_optimum_and_not_beyond():
     """Reward c·x_a, β = 1: the optimum is the softmax of c·x over the candidates (logit slope
     c/β = 1). The trained policy ends much closer to it than uniform and with a slope near 1 (the
-    seed objective's optimum, argmax, has an unbounded slope)."""
+    reward objective's optimum, argmax, has an unbounded slope)."""
     trainer, rs, metrics = _train_bandit(reward_scale=1.0, kl_coef=1.0)
     kl_learned, kl_uniform, slope = _policy_vs_optimum(trainer, rs, 1.0)
     assert kl_learned < 0.2 * kl_uniform, (kl_learned, kl_uniform)
@@ -187,7 +187,7 @@ def test_kl_objective_trains_on_a_thickness_ended_tio2_episode():
 
 
 @pytest.mark.parametrize("kw, field, text", [
-    (dict(objective="soft"), "ppo.objective", "'seed', 'kl'"),
+    (dict(objective="soft"), "ppo.objective", "'reward', 'kl'"),
     (dict(kl_coef=0.0), "ppo.kl_coef", "(0, "),
     (dict(kl_coef=-1.0), "ppo.kl_coef", "(0, "),
     (dict(gamma=0.99), "ppo.gamma", "must be 1"),
@@ -208,8 +208,8 @@ def test_kl_objective_valid_settings_and_ess_term():
     cfg = _kl_cfg(kl_coef="0.5")
     assert cfg.kl_coef == 0.5 and cfg.objective == "kl"
     assert resolve_ess_term(cfg, object()) == (0.0, 0.5)  # no ESS reward term by default
-    PPOConfig(gamma=1.0, reward_shaping="none")  # gamma = 1 is a valid seed setting too
-    PPOConfig(kl_coef=3.0)  # kl_coef is not read by the seed objective
+    PPOConfig(gamma=1.0, reward_shaping="none")  # gamma = 1 is a valid setting of the reward objective too
+    PPOConfig(kl_coef=3.0)  # kl_coef is not read by the reward objective
 
 
 @pytest.mark.parametrize("name", ["sampler_8x8", "sampler_20x20"])

@@ -17,6 +17,8 @@ from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM as D, GLOBAL_FEATURE_
 from swarm_jax.training.checkpoint import save_final
 from swarm_jax.training.config import TrainConfig, config_to_dict
 
+pytestmark = pytest.mark.slow  # not in the quick tier: runs the benchmark end to end
+
 K = 4
 TINY = """
 name: sampling_tiny

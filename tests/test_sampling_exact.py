@@ -22,6 +22,8 @@ from swarm_jax.physics import PhysicsParams
 from swarm_jax.physics.lattice import deposit_target
 from swarm_jax.swarm.rollout import GrowthSpec, grow_classical, grow_sampler, tilt_logits
 
+pytestmark = pytest.mark.slow  # not in the quick tier: statistical checks over thousands of trajectories
+
 LX = LY = 3
 C = LX * LY
 THETA = 2.0  # ML

@@ -12,6 +12,8 @@ from swarm_jax.swarm.features import candidate_features
 from swarm_jax.swarm.policy import film_stats
 from swarm_jax.swarm.rollout import GrowthSpec, flat_film_stats, grow_classical, grow_sampler, tilt_logits
 
+pytestmark = pytest.mark.slow  # not in the quick tier: rollouts compiled per shape
+
 WARM = PhysicsParams(temperature=400.0, deposition_rate=1.0)  # hops and reactions compete
 
 

@@ -2,7 +2,7 @@
 
 * :func:`compute_gae`: advantages with truncation bootstrapping.
 * :class:`RewardNormState` and :func:`learning_reward`: what PPO learns from — the env reward,
-  reshaped (potential form of a level reward), minus the seed's ESS reward term, scaled by the
+  reshaped (potential form of a level reward), minus the original project's ESS reward term, scaled by the
   running return scale; with the KL objective, :func:`kl_reward` is added before the scaling.
 * :func:`ppo_loss`: clipped surrogate + value loss − entropy bonus + the ESS constraint's
   augmented-Lagrangian term; :func:`dual_ascent`: the multiplier's update.
@@ -105,7 +105,7 @@ class RewardNormState:
 
 def learning_reward(cfg: PPOConfig, env_reward: Array, info: dict, terminated: Array, ess: Array,
                     w_ess, ess_target, shaping: bool) -> tuple[Array, Array]:
-    """The reward PPO learns from, before normalisation, and the seed's ESS term.
+    """The reward PPO learns from, before normalisation, and the original project's ESS term.
 
     ``r_learn = r_env [+ (γ L(s') (1 − terminated) − L(s)) / (1 − γ)] − w_ess·max(0, target − ESS)``
     with the bracket only when ``shaping`` (``L`` from ``info[LEVEL_KEYS]``; ``terminated`` the

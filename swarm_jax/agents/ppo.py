@@ -29,11 +29,11 @@ One *update* (all inside one jitted function):
 **Learning reward** (:func:`swarm_jax.agents.losses.learning_reward`). The env reward; for a
 level reward reported with ``info["reward_level"]``/``["reward_level_before"]`` its
 potential-based difference form ``(L(s') − L(s))/(1 − γ)`` (``reward_shaping="potential"``:
-same optimal policy, no large state-dependent level in the return); minus the seed's ESS term
+same optimal policy, no large state-dependent level in the return); minus the original project's ESS term
 ``w_ess · max(0, ess_target − ESS_t)``; divided by the running scale of its discounted return
 (``normalize_reward``). ``ep_rew_mean`` and evaluation report the env reward alone.
 
-**KL objective** (``objective="kl"``, β = ``kl_coef``; the seed's objective is ``"seed"``).
+**KL objective** (``objective="kl"``, β = ``kl_coef``; the original project's objective is ``"reward"``).
 Let ``p`` be the ensemble of trajectories of classical KMC and ``q`` the one the policy generates.
 At every step both draw the same K candidates i.i.d. from the physical distribution and advance
 the same physical clock; they differ only in the pick: uniform (probability ``1/K``) under ``p``,

@@ -20,15 +20,15 @@ Array = jax.Array
 #: ``reward_shaping`` choices.
 REWARD_SHAPINGS = ("potential", "none")
 
-#: ``objective`` choices: the seed's (env reward, ESS term and constraint) or the trajectory-level
+#: ``objective`` choices: the original project's (env reward, ESS term and constraint) or the trajectory-level
 #: KL-regularised one (``swarm_jax.agents.ppo``, "KL objective").
-OBJECTIVES = ("seed", "kl")
+OBJECTIVES = ("reward", "kl")
 
 #: ``info`` keys of a level reward's level after and before the step, ``L(s')`` and ``L(s)``, that
 #: ``reward_shaping="potential"`` reads (TiO2GrowthEnv reports them; zeros in delta mode).
 LEVEL_KEYS = ("reward_level", "reward_level_before")
 
-#: The ESS term's weight and target when neither the PPOConfig nor the env gives one (the seed's).
+#: The ESS term's weight and target when neither the PPOConfig nor the env gives one (the original project's).
 DEFAULT_W_ESS = 0.3
 DEFAULT_ESS_TARGET = 0.5
 
@@ -37,7 +37,7 @@ DEFAULT_ESS_TARGET = 0.5
 class PPOConfig:
     """PPO hyper-parameters (hashable: it is closed over by the jitted update).
 
-    Defaults are those of the YAML configs (the seed's SB3 settings: constant LR 3e-4, n_steps 256,
+    Defaults are those of the YAML configs (the original project's SB3 settings: constant LR 3e-4, n_steps 256,
     batch_size 64, n_epochs 10, clip 0.2, ent 0.01, vf 0.5, grad-norm 0.5; Adam eps 1e-5). For
     PureJaxRL's set ``learning_rate=2.5e-4, anneal_lr=True, n_steps=128, batch_size=256,
     n_epochs=4``. Every field is checked at construction (numeric strings such as ``"3e-4"`` are
@@ -70,11 +70,11 @@ class PPOConfig:
             a training config sets the weight as ``reward.w_ess``.
         ess_target: the per-step ESS ratio the policy must keep on average: the target of the
             ESS constraint below and the threshold of the reward term above (default 0.5, the
-            seed's "maintain ESS > 0.5"); ``None``: ``env_params.reward.ess_target`` (0.5 if the
+            original project's "maintain ESS > 0.5"); ``None``: ``env_params.reward.ess_target`` (0.5 if the
             env has none). A training config requires a number here and hands it to its env.
         ess_constraint: keep the mean per-step ESS ratio at or above ``ess_target`` with a
             Lagrangian term in the loss (see "ESS constraint" in the module docstring).
-            ``True`` by default; ``False`` leaves PPO unconstrained (the seed's behaviour).
+            ``True`` by default; ``False`` leaves PPO unconstrained (the original project's behaviour).
         ess_lambda_init: the multiplier λ at the start of a run (≥ 0).
         ess_lambda_lr: dual-ascent step size of λ per update (``λ ← max(0, λ + lr·(target −
             mean ESS))``).
@@ -95,7 +95,7 @@ class PPOConfig:
             (a warm-up of ``U[0, max_steps)`` classical-KMC steps before training), so episode
             ends do not come in lockstep. The first (partial) episode of each environment is
             not counted in ``ep_rew_mean``. ``True`` by default.
-        objective: ``"seed"`` (default): learn from the env reward with the seed's ESS term and
+        objective: ``"reward"`` (default): learn from the env reward with the original project's ESS term and
             the ESS constraint. ``"kl"``: maximise ``E_q[R] − kl_coef·KL(q‖p)`` over whole
             trajectories (q the policy's dynamics, p classical KMC): each step's learning reward
             gets ``+kl_coef · step_log_weight = −kl_coef·log(K·π(a_t|s_t))`` (module docstring of
@@ -135,7 +135,7 @@ class PPOConfig:
     reward_shaping: str = "potential"
     normalize_reward: bool = True
     stagger_episodes: bool = True
-    objective: str = "seed"
+    objective: str = "reward"
     kl_coef: float = 1.0
     total_timesteps: int = 100_000
 

@@ -227,7 +227,9 @@ def _samplers(args, tilts: list[float], env):
     """(name, logits_fn, params, K) per sampler; the learned one only with --checkpoint."""
     out = [(f"tilt_s={s:g}", tilt_logits, float(s), env.n_swarm) for s in tilts]
     if args.checkpoint is None:
-        print("# no --checkpoint: the learned sampler's rows are skipped", flush=True)
+        print("# no --checkpoint: the learned sampler's rows are skipped (train one with "
+              f"`python train.py --config {args.config} --out runs/NAME`, then pass "
+              "--checkpoint runs/NAME/stage1_final)", flush=True)
         return out
     from swarm_jax.trained_policy import PolicyLoadError, load_policy
 

@@ -12,7 +12,7 @@ Units: ``W`` (roughness, RMS height deviation) and ``mean(h)`` are in layers = m
 one layer is the lattice constant a = 4.59 Å, multiply by a for Å); ``O/Ti`` (atom-count ratio
 of the film, 0 while there is no Ti) and ``ESS`` (per-step ESS ratio, in [0, 1]) are
 dimensionless. The weights are dimensionless, so the reward is in "layers". Default weights
-follow the seed project: 1.0, 0.5, 0.2, 0.3.
+follow the original project: 1.0, 0.5, 0.2, 0.3.
 
 The ESS term needs the policy's distribution over the candidates, which only the trainer knows:
 the environment alone calls :func:`compute_reward` with ``ess_ratio=None`` (term = 0) and the
@@ -22,7 +22,7 @@ What the ESS term does and does not do: it is a function of the *state* (the pol
 distribution at that state), the same for every candidate the policy might pick there, so it
 cancels out of the advantage differences between actions and cannot steer the choice at a state
 towards uniform (measured: ``w_ess`` 0.3 or 5.0 gave the same collapsed per-step ESS). It is kept
-for compatibility with the seed's reward. What keeps the policy near the physical proposal is the
+for compatibility with the original project's reward. What keeps the policy near the physical proposal is the
 ESS *constraint* in the PPO loss (``PPOConfig.ess_constraint``, a Lagrange multiplier adapted by
 dual ascent so that the mean per-step ESS ratio stays at ``ess_target``).
 """
