@@ -163,7 +163,7 @@ def test_step_refuses_badly_shaped_actions(small_env, action, kind, text):
     assert text in str(err.value) and "shape ()" in str(err.value)
 
 
-@pytest.mark.slow  # compiles env steps / runs a production restore
+@pytest.mark.slow  # compiles env steps or runs simulate
 def test_step_batch_checks_the_batch_shape(small_env):
     env, key, _ = small_env
     keys = jax.random.split(key, 3)
@@ -173,7 +173,7 @@ def test_step_batch_checks_the_batch_shape(small_env):
         env.step_batch(keys, states, jnp.zeros(2, jnp.int32))
 
 
-@pytest.mark.slow  # compiles env steps / runs a production restore
+@pytest.mark.slow  # compiles env steps or runs simulate
 def test_good_and_traced_actions_still_work(small_env):
     env, key, state = small_env
     for a in (1, np.int64(2), jnp.int32(3), 99):  # 99: clamped, as documented
@@ -237,7 +237,7 @@ def test_simulate_overwrite_refuses_train_checkpoints(tmp_path, capsys):
     assert (step / "data").is_file()
 
 
-@pytest.mark.slow  # compiles env steps / runs a production restore
+@pytest.mark.slow  # compiles env steps or runs simulate
 def test_simulate_overwrite_replaces_its_own_run(tmp_path):
     from swarm_jax import simulate
 

@@ -48,7 +48,7 @@ def _sharpened(rs, factor: float):
 # ---- the reward -----------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # compiles env steps / runs a production restore
+@pytest.mark.slow  # compiles a PPO rollout
 def test_learning_reward_is_env_reward_plus_beta_step_log_weight():
     env, params = _bandit(1.0)
     cfg = _kl_cfg(kl_coef=0.7, n_envs=4, n_steps=12, batch_size=48, n_epochs=1,
@@ -64,7 +64,7 @@ def test_learning_reward_is_env_reward_plus_beta_step_log_weight():
     np.testing.assert_array_equal(np.asarray(tr.reward), expected)  # exact, float32
 
 
-@pytest.mark.slow  # compiles env steps / runs a production restore
+@pytest.mark.slow  # compiles a PPO rollout
 def test_uniform_policy_adds_no_kl_term():
     env, params = _bandit(1.0)
     cfg = _kl_cfg(kl_coef=2.0, n_envs=4, n_steps=8, batch_size=32, n_epochs=1,
@@ -77,7 +77,7 @@ def test_uniform_policy_adds_no_kl_term():
     assert float(kl_reward(cfg, jnp.zeros(3)).sum()) == 0.0
 
 
-@pytest.mark.slow  # compiles env steps / runs a production restore
+@pytest.mark.slow  # compiles a PPO rollout
 def test_reward_objective_rollout_has_no_kl_term_and_differs_from_kl_only_by_it():
     """Same key, same settings: the reward objective's learning reward is the env reward minus the
     ESS term (today's learner, unchanged); the KL objective's adds exactly β·log w_t."""

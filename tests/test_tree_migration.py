@@ -26,7 +26,7 @@ def binary_tree(leaves: np.ndarray) -> np.ndarray:
     return tree
 
 
-@pytest.mark.slow  # compiles env steps / runs a production restore
+@pytest.mark.slow  # compiles a production restore
 def test_upgrade_legacy_batched_and_shapes():
     rng = np.random.default_rng(0)
     for n in (9, 16, 17, 64, 2500):
@@ -40,7 +40,7 @@ def test_upgrade_legacy_batched_and_shapes():
             np.testing.assert_array_equal(tree, np.asarray(sumtree.build(jnp.asarray(row))))
 
 
-@pytest.mark.slow  # compiles env steps / runs a production restore
+@pytest.mark.slow  # compiles a production restore
 def test_production_restore_converts_a_binary_tree_checkpoint(tmp_path):
     params = PhysicsParams(temperature=300.0)
     tables = make_rate_tables(params)

@@ -265,7 +265,7 @@ def parse_lattice(args) -> tuple[int, int, int, int, Optional[float]]:
         raise _bad("--monolayers", monolayers, "a number in (0, 1e6]")
     events = args.events
     if events is None:
-        events = min(_MAX_INT, EVENTS_PER_ATOM_CAP * max(1, math.ceil(monolayers * lx * ly)))
+        events = min(_MAX_INT, EVENTS_PER_ATOM_CAP * deposit_target(lx * ly, monolayers))
     if not 1 <= events <= _MAX_INT:
         raise _bad("--events", events, "an integer in [1, 2^62]")
     growth = events / (lx * ly) if monolayers is None else min(monolayers, events / (lx * ly))
