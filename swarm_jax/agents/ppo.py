@@ -34,27 +34,13 @@ same optimal policy, no large state-dependent level in the return); minus the or
 (``normalize_reward``). ``ep_rew_mean`` and evaluation report the env reward alone.
 
 **KL objective** (``objective="kl"``, β = ``kl_coef``; the original project's objective is ``"reward"``).
-Let ``p`` be the ensemble of trajectories of classical KMC and ``q`` the one the policy generates.
-At every step both draw the same K candidates i.i.d. from the physical distribution and advance
-the same physical clock; they differ only in the pick: uniform (probability ``1/K``) under ``p``,
-``π(a_t|s_t)`` under ``q``. Every other factor of a trajectory's probability cancels in the
-ratio, so ``log q(τ)/p(τ) = Σ_t log(K·π(a_t|s_t)) = −Σ_t log w_t`` and
-``E_q[Σ_t −log w_t] = KL(q‖p)`` exactly. Adding ``β·log w_t`` to each step's reward (before
-reward normalisation, :func:`~swarm_jax.agents.losses.kl_reward`) makes the undiscounted return
-``R(τ) − β·log q(τ)/p(τ)``, whose expectation under ``q`` is ``E_q[R] − β·KL(q‖p)
-= β·log Z_β − β·KL(q‖p_β)`` with ``p_β ∝ p·exp(R/β)``: its maximiser is the tilted ensemble
-``p_β``, under which the importance weight ``W = p/q = Z_β·exp(−R/β)`` depends on ``τ`` only
-through ``R``. The value function learns this soft return. The term is a *fixed* reward: it is
-the log-weight the rollout computed with the parameters that acted, not differentiated. That is
-unbiased for the gradient of the objective: ``∇_θ E_q[−β log q] = E_q[−β log q·∇ log q]
-− β·E_q[∇ log q]`` and the second term vanishes, ``E_π[∇ log π] = ∇ Σ_a π_a = 0``, so the
-score-function (policy-gradient) estimator with the log-ratio as reward is the whole gradient.
-With ``reward.mode: delta`` and only ``w_roughness = s`` the env rewards sum over an episode
-ended by ``episode_ml`` (terminated, not bootstrapped) to ``−s·(W_final − W_0) = −s·W_final``
-(the substrate is flat), so the optimum is ``q* ∝ p·exp(−s·W_final/β)``: a terminal observable
-paid out as it accrues, which needs no separate terminal-reward mode. The KL objective therefore
-requires ``gamma = 1`` (GAE with γ = 1: terminated episodes are cut, truncated ones still
-bootstrap), no potential shaping, no ESS constraint or ESS reward term and no entropy bonus
+Each step's reward gets ``β·log w_t`` (the rollout's step importance log-weight, a fixed reward,
+:func:`~swarm_jax.agents.losses.kl_reward`, added before reward normalisation), so the
+undiscounted return is ``R(τ) − β·log q(τ)/p(τ)`` and its maximiser is the tilted ensemble
+``p_β ∝ p·exp(R/β)``, under which the trajectory weight depends on ``τ`` only through ``R``
+(derivation, and why the score-function gradient of the fixed reward is the whole gradient:
+``docs/physics.md``, "Learning an exact sampler: the KL objective"). It requires ``gamma = 1``,
+no potential shaping, no ESS constraint or ESS reward term and no entropy bonus
 (:class:`~swarm_jax.agents.ppo_config.PPOConfig` rejects the combination in one line).
 
 **ESS constraint.** The mean per-step ESS ratio ``K² / Σ_j 1/π_j`` of the policy over the visited
@@ -66,24 +52,14 @@ on the rollout's mean ESS (``docs/physics.md``, "Learning: the ESS constraint").
 (uniform-choice) events each, so episode ends do not come in lockstep; those first partial
 episodes are not counted. ``ep_rew_mean`` is the mean over the last 100 finished episodes.
 
-**Minibatches** (:func:`shuffle_into_minibatches`). Each epoch shuffles the ``n_steps`` transitions of
-every environment independently, lays the rollout out env-major (flat index ``i = e·n_steps + t'``,
-``t'`` the shuffled position) and puts ``i`` into minibatch ``i mod n_minibatches``: every
-transition is used once per epoch, minibatch membership is random, and each minibatch draws an
-(almost) equal share from every environment. The layout does not depend on how the environments
-are spread over devices, which is what makes a sharded run equal a single-device one.
+**Minibatches** (:func:`~swarm_jax.agents.minibatches.shuffle_into_minibatches`): each epoch
+shuffles every env's steps independently and deals the env-major rollout round-robin into
+``n_minibatches``; every transition is used once per epoch, and the layout does not depend on
+how the envs are spread over devices.
 
-**Multi-device** (``make_train(..., mesh=...)`` or ``n_devices=``). The same program is jitted
-with its inputs laid out on a 1-D ``"data"`` mesh (:mod:`swarm_jax.distributed`): env states,
-observations and per-env counters are split over the devices along the env axis; parameters,
-optimiser state, PRNG key and global counters are replicated. Each device steps its own
-environments (the batched step under ``shard_map``: each device resets its own done envs); the
-minibatch of the layout above is itself split evenly over the devices (when
-``batch_size`` is a multiple of the device count) without moving transitions between devices,
-and since the loss is a mean over the global minibatch XLA inserts the all-reduce of the
-gradients (and of the advantage statistics). Random numbers do not depend on the layout
-(``jax_threefry_partitionable``), so for the same config and seed a sharded run gives the
-parameters of the single-device run up to floating-point summation order.
+**Multi-device** (``make_train(..., mesh=...)`` or ``n_devices=``): the same program, its env
+batch split over a ``"data"`` mesh; all device placement lives in :mod:`~swarm_jax.agents.sharded`
+(the algorithm calls its :class:`~swarm_jax.agents.sharded.EnvLayout`, the identity on one device).
 
 **Chunks.** :meth:`PPOTrainer.train_chunk` runs ``n_updates`` updates in one jitted ``lax.scan``
 and returns *reduced* metrics (no per-step or per-update history leaves the device), so a long
@@ -112,9 +88,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 from flax.training.train_state import TrainState
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from swarm_jax import distributed as _dist
 from swarm_jax.agents import episodes as ep
 from swarm_jax.agents.acting import choose
 from swarm_jax.agents.episodes import (  # noqa: F401  (re-exported)
@@ -123,6 +98,9 @@ from swarm_jax.agents.episodes import (  # noqa: F401  (re-exported)
 from swarm_jax.agents.evaluation import (  # noqa: F401  (re-exported)
     DEFAULT_INFO_KEYS, evaluate, info_keys_present,
 )
+from swarm_jax.agents.minibatches import (  # noqa: F401  (re-exported)
+    minibatch_indices, shuffle_into_minibatches,
+)
 from swarm_jax.agents.losses import (  # noqa: F401  (re-exported)
     RewardNormState, compute_gae, dual_ascent, kl_reward, learning_reward, ppo_loss,
 )
@@ -130,6 +108,7 @@ from swarm_jax.agents.networks import NetworkConfig, make_network
 from swarm_jax.agents.ppo_config import (  # noqa: F401  (re-exported)
     LEVEL_KEYS, PPOConfig, resolve_ess_term,
 )
+from swarm_jax.agents.sharded import EnvLayout, jit_entry_points, place_state, resolve_layout
 from swarm_jax.env.tio2_env import batched_step
 from swarm_jax.swarm.weights import batch_ess
 
@@ -236,13 +215,18 @@ class PPOTrainer:
     _init_fn: Callable = dataclasses.field(repr=False)
     _rollout_fn: Callable = dataclasses.field(repr=False)
     _abstract_init_fn: Callable = dataclasses.field(repr=False)
-    mesh: Optional[Mesh] = None
+    layout: EnvLayout = EnvLayout()
     state_sharding: Any = dataclasses.field(default=None, repr=False)
+
+    @property
+    def mesh(self) -> Optional[Mesh]:
+        """The ``"data"`` mesh the env batch is split over, or None."""
+        return self.layout.mesh
 
     @property
     def n_devices(self) -> int:
         """Devices the env batch is split over (1 without a mesh)."""
-        return 1 if self.mesh is None else int(self.mesh.size)
+        return self.layout.n_devices
 
     def init(self, key: Array) -> RunnerState:
         """Fresh :class:`RunnerState`: network params, optimiser state, ``n_envs`` reset envs
@@ -255,24 +239,7 @@ class PPOTrainer:
         With a mesh: per-env fields split over ``"data"``, the rest replicated (use it on a
         state restored from a checkpoint onto one device). Without a mesh: returned unchanged.
         """
-        if self.mesh is None:
-            return runner_state
-        leaves = jax.tree.leaves(runner_state)
-        target = jax.tree.structure(self.state_sharding)
-        shardings = jax.tree.leaves(self.state_sharding)
-        if len(leaves) != len(shardings):
-            raise ValueError(
-                f"runner state has {len(leaves)} leaves, this trainer's has {len(shardings)}"
-            )
-        if all(getattr(x, "sharding", None) == s for x, s in zip(leaves, shardings)):
-            return runner_state
-        # Rebuilt on this trainer's tree (its own apply_fn/tx static fields: a state restored
-        # into another trainer's template does not trigger a recompile).
-        return jax.tree.unflatten(
-            target,
-            [x if getattr(x, "sharding", None) == s else _dist.put(x, s)
-             for x, s in zip(leaves, shardings)],
-        )
+        return place_state(runner_state, self.state_sharding)
 
     def abstract_state(self, key: Array) -> RunnerState:
         """Shapes and dtypes of ``init(key)`` (``jax.ShapeDtypeStruct`` leaves, nothing computed):
@@ -299,61 +266,6 @@ class PPOTrainer:
         return self.config.learning_rate_at(update)
 
 
-def shuffle_into_minibatches(
-    batch: Any, key: Array, n_minibatches: int, constrain: Callable[[Any, P], Any] = lambda t, _: t
-) -> Any:
-    """One epoch's minibatches from an env-major rollout (see the module docstring).
-
-    The steps of each env are permuted independently (``permutation(key, ..., axis=1,
-    independent=True)`` of an ``(n_envs, n_steps)`` arange); the result, flattened env-major, puts
-    flat position ``i`` into minibatch ``i mod n_minibatches``, slot ``i // n_minibatches``.
-    With the envs split over D devices and D dividing the minibatch size, every gather and
-    reshape here stays within a device's block of envs.
-
-    Args:
-        batch: pytree of ``(n_envs, n_steps, ...)`` arrays.
-        key: PRNG key of the epoch.
-        n_minibatches: M; must divide ``n_envs * n_steps``.
-        constrain: ``(tree, PartitionSpec) -> tree`` layout pin (identity without a mesh).
-
-    Returns:
-        The same pytree with leaves ``(M, n_envs * n_steps // M, ...)``.
-    """
-    n_envs, n_steps = jax.tree.leaves(batch)[0].shape[:2]
-    batch_size = n_envs * n_steps // n_minibatches
-    steps = jax.random.permutation(
-        key, jnp.broadcast_to(jnp.arange(n_steps), (n_envs, n_steps)), axis=1, independent=True
-    )
-    steps = constrain(steps, P(_dist.DATA_AXIS))
-
-    def one(x):
-        x = jax.vmap(lambda xe, se: jnp.take(xe, se, axis=0))(x, steps)
-        x = x.reshape((batch_size, n_minibatches) + x.shape[2:])
-        return constrain(jnp.swapaxes(x, 0, 1), P(None, _dist.DATA_AXIS))
-
-    return jax.tree.map(one, batch)
-
-
-def minibatch_indices(key: Array, n_envs: int, n_steps: int, n_minibatches: int) -> Array:
-    """``(env, step)`` of every slot of the epoch's minibatches: ``(M, batch_size, 2)`` int32,
-    the layout :func:`shuffle_into_minibatches` produces for this key (for inspection and tests)."""
-    envs, steps = jnp.meshgrid(jnp.arange(n_envs), jnp.arange(n_steps), indexing="ij")
-    return shuffle_into_minibatches(jnp.stack([envs, steps], axis=-1), key, n_minibatches)
-
-
-def _runner_state_sharding(abstract: RunnerState, mesh: Mesh) -> RunnerState:
-    """A :class:`RunnerState` of shardings: per-env fields over ``"data"``, the rest replicated."""
-    data, repl = _dist.data_sharding(mesh), _dist.replicated_sharding(mesh)
-    per_env = {"env_state", "last_obs", "traj_log_weight", "ep_return", "ep_length", "ep_partial",
-               "episodes"}
-    out = abstract.replace(**{
-        f.name: jax.tree.map(lambda _, s=(data if f.name in per_env else repl): s,
-                             getattr(abstract, f.name))
-        for f in dataclasses.fields(abstract)
-    })
-    return out.replace(reward_norm=out.reward_norm.replace(returns=data))
-
-
 # ---- make_train: small pure pieces, composed ---------------------------------------------------
 
 
@@ -367,7 +279,7 @@ class _Setup:
         w_ess, ess_target: the resolved ESS reward weight and constraint target.
         shaping: the env reports a level reward's levels and ``reward_shaping="potential"``.
         warmup_steps: length of the staggered warm-up (0: no stagger).
-        mesh: the data mesh or None.
+        layout: where the envs live (one device, or split over a mesh).
     """
 
     cfg: PPOConfig
@@ -380,7 +292,7 @@ class _Setup:
     ess_target: Any
     shaping: bool
     warmup_steps: int
-    mesh: Optional[Mesh]
+    layout: EnvLayout
 
     @property
     def num_actions(self) -> int:
@@ -392,20 +304,8 @@ class _Setup:
     def v_step(self, keys, state, action, params):
         """``vmap`` of ``env.step``'s outputs, through the env's batched step
         (:func:`~swarm_jax.env.tio2_env.batched_step`: resets only the envs that are done, same
-        outputs). On a mesh each device runs it on its own shard of envs (``shard_map``), so the
-        done rows are gathered and scattered within a device and no env state crosses devices."""
-        step = batched_step(self.env)
-        if self.mesh is None:
-            return step(keys, state, action, params)
-        data = P(_dist.DATA_AXIS)
-        return jax.shard_map(step, mesh=self.mesh, in_specs=(data, data, data, P()),
-                             out_specs=data, check_vma=False)(keys, state, action, params)
-
-    def constrain(self, tree, spec: P):
-        """Pin ``tree``'s layout on the mesh (a no-op without one)."""
-        if self.mesh is None:
-            return tree
-        return jax.lax.with_sharding_constraint(tree, NamedSharding(self.mesh, spec))
+        outputs), each device on its own envs."""
+        return self.layout.per_device(batched_step(self.env))(keys, state, action, params)
 
 
 def _make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
@@ -511,7 +411,7 @@ def _optimise(s: _Setup, train_state: TrainState, ess_lambda: Array, batch, key:
     def epoch(carry, _):
         state, key = carry
         key, k_perm = jax.random.split(key)
-        minibatches = shuffle_into_minibatches(batch, k_perm, s.cfg.n_minibatches, s.constrain)
+        minibatches = shuffle_into_minibatches(batch, k_perm, s.cfg.n_minibatches, s.layout)
         state, aux = jax.lax.scan(minibatch_step, state, minibatches)
         return (state, key), aux
 
@@ -527,7 +427,7 @@ def _update(s: _Setup, rs: RunnerState, _):
                                       length=cfg.n_steps)
     advantages, returns = compute_gae(traj.reward, traj.value, traj.next_value, traj.terminated,
                                       traj.done, cfg.gamma, cfg.gae_lambda)
-    env_major = lambda x: s.constrain(jnp.swapaxes(x, 0, 1), P(_dist.DATA_AXIS))  # noqa: E731
+    env_major = lambda x: s.layout.split_envs(jnp.swapaxes(x, 0, 1))  # noqa: E731
     batch = jax.tree.map(env_major, (traj, advantages, returns))
     rng, k_epochs = jax.random.split(rs.rng)
     train_state, aux = _optimise(s, rs.train_state, rs.ess_lambda, batch, k_epochs)
@@ -600,7 +500,7 @@ def _collect(s: _Setup, rs: RunnerState):
 
 
 def _setup(config: PPOConfig, network_config: NetworkConfig, env, env_params, info_keys,
-           mesh: Optional[Mesh]) -> _Setup:
+           layout: EnvLayout) -> _Setup:
     """Resolve everything the pieces share (network, optimiser, reported keys, shaping, stagger)."""
     def probe(key):  # which info keys does the env report? (traced abstractly, nothing computed)
         obs, st = env.reset(key, env_params)
@@ -618,41 +518,7 @@ def _setup(config: PPOConfig, network_config: NetworkConfig, env, env_params, in
         info_keys=info_keys_present(probe_info, tuple(info_keys)), w_ess=w_ess,
         ess_target=ess_target,
         shaping=config.reward_shaping == "potential" and all(k in probe_info for k in LEVEL_KEYS),
-        warmup_steps=int(max_steps) if stagger else 0, mesh=mesh,
-    )
-
-
-def _resolve_mesh(config: PPOConfig, mesh: Optional[Mesh], n_devices: Optional[int]):
-    if mesh is None and n_devices is not None:
-        mesh = _dist.make_data_mesh(n_devices, config.n_envs)
-    if mesh is None:
-        return None
-    if tuple(mesh.axis_names) != (_dist.DATA_AXIS,):
-        raise ValueError(f"mesh axes {mesh.axis_names}: expected one axis {_dist.DATA_AXIS!r}")
-    for name in ("n_envs", "batch_size"):
-        if int(getattr(config, name)) % mesh.size:
-            raise ValueError(f"PPOConfig.{name}={getattr(config, name)} must be a multiple of the "
-                             f"{mesh.size} devices of the mesh")
-    return mesh
-
-
-def _jit_entry_points(s: _Setup) -> dict:
-    """``init``, ``train_chunk`` and ``collect`` jitted (on the mesh's layout when there is one)."""
-    init, chunk, collect = (functools.partial(f, s) for f in (_init, _train_chunk, _collect))
-    if s.mesh is None:
-        return dict(_init_fn=jax.jit(init), _chunk_fn=jax.jit(chunk, static_argnums=(1,)),
-                    _rollout_fn=jax.jit(collect), state_sharding=None)
-    state_sharding = _runner_state_sharding(jax.eval_shape(init, jax.random.PRNGKey(0)), s.mesh)
-    repl = _dist.replicated_sharding(s.mesh)
-    init_jit = jax.jit(init, in_shardings=repl, out_shardings=state_sharding)
-    return dict(
-        _init_fn=lambda key: init_jit(_dist.put(key, repl)),
-        _chunk_fn=jax.jit(chunk, static_argnums=(1,), in_shardings=(state_sharding,),
-                          out_shardings=(state_sharding, repl)),
-        _rollout_fn=jax.jit(collect, in_shardings=(state_sharding,),
-                            out_shardings=(state_sharding,
-                                           NamedSharding(s.mesh, P(None, _dist.DATA_AXIS)))),
-        state_sharding=state_sharding,
+        warmup_steps=int(max_steps) if stagger else 0, layout=layout,
     )
 
 
@@ -716,11 +582,12 @@ def make_train(
           counters after the chunk (float32 copies; exact integers are in the runner state).
     """
     env_params = env.default_params if env_params is None else env_params
-    setup = _setup(config, network_config, env, env_params, info_keys,
-                   _resolve_mesh(config, mesh, n_devices))
+    layout = resolve_layout(config.n_envs, config.batch_size, mesh, n_devices)
+    setup = _setup(config, network_config, env, env_params, info_keys, layout)
+    init, chunk, collect = (functools.partial(f, setup) for f in (_init, _train_chunk, _collect))
     return PPOTrainer(
         config=config, network_config=network_config, network=setup.network, env=env,
         env_params=env_params, tx=setup.tx, info_keys=setup.info_keys,
-        _abstract_init_fn=functools.partial(_init, setup), mesh=setup.mesh,
-        **_jit_entry_points(setup),
+        _abstract_init_fn=init, layout=layout,
+        **jit_entry_points(init, chunk, collect, layout),
     )
