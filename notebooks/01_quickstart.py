@@ -118,7 +118,7 @@ if CI:
 env_cfg = cfg.environment
 print(f"lattice {env_cfg.lattice_size}, T = {env_cfg.temperature} K, F = {env_cfg.deposition_rate} ML/s, "
       f"K = {env_cfg.n_swarm} candidates")
-print(f"{cfg.training.n_envs} envs x {cfg.ppo.n_steps} steps = {cfg.rollout_size} transitions per "
+print(f"{cfg.ppo.n_envs} envs x {cfg.ppo.n_steps} steps = {cfg.rollout_size} transitions per "
       f"update, {cfg.num_updates} updates, network {cfg.network.kind} {list(cfg.network.hidden_sizes)}")
 
 # %% [markdown]

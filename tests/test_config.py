@@ -21,6 +21,7 @@ from swarm_jax.training.config import (
     FLAT_KEYS,
     ConfigError,
     TrainConfig,
+    TrainingSection,
     apply_cpu_overrides,
     config_from_dict,
     config_to_dict,
@@ -86,22 +87,22 @@ def test_stage_yaml_loads_with_seed_values(stage):
     assert (ppo.learning_rate, ppo.gamma, ppo.gae_lambda, ppo.clip_range, ppo.ent_coef,
             ppo.n_epochs) == (3e-4, 0.99, 0.95, 0.2, 0.01, 10)
     assert (rew.w_roughness, rew.w_coverage, rew.w_ratio, rew.w_ess) == (1.0, 0.5, 0.2, 0.3)
-    assert cfg.training.total_timesteps == STAGE_BUDGETS[stage]
-    assert apply_cpu_overrides(cfg).training.total_timesteps == CPU_BUDGETS[stage]
+    assert cfg.ppo.total_timesteps == STAGE_BUDGETS[stage]
+    assert apply_cpu_overrides(cfg).ppo.total_timesteps == CPU_BUDGETS[stage]
     # Periodic checkpoints about every 100-300 updates on an accelerator, at most once a minute.
     assert cfg.training.checkpoint_freq >= 90 * cfg.rollout_size
     assert cfg.training.checkpoint_every_s == 60
     for c in (cfg, apply_cpu_overrides(cfg)):
         assert c.rollout_size % 2048 == 0
-        assert c.rollout_size == c.num_minibatches * c.ppo.batch_size
-        assert 4 <= c.num_minibatches <= 64
+        assert c.rollout_size == c.n_minibatches * c.ppo.batch_size
+        assert 4 <= c.n_minibatches <= 64
         assert c.num_updates >= 40
     cpu = apply_cpu_overrides(cfg)
-    assert cpu.training.n_envs < cfg.training.n_envs
+    assert cpu.ppo.n_envs < cfg.ppo.n_envs
     if stage in (1, 2):
-        assert 32 <= cpu.training.n_envs <= 64
+        assert 32 <= cpu.ppo.n_envs <= 64
     if stage == 3:
-        assert 1024 <= cfg.training.n_envs <= 4096
+        assert 1024 <= cfg.ppo.n_envs <= 4096
 
 
 def test_stages_share_the_network_shape():
@@ -115,10 +116,10 @@ def test_tiny_test_yaml():
     assert path == REPO / "configs" / "tiny_test.yaml"
     cfg = load_config(path)
     assert cfg.environment.lattice_size == (5, 5, 4)
-    assert (cfg.training.n_envs, cfg.ppo.n_steps, cfg.ppo.batch_size, cfg.ppo.n_epochs) == (4, 8, 8, 2)
+    assert (cfg.ppo.n_envs, cfg.ppo.n_steps, cfg.ppo.batch_size, cfg.ppo.n_epochs) == (4, 8, 8, 2)
     assert cfg.network.hidden_sizes == (32, 32)
-    assert cfg.training.total_timesteps == 256
-    assert (cfg.rollout_size, cfg.num_minibatches, cfg.num_updates) == (32, 4, 8)
+    assert cfg.ppo.total_timesteps == 256
+    assert (cfg.rollout_size, cfg.n_minibatches, cfg.num_updates) == (32, 4, 8)
 
 
 def test_stage_config_path_rejects_unknown_stage():
@@ -150,8 +151,8 @@ def test_seed_flat_layout(tmp_path):
     assert cfg.name == "seed"  # file stem when the file names none
     assert cfg.ppo.learning_rate == 3e-4 and isinstance(cfg.ppo.learning_rate, float)
     assert cfg.environment.lattice_size == (8, 8, 5)
-    assert (cfg.training.n_envs, cfg.ppo.n_steps, cfg.ppo.batch_size) == (8, 2048, 64)
-    assert cfg.rollout_size == 16384 and cfg.num_minibatches == 256 and cfg.num_updates == 6
+    assert (cfg.ppo.n_envs, cfg.ppo.n_steps, cfg.ppo.batch_size) == (8, 2048, 64)
+    assert cfg.rollout_size == 16384 and cfg.n_minibatches == 256 and cfg.num_updates == 6
     assert (cfg.reward.w_roughness, cfg.reward.w_ess) == (1.0, 0.3)
 
 
@@ -177,7 +178,7 @@ def test_numeric_strings_accepted():
                             "total_timesteps": "1e5", "environment": {"physics": {"e_es": "0.2"}}})
     assert cfg.ppo.learning_rate == 3e-4
     assert cfg.environment.temperature == 250.0
-    assert cfg.training.total_timesteps == 100_000 and isinstance(cfg.training.total_timesteps, int)
+    assert cfg.ppo.total_timesteps == 100_000 and isinstance(cfg.ppo.total_timesteps, int)
     assert cfg.environment.physics["e_es"] == 0.2
 
 
@@ -194,13 +195,13 @@ def test_with_overrides():
     new = with_overrides(base, {"training.n_envs": 8, "ppo.learning_rate": 1e-4, "ppo.n_steps": 256,
                                 "environment.physics.e_es": 0.25, "name": "tweaked",
                                 "training.cpu_overrides.n_envs": 16})
-    assert new.training.n_envs == 8 and new.ppo.learning_rate == 1e-4
+    assert new.ppo.n_envs == 8 and new.ppo.learning_rate == 1e-4
     assert new.environment.physics["e_es"] == 0.25 and new.name == "tweaked"
     assert new.training.cpu_overrides["training.n_envs"] == 16
     assert new.rollout_size == 2048
     # Everything else is unchanged, and the original is untouched (frozen).
     assert new.reward == base.reward and new.network == base.network
-    assert base.training.n_envs == 128
+    assert base.ppo.n_envs == 128
     # Flat keys and whole sections work too.
     assert with_overrides(base, {"gamma": 0.9}).ppo.gamma == 0.9
     assert with_overrides(base, {"reward": {"mode": "delta"}}).reward.mode == "delta"
@@ -226,7 +227,7 @@ def test_cpu_overrides():
     assert dict(cfg.training.cpu_overrides) == {
         "training.n_envs": 16, "ppo.learning_rate": 1e-4, "training.seed": 7}
     cpu = apply_cpu_overrides(cfg)
-    assert (cpu.training.n_envs, cpu.ppo.learning_rate, cpu.training.seed) == (16, 1e-4, 7)
+    assert (cpu.ppo.n_envs, cpu.ppo.learning_rate, cpu.training.seed) == (16, 1e-4, 7)
     assert apply_cpu_overrides(cpu) == cpu
     assert for_backend(cfg, "cpu") == cpu
     assert for_backend(cfg, "gpu") == cfg
@@ -295,19 +296,35 @@ def test_sections_are_the_lower_layer_classes_kept_in_sync():
     cfg = load_config(stage_config_path(1))
     assert (type(cfg.ppo), type(cfg.network), type(cfg.reward)) == (PPOConfig, NetworkConfig,
                                                                      RewardConfig)
-    assert (cfg.ppo.n_envs, cfg.ppo.total_timesteps) == (cfg.training.n_envs,
-                                                         cfg.training.total_timesteps)
     assert cfg.ppo.w_ess is None and cfg.reward.ess_target == cfg.ppo.ess_target == 0.5
-    wider = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, n_envs=64))
+    wider = dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, n_envs=64))
     assert wider.ppo.n_envs == 64 and wider.rollout_size == 64 * cfg.ppo.n_steps
     with pytest.raises(ConfigError, match=r"^ppo.batch_size = 256: must be <= the rollout size"):
-        dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, n_envs=2))
+        dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, n_envs=2))
     with pytest.raises(ConfigError, match="reward.w_ess"):
         dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, w_ess=0.0))
     with pytest.raises(ConfigError, match=r"^reward.w_roughness = -1.0: must be a number >= 0"):
         dataclasses.replace(cfg, reward=RewardConfig(w_roughness=-1.0))
     target = with_overrides(cfg, {"ppo.ess_target": 0.4})
     assert target.reward.ess_target == 0.4
+
+
+def test_n_envs_and_total_timesteps_have_one_home_and_keep_their_yaml_keys():
+    """``training.n_envs``/``total_timesteps`` are written in the training section and stored
+    once, in PPOConfig: no field of TrainingSection holds them, the dict form writes them back
+    where the user wrote them, overrides and CPU overrides reach them by the same keys."""
+    field_names = {f.name for f in dataclasses.fields(TrainingSection)}
+    assert not field_names & {"n_envs", "total_timesteps"}
+    cfg = config_from_dict({"training": {"n_envs": 4, "total_timesteps": 4096},
+                            "ppo": {"n_steps": 16, "batch_size": 16}})
+    assert (cfg.ppo.n_envs, cfg.ppo.total_timesteps) == (4, 4096)
+    d = config_to_dict(cfg)
+    assert (d["training"]["n_envs"], d["training"]["total_timesteps"]) == (4, 4096)
+    assert "n_envs" not in d["ppo"] and config_from_dict(d) == cfg
+    assert with_overrides(cfg, {"training.n_envs": 8}).ppo.n_envs == 8
+    assert with_overrides(cfg, {"n_envs": 2}).ppo.n_envs == 2
+    cpu = apply_cpu_overrides(with_overrides(cfg, {"training.cpu_overrides.n_envs": 2}))
+    assert cpu.ppo.n_envs == 2 and cpu.training.cpu_overrides == {"training.n_envs": 2}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -607,7 +624,7 @@ def valid_configs(draw):
 def test_random_valid_configs(sample):
     d, (rollout, n_mb, n_updates) = sample
     cfg = config_from_dict(d)
-    assert (cfg.rollout_size, cfg.num_minibatches, cfg.num_updates) == (rollout, n_mb, n_updates)
+    assert (cfg.rollout_size, cfg.n_minibatches, cfg.num_updates) == (rollout, n_mb, n_updates)
     assert isinstance(cfg.environment.temperature, float) and cfg.environment.temperature > 0
     flat_lr = d.get("learning_rate", d["ppo"].get("learning_rate"))
     assert cfg.ppo.learning_rate == float(flat_lr)

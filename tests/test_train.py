@@ -430,7 +430,7 @@ def test_curriculum_hands_parameters_across_lattice_sizes(tiny_run, tmp_path):
     assert int(start_b.train_state.step) == 0
     for leaf in jax.tree.leaves(start_b.train_state.opt_state):
         assert not np.any(np.asarray(leaf))  # Adam moments and counts all zero
-    assert start_b.env_state.lattice.heights.shape == (cfg_b.training.n_envs, 6 * 6 + 1)
+    assert start_b.env_state.lattice.heights.shape == (cfg_b.ppo.n_envs, 6 * 6 + 1)
 
     # ... and they are what the curriculum trained from: one update from them reproduces B.
     replay, _ = trainer_b.train_chunk(start_b, 1)

@@ -189,7 +189,7 @@ def resolve_devices(n_devices: int | None, cfg: TrainConfig) -> int | None:
         return int(n_devices)
     local = jax.local_device_count()
     n = max(d for d in range(1, local + 1)
-            if cfg.training.n_envs % (d * jax.process_count()) == 0
+            if cfg.ppo.n_envs % (d * jax.process_count()) == 0
             and cfg.ppo.batch_size % (d * jax.process_count()) == 0)
     return n if n * jax.process_count() > 1 else None
 
@@ -234,7 +234,7 @@ def estimate_training_bytes(cfg: TrainConfig, parts: dict | None = None) -> int:
     from swarm_jax.physics import estimate_state_bytes
     from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM
 
-    e, t = cfg.environment, cfg.training
+    e, t = cfg.environment, cfg.ppo
     states = 4 * t.n_envs * estimate_state_bytes(e.lattice_size)
     obs = 4 * (e.n_swarm * CANDIDATE_FEATURE_DIM + GLOBAL_FEATURE_DIM)
     rollout = 2 * cfg.ppo.n_steps * t.n_envs * (obs + 64)
@@ -267,7 +267,7 @@ def check_training_memory(cfg: TrainConfig, available: int | None = None) -> int
                 "reduce network.hidden_sizes")
         lx, ly, lz = cfg.environment.lattice_size
         raise TrainError(
-            f"training.n_envs = {cfg.training.n_envs} lattices of {lx}x{ly}x{lz} with ppo.n_steps = "
+            f"training.n_envs = {cfg.ppo.n_envs} lattices of {lx}x{ly}x{lz} with ppo.n_steps = "
             f"{cfg.ppo.n_steps} need about {need / 1e9:.3g} GB (network and optimiser included), "
             f"more than the {available / 1e9:.3g} GB available; reduce training.n_envs or "
             "ppo.n_steps")
@@ -911,7 +911,7 @@ def _train_with_store(cfg, paths, stage, clock, store, trainer, template, device
     update, start_steps = int(runner_state.update_step), int(runner_state.env_steps)
     if not resume:
         log(f"[{paths.label}] {cfg.name}: lattice {'x'.join(map(str, cfg.environment.lattice_size))}"
-            f", {cfg.training.n_envs} envs x {cfg.ppo.n_steps} steps = {rollout} per update, "
+            f", {cfg.ppo.n_envs} envs x {cfg.ppo.n_steps} steps = {rollout} per update, "
             f"{num_updates} updates ({num_updates * rollout} env steps), backend {backend}"
             + (f", from {init_from}" if init_from else ""))
     ckpts = _StageCheckpoints(cfg, paths, store, monitor, t_start, wall_before, backend, init_from,
