@@ -296,7 +296,7 @@ def test_sections_are_the_lower_layer_classes_kept_in_sync():
     cfg = load_config(stage_config_path(1))
     assert (type(cfg.ppo), type(cfg.network), type(cfg.reward)) == (PPOConfig, NetworkConfig,
                                                                      RewardConfig)
-    assert cfg.ppo.w_ess is None and cfg.reward.ess_target == cfg.ppo.ess_target == 0.5
+    assert cfg.ppo.w_ess is None and cfg.ppo.ess_target is None and cfg.reward.ess_target == 0.5
     wider = dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, n_envs=64))
     assert wider.ppo.n_envs == 64 and wider.rollout_size == 64 * cfg.ppo.n_steps
     with pytest.raises(ConfigError, match=r"^ppo.batch_size = 256: must be <= the rollout size"):

@@ -12,10 +12,11 @@ A run is described by one :class:`TrainConfig` with five sections, each one clas
 
 plus the top-level ``name`` and ``stage`` (1, 2, 3 of the curriculum, or ``None``). The keys of a
 section are the fields of its class (:data:`SECTION_KEYS`), except a few values that have their
-home in another section: ``training.n_envs`` and ``training.total_timesteps`` are stored once, as
-``PPOConfig.n_envs``/``total_timesteps`` (:data:`ROUTED_KEYS`; read them as ``cfg.ppo.n_envs``);
-``PPOConfig.w_ess`` stays ``None`` (the trainer takes ``reward.w_ess`` from the env).
-``RewardConfig.ess_target`` is set from ``ppo.ess_target``.
+home in another section (:data:`ROUTED_KEYS`): ``training.n_envs`` and
+``training.total_timesteps`` are stored once, as ``cfg.ppo.n_envs``/``total_timesteps``;
+``ppo.ess_target`` is stored beside ``reward.w_ess``, as ``cfg.reward.ess_target`` (the ESS term
+and constraint take both from the env's reward config; ``cfg.ppo.ess_target`` and
+``cfg.ppo.w_ess`` are ``None``).
 
 YAML files may use this nested layout, the original project's FLAT layout (every key at top level, e.g.
 ``temperature: 180.0``, ``learning_rate: 3e-4``, ``w_roughness: 1.0``), or a mix of the two. A
@@ -107,8 +108,9 @@ class TrainConfig:
         for key in ("environment", "reward", "network", "training"):
             _set(self, key, _section(key, getattr(self, key)))
         _set(self, "ppo", _ppo_section(self.ppo, routed))
-        if self.reward.ess_target != self.ppo.ess_target:
+        if self.ppo.ess_target is not None:  # written as ppo.ess_target; stored in reward
             _set(self, "reward", self.reward.replace(ess_target=self.ppo.ess_target))
+            _set(self, "ppo", dataclasses.replace(self.ppo, ess_target=None))
         if self.ppo.objective == "kl" and self.reward.w_ess != 0:
             raise ConfigError(f"reward.w_ess = {show(self.reward.w_ess)}: must be 0 with "
                               "ppo.objective = 'kl' (the ESS reward term would move the optimum)",
@@ -191,7 +193,7 @@ def _ppo_section(value, sizes: Mapping) -> PPOConfig:
         ppo = value if same else dataclasses.replace(value, **sizes)
     else:
         raise fail("ppo", value, "a mapping (or a PPOConfig)")
-    if ppo.ess_target is None:
+    if isinstance(value, Mapping) and ppo.ess_target is None:
         raise fail("ppo.ess_target", None, "a number in [0, 1]")
     return ppo
 
@@ -201,7 +203,8 @@ def _apply_cpu(cfg: TrainConfig) -> TrainConfig:
     updates: dict[str, dict] = {"training": {"cpu_overrides": FrozenMap()}, "ppo": {}}
     for dotted, value in cfg.training.cpu_overrides.items():
         section, name = dotted.split(".", 1)
-        updates[ROUTED_KEYS.get((section, name), section)][name] = value
+        # a routed key goes to the PPOConfig: it checks it, and stores or hands it on
+        updates["ppo" if (section, name) in ROUTED_KEYS else section][name] = value
     return dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, **updates["training"]),
                                ppo=dataclasses.replace(cfg.ppo, **updates["ppo"]))
 

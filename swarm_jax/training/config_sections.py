@@ -235,18 +235,29 @@ SECTIONS: dict[str, type] = {
 }
 # Fields of a section class that are not keys of its YAML section: PPOConfig's n_envs and
 # total_timesteps are written in the training section (ROUTED_KEYS), its w_ess is the reward
-# section's (left None: the trainer takes the env's); RewardConfig's ess_target is
-# ppo.ess_target (TrainConfig copies it in).
+# section's (left None: the trainer takes the env's); RewardConfig's ess_target is written as
+# ppo.ess_target (ROUTED_KEYS).
 _NOT_KEYS = {"ppo": ("n_envs", "total_timesteps", "w_ess"), "reward": ("ess_target",)}
-#: YAML keys whose value lives in another section's class: ``(section, key) -> home section``.
-#: ``training.n_envs`` and ``training.total_timesteps`` are stored once, in ``PPOConfig``.
+#: YAML keys whose value is stored in another section's class: ``(section, key) -> home``.
+#: ``training.n_envs`` and ``training.total_timesteps`` live in ``PPOConfig`` (the algorithm's
+#: sizes); ``ppo.ess_target`` lives in ``RewardConfig`` beside ``w_ess`` (the ESS term
+#: ``−w_ess·max(0, ess_target − ESS)`` and the ESS constraint read it from the env's reward
+#: config; ``PPOConfig.ess_target`` and ``w_ess`` are ``None`` in a training config).
 ROUTED_KEYS: dict[tuple[str, str], str] = {("training", "n_envs"): "ppo",
-                                           ("training", "total_timesteps"): "ppo"}
-#: The keys of each YAML section, in field order (routed keys first).
-SECTION_KEYS: dict[str, tuple[str, ...]] = {
-    s: tuple(k for (sec, k) in ROUTED_KEYS if sec == s)
-    + tuple(f.name for f in dataclasses.fields(cls) if f.name not in _NOT_KEYS.get(s, ()))
-    for s, cls in SECTIONS.items()}
+                                           ("training", "total_timesteps"): "ppo",
+                                           ("ppo", "ess_target"): "reward"}
+
+
+def _yaml_keys(section: str, cls: type) -> tuple[str, ...]:
+    """The keys of YAML section ``section``: routed-in keys that are not fields of ``cls`` first,
+    then the fields of ``cls`` that are keys of the section, in field order."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+    routed = tuple(k for (sec, k) in ROUTED_KEYS if sec == section and k not in fields)
+    return routed + tuple(n for n in fields if n not in _NOT_KEYS.get(section, ()))
+
+
+#: The keys of each YAML section.
+SECTION_KEYS: dict[str, tuple[str, ...]] = {s: _yaml_keys(s, cls) for s, cls in SECTIONS.items()}
 TOP_LEVEL_KEYS = ("name", "stage")
 # Flat (seed) layout: every key of every section may appear at top level. (Keys are unique across
 # sections; asserted below.)
