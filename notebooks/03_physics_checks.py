@@ -243,7 +243,7 @@ print(f"diffusion coefficient D = <r^2>/(4t): {D:.4g} Å²/s (Gamma a^2 = {gamma
 # %%
 from swarm_jax.env.tio2_env import TiO2GrowthEnv
 from swarm_jax.physics import DEPOSIT_O, DEPOSIT_TI
-from swarm_jax.swarm.weights import batch_ess, step_log_weight, weighted_mean
+from swarm_jax.swarm.weights import batch_ess_ratio, step_log_weight, weighted_mean
 
 IW_SIZE, K, BIAS, IW_STEPS = (5, 5, 8), 8, 0.25, 40
 IW_REPLICAS = 1000 if CI else 8000
@@ -292,7 +292,7 @@ h_b, w_b, log_w = (np.asarray(a) for a in jax.jit(jax.vmap(biased_run))(
 h_c, w_c = (np.asarray(a) for a in jax.jit(jax.vmap(classical_run))(
     jax.random.split(jax.random.key(3), IW_REPLICAS)))
 print(f"{IW_REPLICAS} replicas x {IW_STEPS} events; batch ESS ratio after {IW_STEPS} events: "
-      f"{float(batch_ess(jnp.asarray(log_w[:, -1]))):.3f}")
+      f"{float(batch_ess_ratio(jnp.asarray(log_w[:, -1]))):.3f}")
 
 
 # %%

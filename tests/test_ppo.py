@@ -14,13 +14,13 @@ from mock_env import MockSwarmEnv
 from swarm_jax.agents.networks import NetworkConfig, log_probs_from_logits
 from swarm_jax.agents.ppo import (
     PPOConfig,
-    batch_ess_from_sums,
+    batch_ess_ratio_from_sums,
     compute_gae,
     evaluate,
     make_train,
     resolve_ess_term,
 )
-from swarm_jax.swarm.weights import batch_ess, ess_ratio
+from swarm_jax.swarm.weights import batch_ess_ratio, ess_ratio
 
 # ---- GAE ---------------------------------------------------------------------------------------
 
@@ -126,9 +126,9 @@ def test_batch_ess_from_sums_matches_weights_module():
     mask = jax.random.uniform(jax.random.PRNGKey(1), (50,)) < 0.4
     lse = jax.nn.logsumexp(jnp.where(mask, lw, -jnp.inf))
     lse2 = jax.nn.logsumexp(jnp.where(mask, 2 * lw, -jnp.inf))
-    got = batch_ess_from_sums(lse, lse2, mask.sum().astype(jnp.float32))
-    np.testing.assert_allclose(got, batch_ess(lw[np.asarray(mask)]), rtol=1e-10)
-    assert np.isnan(batch_ess_from_sums(-jnp.inf, -jnp.inf, jnp.float32(0)))
+    got = batch_ess_ratio_from_sums(lse, lse2, mask.sum().astype(jnp.float32))
+    np.testing.assert_allclose(got, batch_ess_ratio(lw[np.asarray(mask)]), rtol=1e-10)
+    assert np.isnan(batch_ess_ratio_from_sums(-jnp.inf, -jnp.inf, jnp.float32(0)))
 
 
 def test_config_validation_and_derived_sizes():

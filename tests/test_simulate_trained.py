@@ -18,7 +18,7 @@ from swarm_jax.agents.networks import NetworkConfig, make_network
 from swarm_jax import trained_policy as P
 from swarm_jax.swarm import policy as S
 from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM as D, GLOBAL_FEATURE_DIM as G
-from swarm_jax.swarm.weights import batch_ess, weighted_mean
+from swarm_jax.swarm.weights import batch_ess_ratio, weighted_mean
 from swarm_jax.training.checkpoint import CheckpointStore, save_final
 from swarm_jax.training.config import TrainConfig, config_to_dict
 
@@ -133,13 +133,13 @@ def _check_weighted_summary(out):
         at = [r for r in rows if r["event"] == event]
         lw = np.array([float(r["log_weight"]) for r in at])
         ess = {float(r["ess"]) for r in at}
-        assert len(ess) == 1 and np.isclose(ess.pop(), float(batch_ess(jnp.asarray(lw))))
+        assert len(ess) == 1 and np.isclose(ess.pop(), float(batch_ess_ratio(jnp.asarray(lw))))
     np.testing.assert_allclose([float(r["log_weight"]) for r in rows if r["event"] == "120"], log_w)
     iw = summary["importance_weighted"]
     for name in ("roughness", "coverage", "o_ti_ratio", "mean_height"):
         est, se = weighted_mean(jnp.asarray(summary["final"][name]["per_replica"]), jnp.asarray(log_w))
         assert np.isclose(iw[name]["estimate"], float(est)) and np.isclose(iw[name]["stderr"], float(se))
-    assert np.isclose(iw["batch_ess_ratio"], float(batch_ess(jnp.asarray(log_w))))
+    assert np.isclose(iw["batch_ess_ratio"], float(batch_ess_ratio(jnp.asarray(log_w))))
     assert summary["events_per_second"] > 0 and summary["peak_memory_bytes"] > 0
     # three replicas of a sharp policy: an effective sample below 3 is flagged, never hidden
     assert iw["n"] == 3 and iw["khat"] is None  # k-hat needs >= 21 replicas

@@ -41,7 +41,7 @@ def test_uniform_policy_has_unit_weights_and_ess():
     actions = jnp.arange(7) % k
     np.testing.assert_allclose(W.step_log_weight(log_probs, actions), 0.0, atol=1e-12)
     np.testing.assert_allclose(W.ess_ratio(log_probs), 1.0, rtol=1e-12)
-    np.testing.assert_allclose(W.batch_ess(jnp.zeros(100)), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(W.batch_ess_ratio(jnp.zeros(100)), 1.0, rtol=1e-12)
 
 
 def test_step_weight_and_ess_match_their_definitions():
@@ -74,10 +74,10 @@ def test_batch_ess_definition_and_stability():
     lw = rng.normal(size=200) * 1.5
     wts = np.exp(lw)
     expected = wts.sum() ** 2 / (200 * (wts**2).sum())
-    np.testing.assert_allclose(W.batch_ess(jnp.asarray(lw)), expected, rtol=1e-10)
+    np.testing.assert_allclose(W.batch_ess_ratio(jnp.asarray(lw)), expected, rtol=1e-10)
     # Invariant under a common shift, even one that overflows exp().
-    np.testing.assert_allclose(W.batch_ess(jnp.asarray(lw + 5000.0)), expected, rtol=1e-8)
-    np.testing.assert_allclose(W.batch_ess(jnp.array([0.0, -1e4, -1e4, -1e4])), 0.25, rtol=1e-10)
+    np.testing.assert_allclose(W.batch_ess_ratio(jnp.asarray(lw + 5000.0)), expected, rtol=1e-8)
+    np.testing.assert_allclose(W.batch_ess_ratio(jnp.array([0.0, -1e4, -1e4, -1e4])), 0.25, rtol=1e-10)
 
 
 def test_accumulate_log_weight_resets_at_episode_ends():
@@ -358,7 +358,7 @@ def test_importance_weights_make_a_biased_policy_unbiased(env_rollout, classical
     env = env_rollout(12, DEPOSIT_BONUS)
     assert not env["done"].any()
     log_w = env["log_w"]
-    ess = float(W.batch_ess(jnp.asarray(log_w)))
+    ess = float(W.batch_ess_ratio(jnp.asarray(log_w)))
     assert 0.02 < ess < 0.9, ess  # a real bias, yet enough effective samples
     for name in ("mean_height", "roughness"):
         ref_m, ref_se = _mean_se(classical[name])

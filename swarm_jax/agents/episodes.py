@@ -5,7 +5,7 @@ its importance weight ``log W = Σ_t log w_t`` (``swarm_jax.swarm.weights.step_l
 whether it began before the run did (a staggered first episode, not counted). :func:`advance`
 folds one step in and says which episodes finished; :class:`EpisodeWindow` keeps the last
 finished ones (``ep_rew_mean``, SB3's meaning); :func:`masked_log_sums` and
-:func:`batch_ess_from_sums` give the batch ESS over finished trajectories in mergeable pieces.
+:func:`batch_ess_ratio_from_sums` give the batch ESS over finished trajectories in mergeable pieces.
 All pure and jit/vmap-able; arrays are float32 except where stated.
 """
 
@@ -36,8 +36,8 @@ def masked_log_sums(log_w: Array, mask: Array) -> tuple[Array, Array, Array]:
     )
 
 
-def batch_ess_from_sums(log_sum_w: Array, log_sum_w2: Array, n: Array) -> Array:
-    """``(Σ W)² / (n Σ W²)`` from log-sums; NaN when ``n == 0``. Equals ``weights.batch_ess``."""
+def batch_ess_ratio_from_sums(log_sum_w: Array, log_sum_w2: Array, n: Array) -> Array:
+    """``(Σ W)² / (n Σ W²)`` from log-sums; NaN when ``n == 0``. Equals ``weights.batch_ess_ratio``."""
     n = jnp.asarray(n, jnp.result_type(log_sum_w))
     val = jnp.exp(2.0 * log_sum_w - jnp.log(jnp.maximum(n, 1.0)) - log_sum_w2)
     return jnp.where(n > 0, val, jnp.nan)

@@ -44,7 +44,7 @@ def _summarise(out: dict, policy: str, info_keys: tuple[str, ...]) -> dict:
         "reward_per_step": out["reward"].mean(),
         "ess_ratio": out["ess"].mean(),
         "batch_ess": (jnp.float32(jnp.nan) if policy == "greedy"
-                      else ep.batch_ess_from_sums(s["log_sum_w"], s["log_sum_w2"], n_ep)),
+                      else ep.batch_ess_ratio_from_sums(s["log_sum_w"], s["log_sum_w2"], n_ep)),
     }
     for k in info_keys_present(out, info_keys):
         res[k] = out[k].mean()

@@ -93,7 +93,7 @@ from jax.sharding import Mesh
 from swarm_jax.agents import episodes as ep
 from swarm_jax.agents.acting import choose
 from swarm_jax.agents.episodes import (  # noqa: F401  (re-exported)
-    EpisodeWindow, RunningEpisodes, batch_ess_from_sums,
+    EpisodeWindow, RunningEpisodes, batch_ess_ratio_from_sums,
 )
 from swarm_jax.agents.evaluation import (  # noqa: F401  (re-exported)
     DEFAULT_INFO_KEYS, evaluate, info_keys_present,
@@ -110,7 +110,7 @@ from swarm_jax.agents.ppo_config import (  # noqa: F401  (re-exported)
 )
 from swarm_jax.agents.sharded import EnvLayout, jit_entry_points, place_state, resolve_layout
 from swarm_jax.env.tio2_env import batched_step
-from swarm_jax.swarm.weights import batch_ess
+from swarm_jax.swarm.weights import batch_ess_ratio
 
 Array = jax.Array
 
@@ -469,8 +469,8 @@ def _train_chunk(s: _Setup, rs: RunnerState, n_updates: int):
     """``n_updates`` updates in one ``lax.scan``; metrics reduced to float32 scalars."""
     rs, m = jax.lax.scan(lambda r, x: _update(s, r, x), rs, None, length=n_updates)
     n_ep = m["n_episodes"].sum()
-    running = batch_ess(rs.traj_log_weight).astype(jnp.float32)
-    finished = ep.batch_ess_from_sums(jax.nn.logsumexp(m["log_sum_w"]),
+    running = batch_ess_ratio(rs.traj_log_weight).astype(jnp.float32)
+    finished = ep.batch_ess_ratio_from_sums(jax.nn.logsumexp(m["log_sum_w"]),
                                       jax.nn.logsumexp(m["log_sum_w2"]), n_ep)
     lw_mean, lw_var = ep.log_weight_moments(m["log_w_sum"].sum(), m["log_w_sq_sum"].sum(), n_ep)
     lw_running = rs.traj_log_weight.astype(jnp.float64)  # fallback, as batch_ess: no NaN metric

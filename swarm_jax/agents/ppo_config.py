@@ -64,14 +64,16 @@ class PPOConfig:
         max_grad_norm: global-norm gradient clip.
         adam_eps: Adam ε.
         w_ess: weight of the ESS term added to the reward: ``−w_ess · max(0, ess_target − ESS)``.
-            ``None`` (default): take ``env_params.reward.w_ess`` (the env's ``RewardConfig``,
-            seed default 0.3) so the reward weights have one home; 0.3 if the env has none.
+            ``None`` (default): take ``env_params.reward.w_ess`` (the env's ``RewardConfig``, the
+            original project's default 0.3) so the reward weights have one home; 0.3 if the env
+            has none.
             A number overrides it (0 disables the term). Not a key of the YAML ``ppo`` section:
             a training config sets the weight as ``reward.w_ess``.
         ess_target: the per-step ESS ratio the policy must keep on average: the target of the
             ESS constraint below and the threshold of the reward term above (default 0.5, the
             original project's "maintain ESS > 0.5"); ``None``: ``env_params.reward.ess_target`` (0.5 if the
-            env has none). A training config requires a number here and hands it to its env.
+            env has none). A training config stores the YAML's ``ppo.ess_target`` in its env's
+            ``RewardConfig`` (beside ``w_ess``) and leaves ``None`` here.
         ess_constraint: keep the mean per-step ESS ratio at or above ``ess_target`` with a
             Lagrangian term in the loss (see "ESS constraint" in the module docstring).
             ``True`` by default; ``False`` leaves PPO unconstrained (the original project's behaviour).

@@ -34,8 +34,9 @@ Estimators judged against classical KMC (docs/sampling.md): :func:`probability_e
 ``mean(W·1_A)``, with the ESS and ``k̂`` of the integrand ``W·1_A``, the free check
 ``E_q[W] = 1`` (:func:`mean_weight_check`) and its own ``reliable`` rule), :func:`mean_estimate`
 (SNIS, with :func:`assess_weights`), :func:`estimator_efficiency` per trajectory and at equal wall
-time, :func:`efficiency_interval` (bootstrap) and :func:`group_mse`. Naming: :func:`batch_ess`
-here is a *count* in [1, n]; ``swarm_jax.swarm.weights.batch_ess`` is the *ratio* ESS / n;
+time, :func:`efficiency_interval` (bootstrap) and :func:`group_mse`. Naming:
+:func:`effective_sample_size` here is a *count* in [1, n] (the ``batch_ess`` column);
+``swarm_jax.swarm.weights.batch_ess_ratio`` is the *ratio* ESS / n;
 :func:`integrand_diagnostics` reports ``integrand_ess``, a count in [1, hits].
 
 NumPy only (no JAX): ``swarm_jax.simulate`` and ``swarm_jax.analyze`` share these definitions, as
@@ -100,7 +101,7 @@ def _normalised(lw: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def batch_ess(log_weights) -> float:
+def effective_sample_size(log_weights) -> float:
     """Kish batch ESS ``(Σ W)² / Σ W²`` of log weights (n,), in [1, n] (n for equal weights)."""
     p = _normalised(_log_weights(log_weights))
     return float(1.0 / np.sum(p * p))
@@ -215,7 +216,7 @@ def assess_weights(log_weights) -> dict:
     lw = _log_weights(log_weights)
     n = lw.size
     uniform = bool(np.all(lw == lw[0]))
-    ess = float(n) if uniform else batch_ess(lw)
+    ess = float(n) if uniform else effective_sample_size(lw)
     khat = None if uniform else psis_khat(lw)
     reasons = []
     if not uniform:

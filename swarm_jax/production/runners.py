@@ -54,7 +54,7 @@ from swarm_jax.physics import LatticeState, PhysicsParams, init_flat, make_rate_
 from swarm_jax.production.config import SimulationConfig, UsageError, load_trained_policy
 from swarm_jax.swarm import full_lattice
 from swarm_jax.swarm.policy import FilmStats, candidates_step, film_stats
-from swarm_jax.swarm.weights import batch_ess
+from swarm_jax.swarm.weights import batch_ess_ratio
 
 __all__ = [
     "ChunkFn", "PolicyRunner", "classical_chunk", "make_classical_runner", "CandidateCarry",
@@ -183,7 +183,7 @@ def _trained_chunk_fn(network_config, n_swarm: int, mode: str, react_slots: Opti
 def _batch_weights(log_weight):
     """(log_weight (R,), batch ESS ratio repeated (R,)) as host arrays."""
     log_w = np.asarray(jax.device_get(log_weight), np.float64)
-    ess = float(batch_ess(jnp.asarray(log_w))) if log_w.size > 1 else 1.0
+    ess = float(batch_ess_ratio(jnp.asarray(log_w))) if log_w.size > 1 else 1.0
     return log_w, np.full(log_w.shape, ess)
 
 

@@ -6,7 +6,7 @@ from swarm_jax.swarm.features import (
     global_features,
 )
 from swarm_jax.swarm.weights import (
-    accumulate_log_weight, batch_ess, ess_ratio, ess_ratio_from_logits, normalized_weights, step_log_weight,
+    accumulate_log_weight, batch_ess_ratio, ess_ratio, ess_ratio_from_logits, normalized_weights, step_log_weight,
     trajectory_log_weight, weighted_mean,
 )
 

@@ -75,7 +75,7 @@ def accumulate_log_weight(carry: jnp.ndarray, step_log_w: jnp.ndarray, done: jnp
     return jnp.where(done, jnp.zeros_like(episode_log_w), episode_log_w), episode_log_w
 
 
-def batch_ess(log_weights: jnp.ndarray) -> jnp.ndarray:
+def batch_ess_ratio(log_weights: jnp.ndarray) -> jnp.ndarray:
     """Batch ESS ratio ``ESS / n = (Σ W_i)² / (n Σ W_i²)`` in [1/n, 1] for log weights (n,).
 
     Computed as ``exp(2 LSE(log W) − log n − LSE(2 log W))``: no overflow for any log weights.

@@ -287,7 +287,7 @@ def with_overrides(cfg: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfi
 
     Keys: ``"training.n_envs"``, ``"ppo.learning_rate"``, ``"environment.physics.e_es"``,
     ``"training.cpu_overrides.n_envs"``, ``"name"``, ``"stage"``, a whole section (``"ppo"`` with a
-    mapping, merged into it) or a flat seed key (``"n_envs"``).
+    mapping, merged into it) or a key of the flat layout (``"n_envs"``).
     """
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"overrides must be a mapping of dotted keys, got {type(overrides).__name__}")

@@ -259,8 +259,8 @@ def _yaml_keys(section: str, cls: type) -> tuple[str, ...]:
 #: The keys of each YAML section.
 SECTION_KEYS: dict[str, tuple[str, ...]] = {s: _yaml_keys(s, cls) for s, cls in SECTIONS.items()}
 TOP_LEVEL_KEYS = ("name", "stage")
-# Flat (seed) layout: every key of every section may appear at top level. (Keys are unique across
-# sections; asserted below.)
+# Flat layout (the original project's): every key of every section may appear at top level.
+# (Keys are unique across sections; asserted below.)
 FLAT_KEYS: dict[str, str] = {n: s for s, keys in SECTION_KEYS.items() for n in keys}
 assert len(FLAT_KEYS) == sum(map(len, SECTION_KEYS.values()))
 _CPU_OVERRIDABLE = {f"{s}.{n}" for s in ("training", "ppo") for n in SECTION_KEYS[s]}
