@@ -74,9 +74,9 @@ class NetworkConfig:
             transition in the update; with the TiO2 features (D = 116) 2×64 costs ~11k
             multiply-adds per candidate (2×128: ~31k), and the update, not the KMC step, is what
             bounds training throughput on a CPU (``python -m swarm_jax.bench train`` shows the
-            split). It learns the per-candidate scoring task of ``tests/mock_env.py`` in ~10k env
-            steps, and it is SB3's MlpPolicy default, so both families are compared at equal
-            width. Use ``(128, 128)`` on an accelerator or for richer feature sets.
+            split). It learns the per-candidate scoring task of ``tests/mock_env.py``
+            (``tests/test_ppo.py``), and it is SB3's MlpPolicy default, so both families are
+            compared at equal width. Use ``(128, 128)`` on an accelerator or for richer feature sets.
         activation: one of ``"tanh"`` (default, as SB3/PureJaxRL), ``"relu"``, ``"gelu"``,
             ``"silu"``, ``"elu"``.
     """

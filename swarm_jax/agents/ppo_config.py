@@ -82,8 +82,8 @@ class PPOConfig:
             mean ESS))``).
         ess_penalty_coef: ρ of the augmented Lagrangian's quadratic term ``ρ/2 · max(0,
             target − ESS)²``: it acts inside the update on the current parameters, so the
-            constraint holds without the oscillation of pure dual ascent (measured on the mock
-            task: ρ = 0 swings the ESS between 0.3 and 0.95; ρ ≥ 50 holds it at 0.49–0.51).
+            constraint holds without the oscillation of pure dual ascent (``docs/physics.md``,
+            "Learning: the ESS constraint", has the measurement).
         reward_shaping: ``"potential"`` (default): learn from the potential-based reshaping of
             a level reward, ``r + (γ L(s') − L(s)) / (1 − γ)`` with ``L`` the env's
             ``info["reward_level"]``/``info["reward_level_before"]`` (same optimal policy, far

@@ -21,7 +21,7 @@ trainer adds :func:`ess_penalty` of :func:`swarm_jax.swarm.weights.ess_ratio`.
 What the ESS term does and does not do: it is a function of the *state* (the policy's
 distribution at that state), the same for every candidate the policy might pick there, so it
 cancels out of the advantage differences between actions and cannot steer the choice at a state
-towards uniform (measured: ``w_ess`` 0.3 or 5.0 gave the same collapsed per-step ESS). It is kept
+towards uniform (measured in ``docs/physics.md``, "Learning: the ESS constraint"). It is kept
 for compatibility with the original project's reward. What keeps the policy near the physical proposal is the
 ESS *constraint* in the PPO loss (``PPOConfig.ess_constraint``, a Lagrange multiplier adapted by
 dual ascent so that the mean per-step ESS ratio stays at ``ess_target``).

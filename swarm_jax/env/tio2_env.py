@@ -27,9 +27,8 @@ measure (deposits, time or steps).
 
 Batches: :meth:`TiO2GrowthEnv.step_batch` returns what ``jax.vmap(env.step)`` returns, bit for
 bit, but resets only the envs that are done (under ``vmap`` the cond of ``step`` is a select that
-resets and copies every env on every step: on CPU, 2-core AMD EPYC, that was ~70 % of the batched
-step at 50×50×20 and 32 % at 8×8×5; ``step_batch`` is 3.4× / 1.4–1.6× faster there,
-``docs/bench/env_autoreset_cpu.json``). :func:`batched_step` picks it for any env that has it.
+resets and copies every env on every step; what that costs and what ``step_batch`` saves:
+``docs/benchmarks.md``, "Environment"). :func:`batched_step` picks it for any env that has it.
 
 Observation: ``{"candidates": float32 (K, CANDIDATE_FEATURE_DIM), "global": float32
 (GLOBAL_FEATURE_DIM,)}``, identical shapes for every lattice size (:mod:`swarm_jax.swarm.features`).
@@ -326,8 +325,8 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
         """gymnax's ``step`` (same keys, same outputs), with the auto-reset under ``lax.cond``.
 
         Unbatched, the reset is then only evaluated when the episode ends; under ``vmap`` the
-        cond becomes a select and costs what gymnax's select does (O(N) per step: at 50×50×20
-        this auto-reset is most of the step). For batches use :meth:`step_batch`. A concrete
+        cond becomes a select and costs what gymnax's select does (O(N) per step, every env
+        reset and copied). For batches use :meth:`step_batch`. A concrete
         ``action`` is checked first (:func:`check_action`); the step itself is jitted.
         """
         check_action(action, ())
@@ -397,8 +396,8 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
 
         # The (obs, state) pair goes through the conds as an operand (a branch returns it or
         # updates it), so XLA updates its buffers in place: no copy of the batch when nobody is
-        # done. (A three-way lax.switch in place of the nested conds copied it on every step:
-        # 2.6x slower at 50x50x20, batch 64, on CPU.)
+        # done. (A three-way lax.switch in place of the nested conds copies it on every step;
+        # measured in docs/benchmarks.md, "Environment".)
         def reset_rows(pair):
             (rows,) = jnp.nonzero(done, size=slots, fill_value=n)  # n: out of range, dropped
             reset = v_reset(key_reset[jnp.minimum(rows, n - 1)], params)

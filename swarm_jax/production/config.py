@@ -79,8 +79,8 @@ _POLICY_COST = {"classical": 1, "candidates": 4, "full": 16}  # relative cost of
 
 def default_check_every(replicas: int, policy_mode: str) -> int:
     """Events per replica between host checks (ceiling, SIGINT, checkpoints): about 2^17
-    classical-equivalent events over all replicas (a few seconds on a 2-core CPU at the measured
-    rates), a multiple of 1024, at least 1024. ``policy_mode``: ``classical``, ``candidates``
+    classical-equivalent events over all replicas (meant to be seconds at the rates of
+    ``docs/benchmarks.md``), a multiple of 1024, at least 1024. ``policy_mode``: ``classical``, ``candidates``
     or ``full``."""
     per_replica = _CHECK_BUDGET // (max(1, int(replicas)) * _POLICY_COST[policy_mode])
     return max(1024, per_replica // 1024 * 1024)
