@@ -334,7 +334,10 @@ def _main(argv: list[str] | None, parsed: list) -> int:
 
     import jax
 
-    import swarm_jax  # noqa: F401  (64-bit JAX before any array exists)
+    import swarm_jax
+
+    swarm_jax.enable_x64()  # 64-bit JAX before any array exists
+
     from swarm_jax.compile_cache import enable_compilation_cache
 
     if not args.no_compile_cache:

@@ -74,7 +74,9 @@ if importlib.util.find_spec("swarm_jax") is None:
                                   "repository, or start Jupyter inside the checkout")
     sys.path.insert(0, str(checkout))
 
-import swarm_jax  # noqa: E402  (turns on JAX's 64-bit mode)
+import swarm_jax  # noqa: E402
+
+swarm_jax.enable_x64()  # the KMC clock, selection and rate totals are float64
 import jax  # noqa: E402
 from swarm_jax.compile_cache import enable_compilation_cache  # noqa: E402
 

@@ -1,8 +1,13 @@
 """swarm_jax: JAX end-to-end SwarmThinkers policy optimisation for KMC of TiO2 thin-film growth.
 
-Importing the package turns on JAX's 64-bit mode (``jax_enable_x64``): the KMC selection
-arithmetic, the rate totals and the physical clock must be float64 (docs/physics.md, Clock and selection). Every
-network in :mod:`swarm_jax.agents` declares float32 explicitly, so learning stays float32.
+The KMC selection arithmetic, the rate totals and the physical clock must be float64
+(docs/physics.md, "Clock and selection"), so JAX's 64-bit mode must be on: call
+:func:`enable_x64` once, first thing in the program (importing the package changes nothing in
+the process). The constructors that need it (``physics.make_rate_tables``, ``init_flat``,
+``from_arrays``, ``TiO2GrowthEnv``) refuse with one line (:class:`~swarm_jax.validation.X64Error`)
+when it is off. Our entry points (``train.py``, the CLIs, the Gymnasium adapter's constructors,
+the notebooks' set-up cell) call it. Every network in :mod:`swarm_jax.agents` declares float32
+explicitly, so learning stays float32.
 
 The layers, in the only direction imports flow::
 
@@ -15,9 +20,19 @@ sit at the edges.
 
 import jax as _jax
 
-_jax.config.update("jax_enable_x64", True)
+from swarm_jax.physics import LatticeState, PhysicsParams
 
-from swarm_jax.physics import LatticeState, PhysicsParams  # noqa: E402
+
+def enable_x64() -> None:
+    """Turn on JAX's 64-bit mode for this process (``jax.config.update("jax_enable_x64", True)``).
+
+    Call it once, before building anything of this package (and before creating JAX arrays of
+    your own that should keep their dtype: afterwards ``jnp.zeros(3)`` is float64 process-wide).
+    ``with jax.enable_x64(True):`` around our calls works too (``docs/architecture.md``,
+    "64-bit mode").
+    """
+    _jax.config.update("jax_enable_x64", True)
+
 
 __version__ = "0.1.0"
 
@@ -28,6 +43,7 @@ __all__ = [
     "EnvParams",
     "RewardConfig",
     "compute_reward",
+    "enable_x64",
     "__version__",
 ]
 

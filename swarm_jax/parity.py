@@ -345,7 +345,9 @@ def main(argv=None) -> dict:
     import jax
     import torch
 
-    import swarm_jax  # noqa: F401  (x64 for the KMC clock)
+    import swarm_jax
+
+    swarm_jax.enable_x64()  # the KMC clock
     from swarm_jax.agents import NetworkConfig, PPOConfig, evaluate, make_train
     from swarm_jax.bench.common import machine_info
     from swarm_jax.env import TiO2GrowthEnv

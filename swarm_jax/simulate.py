@@ -124,6 +124,7 @@ import shlex
 import sys
 from typing import Optional, Sequence
 
+import swarm_jax
 from swarm_jax.cli import (OneLineParser, count, exit_code, exit_on_uncaught_interrupt,
                            ignore_interrupts, install_interrupt_handlers, signal_name)
 
@@ -498,6 +499,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(argv: Optional[Sequence[str]], out: list) -> int:
+    swarm_jax.enable_x64()  # the KMC clock, selection and rate totals are float64
     enable_compilation_cache()
     quiet_orbax_write_failures()  # a failed checkpoint write: one line, not orbax's tracebacks
     try:

@@ -14,8 +14,8 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ConfigError", "INT32_MAX", "STEPS_MAX", "check_bool", "check_choice", "check_int_list",
-           "check_number", "fail", "show", "suggest"]
+__all__ = ["ConfigError", "INT32_MAX", "STEPS_MAX", "X64Error", "check_bool", "check_choice",
+           "check_int_list", "check_number", "fail", "require_x64", "show", "suggest"]
 
 #: Largest value of an integer setting that JAX holds as int32 (episode step counters, update
 #: counters, array sizes and scan lengths).
@@ -146,3 +146,19 @@ def check_int_list(path: str, value: Any, *, allowed: str, mins, length: int | N
             raise fail(path, value, allowed, f" (each <= {INT32_MAX})") from None
         out.append(n)
     return tuple(out)
+
+
+class X64Error(RuntimeError):
+    """JAX's 64-bit mode is off where the KMC needs float64 (see :func:`require_x64`)."""
+
+
+def require_x64(what: str) -> None:
+    """Raise :class:`X64Error` (one line) unless JAX's 64-bit mode is on (globally or in a
+    ``jax.enable_x64(True)`` scope): the KMC clock, selection and rate totals are float64, and
+    with the mode off JAX would silently build them as float32. A Python check, so free under
+    ``jit`` (it runs at trace time)."""
+    import jax
+
+    if not jax.config.jax_enable_x64:
+        raise X64Error(f"64-bit mode is off: call swarm_jax.enable_x64() before building {what} "
+                       "(the KMC clock, selection and rate totals are float64)")

@@ -14,8 +14,11 @@ from pathlib import Path
 # this too. A test that exercises the cache sets its own folder.
 os.environ["SWARM_JAX_CACHE_DIR"] = "off"
 
-import swarm_jax  # noqa: E402,F401  (enables jax_enable_x64 before any test builds arrays)
-from hypothesis import HealthCheck, settings
+import swarm_jax  # noqa: E402
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+swarm_jax.enable_x64()  # before any test builds arrays (importing the package does not)
 
 # tests/ holds helper modules (reference.py, mock_env.py) imported by the tests.
 sys.path.insert(0, str(Path(__file__).parent))

@@ -184,6 +184,7 @@ def test_checkpoint_saved_on_another_device_restores_on_default_device(tmp_path)
     final = tmp_path / "final"
     child = _run_child(f"""
         import swarm_jax, jax
+        swarm_jax.enable_x64()
         from test_checkpoint import kill_state
         from swarm_jax.training.checkpoint import save_final
         assert len(jax.devices()) == 2

@@ -294,7 +294,9 @@ def _worker(out_dir: Path) -> None:
     import jax
     import numpy as np
 
-    import swarm_jax  # noqa: F401  (x64)
+    import swarm_jax
+
+    swarm_jax.enable_x64()
     from swarm_jax import distributed as dist
     from swarm_jax.agents.networks import NetworkConfig
     from swarm_jax.agents.ppo import PPOConfig, make_train

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import swarm_jax  # noqa: F401  (enables x64)
+import swarm_jax  # noqa: F401  (64-bit mode: tests/conftest.py)
 from swarm_jax.physics import (
     CEILING, NO_EVENTS, RUNNING, Event, PhysicsParams, apply_event, column_event_rates, film_arrays,
     from_arrays, init_flat, make_rate_tables, rebuild_rates, run, step_with_uniforms,

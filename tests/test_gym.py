@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-import swarm_jax  # noqa: F401  (x64)
+import swarm_jax  # noqa: F401  (64-bit mode: tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, K = (4, 4, 3), 4

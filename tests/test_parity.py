@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-import swarm_jax  # noqa: F401  (x64)
+import swarm_jax  # noqa: F401  (64-bit mode: tests/conftest.py)
 
 pytest.importorskip("stable_baselines3")
 pytestmark = pytest.mark.parity

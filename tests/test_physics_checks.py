@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import swarm_jax  # noqa: F401  (enables x64)
+import swarm_jax  # noqa: F401  (64-bit mode: tests/conftest.py)
 from swarm_jax.physics import (
     RUNNING, PhysicsParams, from_arrays, init_flat, make_rate_tables, run,
     sample_events, trace,

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-import swarm_jax  # noqa: F401  (enables x64)
+import swarm_jax  # noqa: F401  (64-bit mode: tests/conftest.py)
 from swarm_jax.physics import sumtree
 from tree_reference import rate_tree, sample as reference_sample
 

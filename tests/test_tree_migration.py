@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import swarm_jax  # noqa: F401  (enables x64)
+import swarm_jax  # noqa: F401  (64-bit mode: tests/conftest.py)
 from swarm_jax.physics import PhysicsParams, engine, init_flat, make_rate_tables, sumtree
 from swarm_jax.production.run import RunProgress, _Checkpointer
 

@@ -20,9 +20,9 @@ Two families:
   flattened candidates and the global vector are concatenated and fed to two *separate* MLPs
   (policy: K logits, value: 1). Tied to one K (and to the candidate order).
 
-The package enables ``jax_enable_x64`` globally (the KMC clock needs it); these modules cast every
-observation leaf to float32 and declare ``dtype``/``param_dtype`` float32 on every layer, so
-parameters, activations, logits and values are float32 regardless of that flag.
+The KMC clock needs JAX's 64-bit mode (``swarm_jax.enable_x64``), which is process-wide; these
+modules cast every observation leaf to float32 and declare ``dtype``/``param_dtype`` float32 on
+every layer, so parameters, activations, logits and values are float32 regardless of that flag.
 
 Initialisation follows PPO practice (PureJaxRL, SB3): orthogonal kernels with gain √2 on hidden
 layers, 0.01 on the policy head (near-uniform initial policy, i.e. classical KMC at the start and

@@ -47,7 +47,9 @@ def main(argv=None) -> int:
         p.add_argument("--json", default=f"bench_results/{name}.json", help="where to write the JSON results")
         module.add_arguments(p)
     args = parser.parse_args(argv)
-    import swarm_jax  # noqa: F401  (enables x64 before any suite builds arrays)
+    import swarm_jax
+
+    swarm_jax.enable_x64()  # before any suite builds arrays
     from swarm_jax.bench.common import format_table, machine_info, write_json
     from swarm_jax.training.checkpoint import quiet_orbax_write_failures
 

@@ -54,7 +54,9 @@ def _worker(args) -> dict:
     """Measure one device count in this process (its XLA_FLAGS already set by the parent)."""
     import jax
 
-    import swarm_jax  # noqa: F401  (x64)
+    import swarm_jax
+
+    swarm_jax.enable_x64()
     from swarm_jax.agents.networks import NetworkConfig
     from swarm_jax.agents.ppo import PPOConfig, make_train
     from swarm_jax.bench.common import block, machine_info

@@ -72,6 +72,7 @@ from swarm_jax.physics.lattice import (
 from swarm_jax.physics.params import PhysicsParams, check_type, concrete_number, make_rate_tables
 from swarm_jax.swarm import features as F
 from swarm_jax.swarm.candidates import draw_candidates, execute_candidate
+from swarm_jax.validation import require_x64
 
 #: The ``info`` entries that describe the film's morphology and composition: roughness W
 #: (layers), coverage, O/Ti (atom-count ratio), mean height (ML). Learners and loggers report these.
@@ -262,6 +263,7 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
     metric_keys = METRIC_KEYS
 
     def __init__(self, lattice_size=(8, 8, 5), n_swarm: int = 32, **overrides):
+        require_x64("a TiO2GrowthEnv")
         super().__init__()
         self.lattice_size = validate_lattice_size(lattice_size)
         if (isinstance(n_swarm, bool) or not isinstance(n_swarm, numbers.Integral)

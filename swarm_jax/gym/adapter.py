@@ -25,6 +25,12 @@ reproduces ``TiO2GrowthEnv.step``'s auto-resetting trajectory exactly, and so do
 
 At ``terminated or truncated`` the returned observation is the *true* last observation (gymnax's
 ``info["final_observation"]``), never the reset one; ``render()`` then shows the final film.
+
+**64-bit mode.** Constructing this env (or :class:`~swarm_jax.gym.TiO2GrowthVecEnv`) calls
+:func:`swarm_jax.enable_x64`: making a Gymnasium env of ours is an explicit act, and it is what
+makes ``gymnasium.make`` and SB3's ``SubprocVecEnv`` workers (fresh processes) work without a
+set-up line. The mode is process-wide: float32 JAX code of your own in the same process then
+defaults to float64 (``docs/architecture.md``, "64-bit mode").
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 import jax
 import jax.numpy as jnp
 
+import swarm_jax
 from swarm_jax.env.tio2_env import EnvParams, TiO2GrowthEnv
 from swarm_jax.physics.lattice import height_map, observables, validate_lattice_size
 from swarm_jax.swarm import features as F
@@ -280,6 +287,7 @@ class TiO2GrowthGymEnv(gym.Env):
 
     def __init__(self, lattice_size=(8, 8, 5), n_swarm: int = 32, render_mode: str | None = None,
                  params: EnvParams | None = None, render_cell_px: int = 16, **overrides):
+        swarm_jax.enable_x64()  # making a Gymnasium env of ours is the explicit act (module doc)
         super().__init__()
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, "

@@ -34,6 +34,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 import jax
 
+import swarm_jax
 from swarm_jax.env.tio2_env import EnvParams, TiO2GrowthEnv
 from swarm_jax.gym.adapter import (
     _SEED_MODULUS,
@@ -69,6 +70,7 @@ class TiO2GrowthVecEnv(VecEnv):
     def __init__(self, n_envs: int, lattice_size=(8, 8, 5), n_swarm: int = 32,
                  render_mode: str | None = None, params: EnvParams | None = None,
                  render_cell_px: int = 16, **overrides):
+        swarm_jax.enable_x64()  # making a Gymnasium env of ours is the explicit act (adapter doc)
         if int(n_envs) < 1:
             raise ValueError(f"n_envs must be >= 1, got {n_envs}")
         if render_mode not in (None, "rgb_array"):

@@ -45,6 +45,7 @@ from swarm_jax.physics.lattice import (
     validate_lattice_size, zero_counters,
 )
 from swarm_jax.physics.params import DIRECTIONS, O, TI, VACANT, PhysicsParams, RateTables, make_rate_tables
+from swarm_jax.validation import require_x64
 
 N_SURFACE_EVENTS = 7  # deposit Ti, deposit O, 4 hops, desorb
 K_DEP_TI, K_DEP_O, K_HOP0, K_DESORB, K_REACT0 = 0, 1, 2, 6, 7
@@ -199,7 +200,9 @@ def from_arrays(heights, species, oxide, params: PhysicsParams) -> LatticeState:
 
     The arrays must satisfy the SOS invariant; rates are computed from scratch. Counters start at
     zero except ``deposited``, which is set to the atoms present (so bookkeeping balances).
+    Raises :class:`~swarm_jax.validation.X64Error` when JAX's 64-bit mode is off.
     """
+    require_x64("a lattice (physics.from_arrays)")
     heights = np.asarray(heights)
     species = np.asarray(species)
     oxide = np.asarray(oxide)

@@ -38,6 +38,7 @@ from flax import struct
 
 from swarm_jax.physics import sumtree
 from swarm_jax.physics.params import O, SUBSTRATE, TI, PhysicsParams, make_rate_tables
+from swarm_jax.validation import require_x64
 
 # Event kinds (index into LatticeState.event_counts).
 DEPOSIT_TI, DEPOSIT_O, HOP, DESORB, REACT = 0, 1, 2, 3, 4
@@ -146,7 +147,9 @@ def init_flat(lattice_size, params: PhysicsParams) -> LatticeState:
     """A bare, flat substrate. Closed form (no rate rebuild): only depositions are possible.
 
     Cheap enough to run inside every environment step (gymnax's auto-reset evaluates it).
+    Raises :class:`~swarm_jax.validation.X64Error` when JAX's 64-bit mode is off.
     """
+    require_x64("a lattice (physics.init_flat)")
     lx, ly, lz = validate_lattice_size(lattice_size)
     heights, species, oxide, react_class = _empty_fields(lx, ly, lz)
     dep_total = make_rate_tables(params).dep.sum()

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from swarm_jax.validation import require_x64
+
 K_B_EV = 8.617333e-5  # Boltzmann constant, eV/K
 
 # Species codes stored in the lattice (int8).
@@ -228,7 +230,10 @@ class RateTables:
 
 
 def make_rate_tables(params: PhysicsParams) -> RateTables:
-    """Evaluates the whole rate catalogue in log-space (float64). Pure and jit-able."""
+    """Evaluates the whole rate catalogue in log-space (float64). Pure and jit-able.
+
+    Raises :class:`~swarm_jax.validation.X64Error` when JAX's 64-bit mode is off."""
+    require_x64("rate tables (physics.make_rate_tables)")
     f64 = jnp.float64
     kT = jnp.asarray(params.kT, f64)
     log_nu = jnp.log(jnp.asarray(params.attempt_frequency, f64))
