@@ -202,6 +202,9 @@ class PPOTrainer:
         env, env_params: the gymnax environment and its (closed-over) parameters.
         tx: the optax transformation (clip-by-global-norm then Adam).
         info_keys: env ``info`` keys whose rollout means are reported (those the env provides).
+        layout: where the env batch lives (:class:`~swarm_jax.agents.sharded.EnvLayout`: one
+            device, or split over a ``"data"`` mesh); ``state_sharding``: the runner state's
+            shardings on that mesh (None without one).
     """
 
     config: PPOConfig
