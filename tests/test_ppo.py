@@ -121,7 +121,7 @@ def test_gae_matches_numpy_reference_batched(lam):
 
 
 @pytest.mark.slow
-def test_batch_ess_from_sums_matches_weights_module():
+def test_batch_ess_ratio_from_sums_matches_weights_module():
     lw = jax.random.normal(jax.random.PRNGKey(0), (50,)) * 3.0
     mask = jax.random.uniform(jax.random.PRNGKey(1), (50,)) < 0.4
     lse = jax.nn.logsumexp(jnp.where(mask, lw, -jnp.inf))
