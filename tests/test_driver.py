@@ -166,6 +166,35 @@ def test_interrupt_checkpoints_and_the_resumed_run_ends_in_the_same_state():
     assert (second.steps, second.value) == (reference.steps, reference.value)
 
 
+class SignalInEndChunk(FakeTask):
+    """Raises SIGINT while the host output of the chunk ending at ``at`` is written (after the
+    driver read the flag for that chunk)."""
+
+    def __init__(self, at, **kw):
+        super().__init__(**kw)
+        self.at = at
+
+    def end_chunk(self, status):
+        super().end_chunk(status)
+        if self.steps == self.at:
+            signal.raise_signal(signal.SIGINT)
+
+
+@main_thread_only
+@pytest.mark.parametrize("periodic", [False, True])
+def test_a_signal_after_the_check_stops_before_the_next_chunk(periodic):
+    task = SignalInEndChunk(30, total=100, chunk=10)
+    policy = CheckpointPolicy(every_steps=30 if periodic else None)
+    outcome = _drive(task, policy)
+    assert outcome.status == INTERRUPTED and outcome.signal_name == "SIGINT"
+    assert task.steps == 30 and outcome.saved == 30
+    saves = [e for e in task.events if e[0] == "save"]
+    # a checkpoint just written at 30 is not written twice
+    assert saves == ([("save", 30, RUNNING, False)] if periodic
+                     else [("save", 30, INTERRUPTED, True)])
+    assert task.events[-1] == ("end", INTERRUPTED)
+
+
 def test_a_stop_status_gets_a_waited_checkpoint_only_when_listed():
     task = FakeTask(total=100, chunk=10, stop_at=30)
     outcome = _drive(task, save_on=frozenset({"stopped"}))

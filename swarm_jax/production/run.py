@@ -244,6 +244,7 @@ class SimulationRun(ChunkTask):
         self.stream = TimeseriesStream(
             self.csv_path, self.progress.csv_bytes if self.resumed_from is not None else None)
         self.values = self.record(log=self.resumed_from is None or log_pending)
+        self._rows_pending = False  # the rows of the position reached are written
         self.driver = ChunkDriver(self, RunContext("simulate", total=config.events,
                                                    checkpoint=checkpoint_policy(config)),
                                   [_CheckpointCallback(on_checkpoint)])
@@ -304,6 +305,7 @@ class SimulationRun(ChunkTask):
         p = self.progress
         p.done, p.chunk, p.engine_seconds = p.done + n, p.chunk + 1, p.engine_seconds + elapsed
         self.values = self.record(log=False)
+        self._rows_pending = True
         return ChunkEnd(p.done, self._end_status())
 
     def _at_log(self) -> bool:
@@ -314,12 +316,13 @@ class SimulationRun(ChunkTask):
         """A checkpoint of the carry (synchronous); on interruption the rows of a log point are
         left to the resumed run (``log_pending``), so they are written with its status."""
         self.progress.csv_bytes = self.stream.sync()
-        self.checkpointer.save(self.carry, self.progress,
-                               log_pending=status == INTERRUPTED and self._at_log())
+        self.checkpointer.save(self.carry, self.progress, log_pending=(
+            status == INTERRUPTED and self._rows_pending and self._at_log()))
         return self.progress
 
     def end_chunk(self, status: Optional[str]) -> None:
         """Logs the rows due after a chunk (with the run's end status on the last one)."""
+        self._rows_pending = False
         if self._at_log() or status is not None:
             self.record(log=True, end_status=status, values=self.values)  # the carry is unchanged
 

@@ -30,6 +30,10 @@ The order within one chunk (the contract both users rely on)::
     task.end_chunk(status)
     if status: stop;  elif the checkpoint policy is due: task.save("running") -> on_checkpoint
 
+A signal that arrives after the flag was read (during ``end_chunk`` or a periodic save) stops
+the run before the next chunk, with an ``interrupted`` checkpoint of that position (unless one
+was just written there).
+
 Units: steps are whatever ``position()`` counts; times in seconds.
 """
 
@@ -360,6 +364,7 @@ class ChunkDriver:
         self.start = int(task.position())
         self.schedule = CheckpointSchedule(ctx.checkpoint, self.start)
         self.outcome = RunOutcome()
+        self._last_saved: tuple[int, Any] | None = None
 
     def _emit(self, name: str, *args) -> None:
         for hook in self.hooks:
@@ -385,8 +390,21 @@ class ChunkDriver:
     def _save(self, status: str, wait: bool) -> Any:
         saved = self.task.save(status, wait)
         self.schedule.mark(self.task.position())
+        self._last_saved = (self.task.position(), saved)
         self._emit("on_checkpoint", saved, status)
         return saved
+
+    def _stop_between_chunks(self, signal_name: str | None) -> None:
+        """A signal that arrived after the last chunk's check (while its rows or its periodic
+        checkpoint were written): stop before the next chunk, with a checkpoint of the current
+        position unless one was just written there."""
+        o = self.outcome
+        position = self.task.position()
+        if self._last_saved is not None and self._last_saved[0] == position:
+            o.saved = self._last_saved[1]
+        else:
+            o.saved = self._save(INTERRUPTED, wait=True)
+        o.status, o.message, o.signal_name = INTERRUPTED, "", signal_name
 
     def step(self, interrupted: bool | Callable[[], bool] = False, n: int | None = None
              ) -> str | None:
@@ -418,6 +436,9 @@ class ChunkDriver:
         """Chunks until done, stopped or interrupted; returns the :class:`RunOutcome`."""
         with GracefulInterrupt() as interrupt:
             while self.task.next_chunk() is not None:
+                if interrupt.requested:
+                    self._stop_between_chunks(interrupt.signal_name)
+                    break
                 status = self.step(lambda: interrupt.requested)
                 if status is not None:
                     if status == INTERRUPTED:
