@@ -28,7 +28,7 @@ from swarm_jax.physics.lattice import LATTICE_SIZE_RULE, deposit_target, validat
 from swarm_jax.swarm import full_lattice
 from swarm_jax.swarm.features import CANDIDATE_FEATURE_DIM, GLOBAL_FEATURE_DIM
 from swarm_jax.trained_policy import PolicyLoadError, TrainedPolicy, load_policy
-from swarm_jax.training.safety import available_memory_bytes
+from swarm_jax.training.driver import check_memory_need
 
 __all__ = [
     "PROG", "UsageError", "SimulationConfig", "DEFAULT_MONOLAYERS", "EVENTS_PER_ATOM_CAP",
@@ -380,17 +380,18 @@ def estimate_run_bytes(lattice_size, replicas: int, log_every: int, mode: Option
 
 
 def check_memory(config: SimulationConfig) -> int:
-    """Returns the estimated bytes; raises :class:`UsageError` if they exceed the limit."""
+    """Returns the estimated bytes; raises :class:`UsageError` if they exceed the limit
+    (``--max-memory-gb``, else MemAvailable; :func:`~swarm_jax.training.driver.check_memory_need`)."""
     need = estimate_run_bytes(config.lattice_size, config.replicas, config.log_every,
                               config.mode if config.policy == "trained" else None)
+    limit, source = None, "MemAvailable"
     if config.max_memory_gb is not None:
         limit, source = int(config.max_memory_gb * 1e9), "--max-memory-gb"
-    else:
-        limit, source = available_memory_bytes(), "MemAvailable"
-    if limit is not None and need > limit:
-        lx, ly, lz = config.lattice_size
-        raise UsageError(
-            f"--lattice-size {lx} {ly} {lz} with --replicas {config.replicas}: needs about "
-            f"{need / 1e9:.3g} GB, more than the {limit / 1e9:.3g} GB allowed ({source}); use a "
-            "smaller lattice or fewer replicas, or set --max-memory-gb")
-    return need
+    lx, ly, lz = config.lattice_size
+
+    def refusal(limit: int) -> str:
+        return (f"--lattice-size {lx} {ly} {lz} with --replicas {config.replicas}: needs about "
+                f"{need / 1e9:.3g} GB, more than the {limit / 1e9:.3g} GB allowed ({source}); use "
+                "a smaller lattice or fewer replicas, or set --max-memory-gb")
+
+    return check_memory_need(need, limit, refusal, UsageError)

@@ -19,13 +19,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import sys
 import time
 from typing import Callable, Optional
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from swarm_jax.distributed import batch_mesh, shard_batch
 from swarm_jax.physics import CEILING, RUNNING, LatticeState, film_arrays, observables
@@ -36,7 +34,10 @@ from swarm_jax.production.runners import (
 from swarm_jax.production.writers import (
     FINAL_OBSERVABLES, SimulationResult, TimeseriesStream, log_rows, replica_status_names,
 )
-from swarm_jax.training.safety import GracefulInterrupt
+from swarm_jax.training.driver import (
+    INTERRUPTED, CheckpointPolicy, ChunkDriver, ChunkEnd, ChunkInfo, ChunkTask, ProgressBar,
+    RunContext, RunHooks,
+)
 
 __all__ = [
     "CHECKPOINT_DIR", "RUN_FILE", "PARTIAL_TIMESERIES", "RunProgress", "next_chunk_events",
@@ -110,16 +111,14 @@ def _no_hook(progress: RunProgress) -> None:
 
 
 class _Checkpointer:
-    """Orbax checkpoints of a run's carry and :class:`RunProgress` in ``--out/checkpoints``,
-    written every ``checkpoint_every`` events and/or ``checkpoint_minutes`` of wall time;
-    ``on_save(progress)`` is called after each one is committed."""
+    """Orbax checkpoints of a run's carry and :class:`RunProgress` in ``--out/checkpoints`` (when
+    they are due is the driver's :class:`~swarm_jax.training.driver.CheckpointPolicy`, see
+    :func:`checkpoint_policy`)."""
 
-    def __init__(self, config: SimulationConfig, on_save: Callable = _no_hook):
+    def __init__(self, config: SimulationConfig):
         self.config = config
-        self.on_save = on_save
         self.directory = os.path.join(config.out_dir, CHECKPOINT_DIR)
         self._store = None
-        self._last_done, self._last_time = 0, time.monotonic()
 
     @property
     def store(self):
@@ -128,19 +127,10 @@ class _Checkpointer:
             self._store = CheckpointStore(self.directory, max_to_keep=2)
         return self._store
 
-    def due(self, done: int) -> bool:
-        c = self.config
-        by_events = c.checkpoint_every is not None and done - self._last_done >= c.checkpoint_every
-        by_time = (c.checkpoint_minutes > 0
-                   and time.monotonic() - self._last_time >= 60.0 * c.checkpoint_minutes)
-        return by_events or by_time
-
     def save(self, carry, progress: RunProgress, log_pending: bool = False) -> None:
         meta = dict(dataclasses.asdict(progress), log_pending=log_pending)
         self.store.save(progress.done, {"carry": carry}, {"command": self.config.command},
                         meta, force=True)
-        self._last_done, self._last_time = progress.done, time.monotonic()
-        self.on_save(progress)
 
     def restore(self, template):
         """``(carry, RunProgress, log_pending)`` of the newest checkpoint that restores, or None
@@ -189,17 +179,46 @@ class _Checkpointer:
     def _unpack(self, state, meta):
         meta = dict(meta)
         log_pending = bool(meta.pop("log_pending", False))
-        progress = RunProgress(**meta)
-        self._last_done = progress.done
-        return state["carry"], progress, log_pending
+        return state["carry"], RunProgress(**meta), log_pending
 
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
 
 
-class SimulationRun:
-    """A run in progress: the library-style interface under :func:`simulate`.
+def checkpoint_policy(config: SimulationConfig) -> CheckpointPolicy:
+    """Periodic checkpoints of a production run: every ``--checkpoint-every`` events per replica
+    since the last one, or ``--checkpoint-minutes`` of wall time, whichever comes first."""
+    return CheckpointPolicy(every_steps=config.checkpoint_every,
+                            every_seconds=60.0 * config.checkpoint_minutes)
+
+
+class _CheckpointCallback(RunHooks):
+    """The caller's ``on_checkpoint(progress)``, after each checkpoint is committed."""
+
+    def __init__(self, on_checkpoint: Callable):
+        self.on_checkpoint_fn = on_checkpoint
+
+    def on_checkpoint(self, saved, status: str) -> None:
+        self.on_checkpoint_fn(saved)
+
+
+class _ProgressHook(RunHooks):
+    """The events/replica bar of :func:`simulate` with the mean height and roughness."""
+
+    def __init__(self, run: SimulationRun, bar: ProgressBar):
+        self.run, self.bar = run, bar
+
+    def on_chunk_end(self, info: ChunkInfo) -> None:
+        self.bar.advance(info.steps, dict(h=f"{self.run.values['mean_height'].mean():.2f}",
+                                          W=f"{self.run.values['roughness'].mean():.2f}"),
+                         refresh=False)
+
+
+class SimulationRun(ChunkTask):
+    """A run in progress: the library-style interface under :func:`simulate`, and the
+    :class:`~swarm_jax.training.driver.ChunkTask` of the shared chunked-run driver (position =
+    events per replica).
 
     ``run = start(config)`` builds it (initial or restored carry, open time series), then
     ``while not run.finished(): run.step()`` advances it one chunk at a time, and
@@ -216,7 +235,7 @@ class SimulationRun:
         self.replica_keys = jax.random.split(jax.random.key(config.seed), config.replicas)
         self.mesh = batch_mesh(config.replicas)
         self.progress = RunProgress()
-        self.checkpointer = _Checkpointer(config, on_checkpoint)
+        self.checkpointer = _Checkpointer(config)
         self.resumed_from = None
         os.makedirs(os.path.join(config.out_dir, CHECKPOINT_DIR), exist_ok=True)
         self.csv_path = os.path.join(config.out_dir, CHECKPOINT_DIR, PARTIAL_TIMESERIES)
@@ -225,6 +244,10 @@ class SimulationRun:
         self.stream = TimeseriesStream(
             self.csv_path, self.progress.csv_bytes if self.resumed_from is not None else None)
         self.values = self.record(log=self.resumed_from is None or log_pending)
+        self._rows_pending = False  # the rows of the position reached are written
+        self.driver = ChunkDriver(self, RunContext("simulate", total=config.events,
+                                                   checkpoint=checkpoint_policy(config)),
+                                  [_CheckpointCallback(on_checkpoint)])
 
     def _restore(self) -> bool:
         found = self.checkpointer.restore(self.carry)
@@ -262,9 +285,17 @@ class SimulationRun:
         return (self.progress.done >= self.config.events or not self.running()
                 or self.reached_target())
 
-    def advance(self) -> int:
-        """Runs the next chunk; returns its events per replica."""
-        n = next_chunk_events(self.progress.done, self.config)
+    # -- the driver's ChunkTask
+
+    def position(self) -> int:
+        return self.progress.done
+
+    def next_chunk(self) -> Optional[int]:
+        return None if self.finished() else next_chunk_events(self.progress.done, self.config)
+
+    def step_chunk(self, n: int) -> ChunkEnd:
+        """Runs the next chunk of ``n`` events per replica and fetches its observables; the
+        run's end status (``stopped``/``done``) if it ended."""
         keys = fold_keys(self.replica_keys, self.progress.chunk)
         t0, compile_before = time.perf_counter(), self.chunks.compile_seconds
         self.carry = jax.block_until_ready(self.chunks(self.carry, keys, n))
@@ -273,37 +304,41 @@ class SimulationRun:
         elapsed = time.perf_counter() - t0 - (self.chunks.compile_seconds - compile_before)
         p = self.progress
         p.done, p.chunk, p.engine_seconds = p.done + n, p.chunk + 1, p.engine_seconds + elapsed
-        return n
-
-    def after_chunk(self, interrupted: bool) -> None:
-        """Logs the rows due after a chunk (with the run's end status on the last one) and
-        writes the checkpoint that is due (always on interruption)."""
-        at_log = (self.progress.done % self.config.log_every == 0
-                  or self.progress.done == self.config.events)
         self.values = self.record(log=False)
-        end = self._end_status(interrupted)
-        if end == "interrupted":
-            self.progress.csv_bytes = self.stream.sync()
-            self.checkpointer.save(self.carry, self.progress, log_pending=at_log)
-        if at_log or end is not None:
-            self.record(log=True, end_status=end, values=self.values)  # the carry is unchanged
-        if end is None and self.checkpointer.due(self.progress.done):
-            self.progress.csv_bytes = self.stream.sync()
-            self.checkpointer.save(self.carry, self.progress)
+        self._rows_pending = True
+        return ChunkEnd(p.done, self._end_status())
 
-    def _end_status(self, interrupted: bool) -> Optional[str]:
+    def _at_log(self) -> bool:
+        return (self.progress.done % self.config.log_every == 0
+                or self.progress.done == self.config.events)
+
+    def save(self, status: str, wait: bool = True) -> RunProgress:
+        """A checkpoint of the carry (synchronous); on interruption the rows of a log point are
+        left to the resumed run (``log_pending``), so they are written with its status."""
+        self.progress.csv_bytes = self.stream.sync()
+        self.checkpointer.save(self.carry, self.progress, log_pending=(
+            status == INTERRUPTED and self._rows_pending and self._at_log()))
+        return self.progress
+
+    def end_chunk(self, status: Optional[str]) -> None:
+        """Logs the rows due after a chunk (with the run's end status on the last one)."""
+        self._rows_pending = False
+        if self._at_log() or status is not None:
+            self.record(log=True, end_status=status, values=self.values)  # the carry is unchanged
+
+    def _end_status(self) -> Optional[str]:
         if not self.running():
             return "stopped"
         if self.progress.done >= self.config.events or self.reached_target():
             return "done"
-        return "interrupted" if interrupted else None
+        return None
 
     def step(self, interrupted: bool = False) -> int:
         """Runs one chunk, logs and checkpoints what is due; returns its events per replica.
         ``interrupted``: the caller is stopping the run after this chunk (a checkpoint is
         written and the last rows say ``interrupted``)."""
-        n = self.advance()
-        self.after_chunk(interrupted=interrupted)
+        n = next_chunk_events(self.progress.done, self.config)
+        self.driver.step(interrupted, n)
         return n
 
     def result(self, signal_name: Optional[str] = None) -> SimulationResult:
@@ -319,20 +354,17 @@ class SimulationRun:
         self.checkpointer.close()
 
 
-def _loop(run: SimulationRun, progress: bool) -> str:
-    """Chunks until the end of the run; returns the signal name if interrupted, else None."""
+def _loop(run: SimulationRun, progress: bool) -> Optional[str]:
+    """Chunks until the end of the run (the driver's loop, with a progress bar); returns the
+    signal name if interrupted, else None."""
     config = run.config
     total = None if config.deposit_target is not None else config.events  # ends on growth
-    bar = tqdm(total=total, initial=run.progress.done, unit="ev", unit_scale=True,
-               dynamic_ncols=True, file=sys.stderr, disable=not progress, desc="events/replica")
-    with GracefulInterrupt() as interrupt, bar:
-        while not run.finished() and not interrupt.requested:
-            n = run.advance()
-            run.after_chunk(interrupted=interrupt.requested)
-            bar.update(n)
-            bar.set_postfix(h=f"{run.values['mean_height'].mean():.2f}",
-                            W=f"{run.values['roughness'].mean():.2f}", refresh=False)
-        return interrupt.signal_name if interrupt.requested else None
+    bar = ProgressBar(progress, total, run.progress.done, "events/replica", "ev")
+    run.driver.hooks = run.driver.hooks + (_ProgressHook(run, bar),)
+    try:
+        return run.driver.run().signal_name
+    finally:
+        bar.close()
 
 
 def start(config: SimulationConfig, runner: Optional[PolicyRunner] = None,

@@ -42,7 +42,6 @@ full-lattice mode, docs/physics.md) around a chunk function (:data:`ChunkFn`).
 from __future__ import annotations
 
 import functools
-import time
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -55,6 +54,7 @@ from swarm_jax.production.config import SimulationConfig, UsageError, load_train
 from swarm_jax.swarm import full_lattice
 from swarm_jax.swarm.policy import FilmStats, candidates_step, film_stats
 from swarm_jax.swarm.weights import batch_ess_ratio
+from swarm_jax.training.driver import CompileClock
 
 __all__ = [
     "ChunkFn", "PolicyRunner", "classical_chunk", "make_classical_runner", "CandidateCarry",
@@ -234,7 +234,8 @@ def _jitted(chunk_fn: ChunkFn):
 
 
 class CompiledChunks:
-    """Calls a runner's ``chunk_fn``, compiling it ahead of time (and timing that) once per
+    """Calls a runner's ``chunk_fn``, compiling it ahead of time (and timing that with the driver's
+    :class:`~swarm_jax.training.driver.CompileClock`) once per
     distinct chunk length; compiled code is reused across runs of a process. The run loop's
     ``step_fn``: the same jitted function as :func:`simulator`'s, with the same arguments."""
 
@@ -247,9 +248,9 @@ class CompiledChunks:
     def __call__(self, carry, keys, n_events: int):
         fn = self._compiled.get(n_events)
         if fn is None:
-            t0 = time.perf_counter()
-            fn = self._jitted.lower(carry, keys, n_events, *self._operands).compile()
-            self.compile_seconds += time.perf_counter() - t0
+            with CompileClock() as clock:  # tracing, lowering and compilation (jax.monitoring)
+                fn = self._jitted.lower(carry, keys, n_events, *self._operands).compile()
+            self.compile_seconds += clock.total
             self._compiled[n_events] = fn
         return fn(carry, keys, *self._operands)
 

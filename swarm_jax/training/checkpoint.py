@@ -66,6 +66,11 @@ A failed write is one exception for the caller; the echoes orbax, asyncio and Te
 besides it are silenced only when asked (:func:`quiet_orbax_write_failures`, which the command-line
 tools call; nothing is installed on import).
 
+The module is the orbax store (:class:`CheckpointStore`, :func:`save_final`); integrity
+(completeness, manifest, step listing) lives in :mod:`~swarm_jax.training.checkpoint_integrity`,
+reading in :mod:`~swarm_jax.training.checkpoint_read` and the silencing of orbax's echoes in
+:mod:`~swarm_jax.training.orbax_quiet`; their public names are re-exported here.
+
 Multi-host: every process must call :meth:`CheckpointStore.save` (orbax coordinates, the primary
 host writes the metadata); the housekeeping done here (emptying ``.deleted/``, swapping
 ``save_final`` directories) runs on process 0 only.
@@ -73,16 +78,10 @@ host writes the metadata); the housekeeping done here (emptying ``.deleted/``, s
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import hashlib
-import logging
 import math
-import re
 import shutil
-import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +89,35 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
-from jax.sharding import SingleDeviceSharding
 
-from swarm_jax.agents.params import check_tree_matches, is_typed_key, stored_shape_dtype
-from swarm_jax.outdir import atomic_write_text
+from swarm_jax.training.checkpoint_integrity import (  # noqa: F401  (re-exported)
+    CONFIG,
+    MANIFEST,
+    META,
+    STATE,
+    CheckpointError,
+    CheckpointWriteError,
+    _short_error,
+    complete_steps,
+    is_complete_checkpoint,
+    is_verified_checkpoint,
+    newest_verified_step,
+    resolve_checkpoint,
+    verify_checkpoint,
+    write_manifest,
+)
+from swarm_jax.training.orbax_quiet import (  # noqa: F401  (re-exported)
+    quiet_orbax_failures,
+    quiet_orbax_write_failures,
+)
+from swarm_jax.training.checkpoint_read import (  # noqa: F401  (re-exported)
+    _state_metadata_tree,
+    abstract_target,
+    default_device,
+    load_params_only,
+    read_config,
+    restore_checkpoint,
+)
 
 __all__ = [
     "quiet_orbax_failures",
@@ -103,6 +127,9 @@ __all__ = [
     "CheckpointWriteError",
     "MANIFEST",
     "abstract_target",
+    "complete_steps",
+    "default_device",
+    "resolve_checkpoint",
     "is_complete_checkpoint",
     "is_verified_checkpoint",
     "newest_verified_step",
@@ -114,116 +141,9 @@ __all__ = [
     "write_manifest",
 ]
 
-STATE, CONFIG, META = "state", "config", "meta"
 _TRASH = ".deleted"  # pruned steps are renamed here, then removed
 _TMP_MARKER = ocp.utils.TMP_DIR_SUFFIX  # orbax's name for a save not committed yet
-# Files orbax writes last-ish into every committed item; all must exist for a complete checkpoint.
-_REQUIRED_FILES = (
-    "_CHECKPOINT_METADATA",
-    f"{STATE}/_METADATA",
-    f"{CONFIG}/metadata",
-    f"{META}/metadata",
-)
 
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete, or does not match the template it is restored into."""
-
-
-class CheckpointWriteError(CheckpointError):
-    """A checkpoint could not be written (disk full, file-size limit, permissions). The message is
-    one line; the checkpoints committed before it are untouched."""
-
-
-class _OrbaxErrorLogFilter(logging.Filter):
-    """Drops orbax's own ERROR log records (a failed write logs its traceback from each of its
-    threads, ~20 of them): every orbax error reaches the caller of this module as one exception
-    (:class:`CheckpointWriteError` / :class:`CheckpointError`), which is what users see."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR
-                    and "orbax" in Path(record.pathname).parts)
-
-
-class _OrbaxOrphanTaskFilter(logging.Filter):
-    """Drops asyncio's "... exception was never retrieved" records of orbax's own write tasks
-    (the other writes in flight when one failed; logged when they are garbage-collected, often at
-    exit). The failure itself reaches the caller as one exception."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR:
-            return True
-        try:
-            text = record.getMessage()
-        except Exception:  # noqa: BLE001
-            return True
-        return not ("exception was never retrieved" in text and "orbax" in text)
-
-
-def _drop_loop_closed(previous):
-    """An ``unraisablehook`` that drops ``RuntimeError('Event loop is closed')`` and passes
-    everything else to ``previous``. After a failed write orbax closes its asyncio loop while
-    TensorStore still completes the other writes in flight; each completion then fails with that
-    error as an *unraisable* exception (dozens of tracebacks on stderr)."""
-
-    def hook(unraisable):
-        err = unraisable.exc_value
-        if isinstance(err, RuntimeError) and str(err) == "Event loop is closed":
-            return
-        previous(unraisable)
-
-    hook.swarm_jax_orbax_filter = True
-    return hook
-
-
-def quiet_orbax_write_failures() -> Callable[[], None]:
-    """Silences the echoes of a failed orbax write, process-wide, and returns the function that
-    undoes it. Idempotent; nothing is installed on import.
-
-    A failed write reaches the caller of this module as one exception
-    (:class:`CheckpointWriteError` / :class:`CheckpointError`), but orbax also logs its traceback
-    from each of its threads (~20), asyncio logs "exception was never retrieved" for the other
-    writes in flight (when they are garbage-collected, often at exit), and TensorStore raises
-    unraisable "Event loop is closed" errors. This drops those records and only those: orbax's
-    own ERROR records on the ``absl`` logger, asyncio's orphan-task records of orbax tasks, and
-    the "Event loop is closed" unraisables. The command-line tools (``train.py``,
-    ``swarm-simulate``, ``python -m swarm_jax.bench``) call it first thing, since they own their
-    process; a library user may call it, or use :func:`quiet_orbax_failures` as a scope.
-    """
-    filters = ((logging.getLogger("absl"), _OrbaxErrorLogFilter),
-               (logging.getLogger("asyncio"), _OrbaxOrphanTaskFilter))
-    added = []
-    for logger, kind in filters:
-        if not any(isinstance(f, kind) for f in logger.filters):
-            added.append((logger, kind()))
-            logger.addFilter(added[-1][1])
-    hook = None
-    if not getattr(sys.unraisablehook, "swarm_jax_orbax_filter", False):
-        previous = sys.unraisablehook
-        hook = sys.unraisablehook = _drop_loop_closed(previous)
-
-    def undo() -> None:
-        for logger, f in added:
-            logger.removeFilter(f)
-        if hook is not None and sys.unraisablehook is hook:
-            sys.unraisablehook = previous
-
-    return undo
-
-
-@contextlib.contextmanager
-def quiet_orbax_failures():
-    """:func:`quiet_orbax_write_failures` for the duration of a ``with`` block."""
-    undo = quiet_orbax_write_failures()
-    try:
-        yield
-    finally:
-        undo()
-
-
-#: The checksum manifest of a checkpoint: one ``<sha256>  <bytes>  <relative path>`` line per file.
-MANIFEST = "MANIFEST.sha256"
-_MANIFEST_HEADER = "# swarm_jax checkpoint manifest v1: sha256  bytes  path\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,18 +153,6 @@ _MANIFEST_HEADER = "# swarm_jax checkpoint manifest v1: sha256  bytes  path\n"
 
 def _is_primary() -> bool:
     return jax.process_index() == 0
-
-
-def default_device(device: jax.Device | None = None) -> jax.Device:
-    """The device restored arrays are placed on: ``device``, else JAX's current default device."""
-    if device is not None:
-        return device
-    default = jax.config.jax_default_device
-    if isinstance(default, jax.Device):
-        return default
-    if isinstance(default, str):  # a platform name, e.g. "cpu"
-        return jax.devices(default)[0]
-    return jax.devices()[0]
 
 
 def _to_json(obj: Any, where: str = "config") -> Any:
@@ -275,200 +183,6 @@ def _to_json(obj: Any, where: str = "config") -> Any:
     raise CheckpointError(f"{where} = {obj!r}: type {type(obj).__name__} is not JSON-able")
 
 
-def is_complete_checkpoint(path: str | Path) -> bool:
-    """Whether ``path`` is a committed checkpoint directory written by this module.
-
-    False for orbax temporary directories (``*.orbax-checkpoint-tmp*``), missing paths, and
-    directories lacking any of the metadata files every committed checkpoint has.
-    """
-    path = Path(path)
-    if _TMP_MARKER in path.name or not path.is_dir():
-        return False
-    return all((path / f).exists() for f in _REQUIRED_FILES)
-
-
-# --------------------------------------------------------------------------------------------
-# Integrity: a SHA-256 manifest of every file, written after the data, checked before a restore
-# --------------------------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _data_files(ckpt: Path) -> list[Path]:
-    """Every regular file under ``ckpt`` but the manifest (and its temporary copies), sorted."""
-    return sorted(p for p in ckpt.rglob("*")
-                  if p.is_file() and p.name != MANIFEST
-                  and not (p.name.startswith(f".{MANIFEST}.") and p.name.endswith(".tmp")))
-
-
-def write_manifest(ckpt: str | Path) -> Path:
-    """Write ``ckpt/MANIFEST.sha256`` (SHA-256 and size of every file), atomically; return it.
-
-    Called once the checkpoint's files are all written and flushed (by :meth:`CheckpointStore.save`
-    and :func:`save_final`); a checkpoint without the manifest is *unverified*.
-    """
-    ckpt = Path(ckpt)
-    lines = [f"{_sha256(f)}  {f.stat().st_size}  {f.relative_to(ckpt).as_posix()}\n"
-             for f in _data_files(ckpt)]
-    return atomic_write_text(ckpt / MANIFEST, _MANIFEST_HEADER + "".join(lines))
-
-
-_MANIFEST_LINE = re.compile(r"([0-9a-f]{64})  (\d+)  (.+)")
-
-
-def verify_checkpoint(path: str | Path) -> str | None:
-    """``None`` when ``path`` is a complete checkpoint whose files all match its manifest; else
-    the first problem found, as a short phrase (e.g. ``"state/d/3f2a... fails its SHA-256
-    check"``, ``"no checksum manifest"``)."""
-    path = Path(path)
-    if not is_complete_checkpoint(path):
-        return "incomplete (orbax metadata files missing)"
-    manifest = path / MANIFEST
-    if not manifest.is_file():
-        return "no checksum manifest (the save was interrupted before it was verified, or it " \
-               "was written by an older version)"
-    try:
-        text = manifest.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        return f"unreadable checksum manifest ({type(err).__name__})"
-    if not text.startswith(_MANIFEST_HEADER):
-        return "malformed checksum manifest"
-    entries = text[len(_MANIFEST_HEADER):].splitlines()
-    if not entries:
-        return "empty checksum manifest"
-    for line in entries:
-        m = _MANIFEST_LINE.fullmatch(line)
-        if m is None:
-            return "malformed checksum manifest"
-        digest, size, rel = m.group(1), int(m.group(2)), m.group(3)
-        f = path / rel
-        if not f.is_file():
-            return f"file {rel} is missing"
-        got = f.stat().st_size
-        if got != size:
-            return f"file {rel} has {got} bytes, {size} were written (truncated or overwritten)"
-        if _sha256(f) != digest:
-            return f"file {rel} fails its SHA-256 check (corrupted)"
-    return None
-
-
-def newest_verified_step(directory: str | Path) -> int | None:
-    """The newest step of a store directory that passes :func:`verify_checkpoint` (read-only:
-    nothing is reported or renamed; see :meth:`CheckpointStore.latest_verified_step`)."""
-    directory = Path(directory)
-    return next((s for s in reversed(complete_steps(directory))
-                 if verify_checkpoint(directory / str(s)) is None), None)
-
-
-def is_verified_checkpoint(path: str | Path) -> bool:
-    """Whether ``path`` is complete and every file matches its checksum manifest."""
-    return verify_checkpoint(path) is None
-
-
-def _check_integrity(ckpt: Path) -> None:
-    """Raise :class:`CheckpointError` when ``ckpt`` has a manifest that its files do not match.
-
-    A checkpoint without a manifest (written before manifests existed) is read as it is.
-    """
-    if (ckpt / MANIFEST).exists():
-        problem = verify_checkpoint(ckpt)
-        if problem is not None:
-            raise CheckpointError(f"checkpoint {ckpt} is corrupt: {problem}")
-
-
-def _short_error(err: BaseException) -> str:
-    """One short line for an exception from a write (orbax/TensorStore messages run to 1000s of
-    characters): the OS error when one can be recognised, else the first line, shortened."""
-    seen: set[int] = set()
-    e: BaseException | None = err
-    while e is not None and id(e) not in seen:  # an OSError anywhere in the chain
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno:
-            return f"{e.strerror or errno.errorcode.get(e.errno, e.errno)} ({errno.errorcode.get(e.errno, '')})"
-        e = e.__cause__ or e.__context__
-    text = str(err)
-    for code, words in (("EFBIG", "File too large"), ("ENOSPC", "No space left on device"),
-                        ("EDQUOT", "Disk quota exceeded"), ("EACCES", "Permission denied"),
-                        ("EROFS", "Read-only file system")):
-        if words.lower() in text.lower() or code in text:
-            return f"{words} ({code})"
-    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    return f"{type(err).__name__}: {first[:200]}"
-
-
-def abstract_target(template: Any, device: jax.Device | None = None) -> Any:
-    """The orbax restore target for ``template``: one :class:`jax.ShapeDtypeStruct` per leaf.
-
-    Args:
-        template: a freshly created pytree with the structure, shapes and dtypes to restore
-            (e.g. a new ``RunnerState`` built with the same config and optimiser chain); its
-            values are ignored. Typed PRNG keys stay typed keys.
-        device: where restored arrays live; default: JAX's current default device.
-    """
-    sharding = SingleDeviceSharding(default_device(device))
-
-    def one(leaf):
-        if is_typed_key(leaf):
-            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
-        shape, dtype = stored_shape_dtype(leaf)
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-
-    return jax.tree.map(one, template)
-
-
-def _state_metadata_tree(state_dir: Path) -> Any:
-    """The checkpoint's tree of ``ArrayMetadata`` (nested dicts/lists; typed keys as key data)."""
-    meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir))
-    return getattr(meta, "tree", meta)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from ``path``: itself, or a store's newest verified complete step
-    (an unverified one only if none verifies); :class:`CheckpointError` if there is none."""
-    return _resolve(path)[0]
-
-
-def _resolve(path: str | Path) -> tuple[Path, bool]:
-    """:func:`resolve_checkpoint` and whether it already verified the checkpoint it chose."""
-    path = Path(path).absolute()  # orbax wants absolute paths; users give relative ones
-    if is_complete_checkpoint(path):
-        return path, False
-    if path.is_dir():
-        step = newest_verified_step(path)  # checked from the newest down: older ones not hashed
-        if step is not None:
-            return path / str(step), True
-        steps = complete_steps(path)  # an unverified step only if none verifies
-        if steps:
-            return path / str(steps[-1]), False
-    raise CheckpointError(
-        f"{path} is neither a complete checkpoint nor a checkpoint directory holding one"
-    )
-
-
-def _resolve_intact(path: str | Path) -> Path:
-    """The checkpoint of ``path`` (see :func:`resolve_checkpoint`), its files checked against
-    their manifest once: :class:`CheckpointError` if they do not match."""
-    ckpt, verified = _resolve(path)
-    if not verified:
-        _check_integrity(ckpt)
-    return ckpt
-
-
-def complete_steps(directory: str | Path) -> list[int]:
-    """Steps of the complete checkpoints in a store directory, ascending (read-only)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    return sorted(
-        int(p.name) for p in directory.iterdir() if p.name.isdigit() and is_complete_checkpoint(p)
-    )
-
 
 def _composite_save_args(state: Any, config: Mapping, metadata: Mapping | None):
     return ocp.args.Composite(
@@ -478,109 +192,6 @@ def _composite_save_args(state: Any, config: Mapping, metadata: Mapping | None):
             META: ocp.args.JsonSave(_to_json(dict(metadata or {}), "metadata")),
         }
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Reading any checkpoint directory
-# --------------------------------------------------------------------------------------------
-
-
-def read_config(path: str | Path) -> tuple[dict, dict]:
-    """``(config, meta)`` of a checkpoint (a step or final directory, or a store: latest step).
-
-    JSON turns tuples into lists; nothing else changes.
-    """
-    ckpt = _resolve_intact(path)
-    return _read_json_items(ckpt)
-
-
-def _read_json_items(ckpt: Path) -> tuple[dict, dict]:
-    reader = ocp.Checkpointer(ocp.JsonCheckpointHandler())
-    try:
-        return reader.restore(epath.Path(ckpt / CONFIG)), reader.restore(epath.Path(ckpt / META))
-    except Exception as err:  # noqa: BLE001  (e.g. a truncated JSON file: JSONDecodeError)
-        raise CheckpointError(f"could not read the config/metadata of {ckpt}: "
-                              f"{_short_error(err)}") from None
-
-
-def _restore_numpy(state_dir: Path) -> Any:
-    """The raw saved tree (nested dicts/lists) with host numpy leaves; keys as uint32 key data."""
-    stored = _state_metadata_tree(state_dir)
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
-    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
-        epath.Path(state_dir), args=ocp.args.PyTreeRestore(restore_args=restore_args)
-    )
-
-
-def restore_checkpoint(
-    path: str | Path, target: Any = None, device: jax.Device | None = None
-) -> tuple[Any, dict, dict]:
-    """Read a checkpoint: ``(state, config, meta)``.
-
-    Args:
-        path: a checkpoint directory (a store step ``<dir>/<step>`` or a :func:`save_final`
-            directory), or a :class:`CheckpointStore` directory (its latest complete step).
-        target: a freshly built template pytree (same structure, shapes and dtypes as the saved
-            state); the result has its pytree types (dataclasses, namedtuples, typed keys) and
-            jax arrays on ``device``. ``None``: the raw saved tree (nested dicts/lists of host
-            numpy arrays, typed keys as their uint32 key data).
-        device: device for restored arrays; default: JAX's current default device.
-
-    Raises:
-        CheckpointError: no complete checkpoint at ``path``, or ``target`` does not match it
-            (the message names the first mismatching leaf and both shapes), or orbax failed.
-    """
-    ckpt = _resolve_intact(path)
-    state_dir = ckpt / STATE
-    try:
-        if target is None:
-            state = _restore_numpy(state_dir)
-        else:
-            check_tree_matches(_state_metadata_tree(state_dir), target, f"checkpoint {ckpt}",
-                               root="state", error=CheckpointError)
-            state = ocp.Checkpointer(ocp.StandardCheckpointHandler()).restore(
-                epath.Path(state_dir),
-                args=ocp.args.StandardRestore(abstract_target(target, device)),
-            )
-    except CheckpointError:
-        raise
-    except Exception as err:  # noqa: BLE001  (orbax raises many types; report them uniformly)
-        raise CheckpointError(f"could not restore {state_dir}: {_short_error(err)}") from err
-    config, meta = _read_json_items(ckpt)
-    return state, config, meta
-
-
-def load_params_only(path: str | Path, subtree: str | Sequence[str] = "params") -> Any:
-    """The parameter subtree of a checkpoint as nested dicts of host numpy arrays.
-
-    For transfer between curriculum stages and for production runs: no template is needed.
-
-    Args:
-        path: a checkpoint directory or a store directory (latest complete step).
-        subtree: where the parameters sit in the saved state, as a dotted path or a sequence of
-            keys (field names of dataclasses and dict keys alike), e.g. ``"params"`` or
-            ``"train_state.params"``.
-
-    Raises:
-        CheckpointError: no checkpoint, or no such subtree (the message lists what exists).
-    """
-    ckpt = _resolve_intact(path)
-    keys = subtree.split(".") if isinstance(subtree, str) else list(subtree)
-    try:
-        tree = _restore_numpy(ckpt / STATE)
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"could not read {ckpt / STATE}: {_short_error(err)}") from err
-    node, walked = tree, "state"
-    for k in keys:
-        if isinstance(node, Mapping) and k in node:
-            node = node[k]
-        elif isinstance(node, (list, tuple)) and k.isdigit() and int(k) < len(node):
-            node = node[int(k)]
-        else:
-            have = sorted(node) if isinstance(node, Mapping) else type(node).__name__
-            raise CheckpointError(f"{ckpt}: {walked} has no entry {k!r} (it has {have})")
-        walked += f"[{k!r}]"
-    return node
 
 
 # --------------------------------------------------------------------------------------------
@@ -934,3 +545,4 @@ def save_final(
         else:
             target.rename(final)
     return final
+
