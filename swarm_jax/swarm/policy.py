@@ -83,8 +83,10 @@ class CandidateCarry:
 def candidate_carry(lattice: LatticeState, stats: FilmStats | None = None) -> CandidateCarry:
     """The carry of a fresh run of ``lattice`` (log weight 0); ``stats`` default to
     :func:`film_stats` of it. Works on one lattice or, with ``stats`` given, on a batch."""
-    zeros = jnp.zeros(lattice.status.shape, jnp.float64)
-    return CandidateCarry(lattice=lattice, log_weight=zeros, step_ess_sum=zeros,
+    shape = lattice.status.shape
+    # Two arrays, not one shared: a production chunk donates the carry, every leaf its own buffer.
+    return CandidateCarry(lattice=lattice, log_weight=jnp.zeros(shape, jnp.float64),
+                          step_ess_sum=jnp.zeros(shape, jnp.float64),
                           stats=film_stats(lattice) if stats is None else stats)
 
 
