@@ -5,10 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from swarm_jax.env.tio2_env import (
-    END_THICKNESS, END_TIME, EnvParams, TiO2GrowthEnv, batched_step, deposit_target_traced,
-)
-from swarm_jax.physics.lattice import CEILING, deposit_target
+from swarm_jax.env.tio2_env import END_THICKNESS, END_TIME, EnvParams, TiO2GrowthEnv, batched_step
+from swarm_jax.physics.lattice import CEILING, deposit_target, deposit_target_traced
 
 pytestmark = pytest.mark.slow  # not in the quick tier: whole episodes stepped from the host
 

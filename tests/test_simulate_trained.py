@@ -210,13 +210,14 @@ def test_incremental_film_stats_give_the_global_features(checkpoints):
     tables = make_rate_tables(phys)
     lattice = init_flat((5, 4, 9), phys)
 
-    def body(c, key):
-        lat, stats = c
-        lat, stats, _, _ = S.candidates_step(lat, stats, tables, phys, pol.logits, pol.params, key, K, 0.3)
-        return (lat, stats), None
+    policy = S.CandidatePolicy(tables=tables, physics=phys, params=pol.params, logits_fn=pol.logits, n_swarm=K)
 
-    (lat, stats), _ = jax.jit(lambda c, k: jax.lax.scan(body, c, jax.random.split(k, 600)))(
-        (lattice, S.film_stats(lattice)), jax.random.key(9))
+    def body(c, key):
+        return S.candidates_step(c, policy, key, 0.3), None
+
+    carry, _ = jax.jit(lambda c, k: jax.lax.scan(body, c, jax.random.split(k, 600)))(
+        S.candidate_carry(lattice), jax.random.key(9))
+    lat, stats = carry.lattice, carry.stats
     assert int(lat.event_counts[0] + lat.event_counts[1]) > 5 and int(lat.event_counts[2]) > 5
     assert int(lat.event_counts[4]) > 0 and int(stats.n_oxide) > 0  # reactions happened
     fresh = S.film_stats(lat)

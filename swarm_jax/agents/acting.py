@@ -1,8 +1,9 @@
 """Choosing among the K candidates: the trained policy, classical KMC (uniform) or greedy.
 
 One function, :func:`choose`, is used by the training rollout, by evaluation and by the staggered
-warm-up, so the log-probabilities, the per-step ESS ratio and the importance log-weight of a
-choice are computed the same way everywhere (``swarm_jax.swarm.weights``; ``docs/physics.md``,
+warm-up. A trained policy samples through :func:`swarm_jax.swarm.decision.choose_candidate`, the
+decision production runs use too, and every policy's log-probability, per-step ESS ratio and
+importance log-weight come from :func:`swarm_jax.swarm.decision.decision_of` (``docs/physics.md``,
 SwarmThinkers).
 """
 
@@ -14,8 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from swarm_jax.agents.networks import log_probs_from_logits, select_log_prob
-from swarm_jax.swarm.weights import ess_ratio, step_log_weight
+from swarm_jax.swarm.decision import choose_candidate, decision_of
 
 Array = jax.Array
 
@@ -63,23 +63,23 @@ def choose(network, params, obs, key: Array, policy: str = "trained",
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     k = int(num_actions if num_actions is not None else obs["candidates"].shape[-2])
     batch = obs["candidates"].shape[:-2]
-    if policy == "uniform":
+    if policy == "trained":
+        logits, value = network.apply(params, obs)
+        decision = choose_candidate(logits, key)
+    elif policy == "uniform":
         log_probs = jnp.full(batch + (k,), -math.log(k), jnp.float32)
-        action = jax.random.randint(key, batch, 0, k, dtype=jnp.int32)
+        decision = decision_of(log_probs, jax.random.randint(key, batch, 0, k, dtype=jnp.int32))
         value = jnp.zeros(batch, jnp.float32)
     else:
         logits, value = network.apply(params, obs)
-        if policy == "trained":
-            log_probs = log_probs_from_logits(logits)
-            action = jax.random.categorical(key, log_probs).astype(jnp.int32)
-        else:
-            action = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-            log_probs = jnp.where(jnp.arange(logits.shape[-1]) == action[..., None], 0.0,
-                                  -jnp.inf).astype(jnp.float32)
+        action = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        log_probs = jnp.where(jnp.arange(logits.shape[-1]) == action[..., None], 0.0,
+                              -jnp.inf).astype(jnp.float32)
+        decision = decision_of(log_probs, action)
     return Choice(
-        action=action,
-        log_prob=select_log_prob(log_probs, action),
-        ess=ess_ratio(log_probs).astype(jnp.float32),
-        step_log_weight=step_log_weight(log_probs, action).astype(jnp.float32),
+        action=decision.action,
+        log_prob=decision.log_prob,
+        ess=decision.ess.astype(jnp.float32),
+        step_log_weight=decision.step_log_weight.astype(jnp.float32),
         value=jnp.asarray(value, jnp.float32),
     )

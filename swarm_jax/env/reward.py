@@ -32,7 +32,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import struct
 
-from swarm_jax.physics.lattice import LatticeState, observables
+from swarm_jax.physics.film_observables import observables
+from swarm_jax.physics.lattice import LatticeState
 from swarm_jax.validation import check_choice, check_number
 
 REWARD_MODES = ("level", "delta")
@@ -103,7 +104,7 @@ def ess_penalty(ess_ratio, config: RewardConfig) -> jnp.ndarray:
     return -config.w_ess * jnp.maximum(0.0, config.ess_target - jnp.asarray(ess_ratio))
 
 
-def compute_reward(state, config: RewardConfig, ess_ratio=None, prev_state=None):
+def compute_reward(state, config: RewardConfig, ess_ratio=None, prev_state=None, film: dict | None = None):
     """Reward of ``state`` under ``config``; returns ``(reward float64 scalar, info dict)``.
 
     Args:
@@ -112,6 +113,8 @@ def compute_reward(state, config: RewardConfig, ess_ratio=None, prev_state=None)
       ess_ratio: per-step ESS ratio of the policy's choice, or None (the ESS term is then 0).
       prev_state: delta mode only: the state before the step (LatticeState or env state). If
         omitted, an environment state's ``prev_metrics`` (metrics before its last step) are used.
+      film: the lattice's :func:`swarm_jax.physics.observables` when the caller has them already
+        (the environment's step computes them once for the reward, the info and the observation).
 
     Returns:
       reward and ``info`` with the observables of :func:`swarm_jax.physics.observables`
@@ -124,7 +127,7 @@ def compute_reward(state, config: RewardConfig, ess_ratio=None, prev_state=None)
       reward ``r + (γ L(s') − L(s)) / (1 − γ)`` (:class:`swarm_jax.agents.ppo.PPOConfig`).
     """
     lattice = _lattice_of(state)
-    obs = observables(lattice)
+    obs = observables(lattice) if film is None else film
     metrics = metrics_from_observables(obs)
     terms = morphology_terms(metrics, config)
     if prev_state is not None:

@@ -64,10 +64,11 @@ import numpy as np
 from flax import struct
 from gymnax.environments import environment, spaces
 
-from swarm_jax.env.reward import RewardConfig, compute_reward, reward_metrics
+from swarm_jax.env.reward import RewardConfig, compute_reward, metrics_from_observables
 from swarm_jax.physics.engine import Event
+from swarm_jax.physics.film_observables import height_stats, observables
 from swarm_jax.physics.lattice import (
-    CEILING, NO_EVENTS, LatticeState, deposited_atoms, init_flat, validate_lattice_size,
+    CEILING, NO_EVENTS, LatticeState, deposit_target_traced, deposited_atoms, init_flat, validate_lattice_size,
 )
 from swarm_jax.physics.params import PhysicsParams, check_type, concrete_number, make_rate_tables
 from swarm_jax.swarm import features as F
@@ -88,12 +89,6 @@ _REWARD_FIELDS = tuple(f.name for f in dataclasses.fields(RewardConfig))
 END_THICKNESS, END_TIME = 3, 4
 END_REASON_NAMES = {0: "running", CEILING: "ceiling", NO_EVENTS: "no_events",
                     END_THICKNESS: "thickness", END_TIME: "time"}
-
-
-def deposit_target_traced(episode_ml, n_columns: int) -> jax.Array:
-    """:func:`~swarm_jax.physics.lattice.deposit_target` for a (possibly traced) ``episode_ml``:
-    ``max(1, ceil(θ · C))`` atoms as float64 (the same float64 product, so the same integer)."""
-    return jnp.maximum(1.0, jnp.ceil(jnp.asarray(episode_ml, jnp.float64) * n_columns))
 
 
 def end_reason(state: "EnvState", params: "EnvParams", n_columns: int) -> jax.Array:
@@ -313,7 +308,8 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
         """A bare flat substrate (closed form, cheap: gymnax evaluates this on every step)."""
         tables = make_rate_tables(params.physics)
         lattice = init_flat(self.lattice_size, params.physics)
-        metrics = reward_metrics(lattice)
+        heights = height_stats(lattice)
+        metrics = metrics_from_observables(observables(lattice, heights))
         state = EnvState(
             lattice=lattice,
             candidates=draw_candidates(lattice, tables, key, self.n_swarm),
@@ -321,7 +317,7 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
             metrics=metrics,
             prev_metrics=metrics,
         )
-        return self._observe(state, params, tables), state
+        return self._observe(state, params, tables, heights), state
 
     def step(self, key: jax.Array, state: EnvState, action, params: EnvParams | None = None):
         """gymnax's ``step`` (same keys, same outputs), with the auto-reset under ``lax.cond``.
@@ -428,14 +424,16 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
         u_clock = jax.random.uniform(key_clock, (), jnp.float64)
         # Nothing below reads the old lattice after the event (its buffers are updated in place).
         lattice, step_info = execute_candidate(state.lattice, tables, state.candidates, action, u_clock)
+        heights = height_stats(lattice)  # once per step: the reward, the info and the observation
+        film = observables(lattice, heights)
         new_state = EnvState(
             lattice=lattice,
             candidates=draw_candidates(lattice, tables, key_cand, self.n_swarm),
             step_count=state.step_count + 1,
-            metrics=reward_metrics(lattice),
+            metrics=metrics_from_observables(film),
             prev_metrics=state.metrics,
         )
-        reward, rinfo = compute_reward(new_state, params.reward)
+        reward, rinfo = compute_reward(new_state, params.reward, film=film)
         terminated = self.is_terminated(new_state, params)
         info = dict(rinfo)
         info.update(
@@ -444,7 +442,7 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
             termination_reason=end_reason(new_state, params, self.n_columns),
             total_rate=lattice.total,
         )
-        obs = self._observe(new_state, params, tables)
+        obs = self._observe(new_state, params, tables, heights)
         return obs, new_state, reward.astype(jnp.float32), terminated, info
 
     def is_terminated(self, state: EnvState, params: EnvParams) -> jax.Array:
@@ -470,9 +468,9 @@ class TiO2GrowthEnv(environment.Environment[EnvState, EnvParams]):
     def n_columns(self) -> int:
         return self.lattice_size[0] * self.lattice_size[1]
 
-    def _observe(self, state: EnvState, params: EnvParams, tables):
+    def _observe(self, state: EnvState, params: EnvParams, tables, heights: dict | None = None):
         progress = episode_progress(state, params, self.n_columns)
         return {
             "candidates": F.candidate_features(state.lattice, state.candidates),
-            "global": F.global_features(state.lattice, tables, params.physics, progress),
+            "global": F.global_features(state.lattice, tables, params.physics, progress, heights),
         }

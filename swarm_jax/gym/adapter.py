@@ -55,7 +55,8 @@ import jax.numpy as jnp
 
 import swarm_jax
 from swarm_jax.env.tio2_env import EnvParams, TiO2GrowthEnv
-from swarm_jax.physics.lattice import height_map, observables, validate_lattice_size
+from swarm_jax.physics.film_observables import observables
+from swarm_jax.physics.lattice import height_map, validate_lattice_size
 from swarm_jax.swarm import features as F
 
 #: gymnax info entries that are not passed on (the flags are returned, the final observation is

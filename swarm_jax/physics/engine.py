@@ -281,7 +281,7 @@ def apply_event(state: LatticeState, tables: RateTables, event: Event, active=Tr
     """Executes ``event`` (drawn from this very state) and updates rates locally.
 
     With ``active`` False (or a stopped state) nothing changes: all writes go to the dummy column.
-    The clock is not touched here (see :func:`waiting_time` and :func:`step_with_uniforms`).
+    The clock is not touched here: :func:`execute_event` applies an event *and* advances it.
     """
     active = jnp.asarray(active) & (state.status == RUNNING)
     lz = state.lz
@@ -394,17 +394,39 @@ class StepInfo:
     active: jnp.ndarray  # bool
 
 
-def step_with_uniforms(state: LatticeState, tables: RateTables, u: jnp.ndarray, enabled=True):
-    """One BKL event driven by three uniforms ``u = (u_column, u_slot, u_clock)``."""
+def execute_event(state: LatticeState, tables: RateTables, event: Event, u_clock, enabled=True):
+    """Executes ``event`` (drawn from this very state) and advances the physical clock: the one
+    place where an event is applied and time moves (the engine, the SwarmThinkers candidates,
+    the production decision and the full-lattice sampler all execute through it).
+
+    The clock advances by :func:`waiting_time` ``(Γ_tot, u_clock)`` with ``Γ_tot`` from *before*
+    the event, whichever event it is (docs/physics.md, SwarmThinkers). With ``enabled`` False or
+    a stopped state nothing changes (:func:`apply_event` writes to the dummy column, ``dt = 0``).
+
+    Args:
+      state: the lattice the event was drawn from.
+      tables: its rate tables.
+      event: a scalar :class:`Event`.
+      u_clock: scalar uniform in [0, 1) for the waiting time.
+      enabled: scalar bool, False for a padding step.
+
+    Returns:
+      ``(new_state, StepInfo)``; ``StepInfo.dt`` in s, ``kind`` −1 when nothing happened.
+    """
     active = jnp.asarray(enabled) & (state.status == RUNNING)
-    event = sample_event(state, tables, u[0], u[1])
-    dt = jnp.where(active, waiting_time(state.total, u[2]), 0.0)
+    dt = jnp.where(active, waiting_time(state.total, u_clock), 0.0)
     total_before = state.total
     new = apply_event(state, tables, event, active)
     new = new.replace(time=state.time + dt)
     info = StepInfo(event=event, kind=jnp.where(active, event.kind, -1), dt=dt,
                     total_before=total_before, active=active)
     return new, info
+
+
+def step_with_uniforms(state: LatticeState, tables: RateTables, u: jnp.ndarray, enabled=True):
+    """One BKL event driven by three uniforms ``u = (u_column, u_slot, u_clock)``."""
+    event = sample_event(state, tables, u[0], u[1])
+    return execute_event(state, tables, event, u[2], enabled)
 
 
 def step(state: LatticeState, tables: RateTables, key: jax.Array):

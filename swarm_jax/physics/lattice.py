@@ -1,4 +1,5 @@
-"""Lattice state of the solid-on-solid TiO2 film and its observables (docs/physics.md, Lattice and Observables).
+"""Lattice state of the solid-on-solid TiO2 film (docs/physics.md, Lattice); its observables are in
+:mod:`swarm_jax.physics.film_observables`.
 
 Storage (``C = Lx * Ly`` columns, column index ``c = x * Ly + y``; one extra *dummy* column at
 index ``C`` absorbs the writes of events that do nothing, so every update has a fixed shape):
@@ -185,7 +186,7 @@ def check_sos(heights, species, oxide) -> None:
         raise ValueError("oxide flags are only allowed on film atoms")
 
 
-# --------------------------------------------------------------------------- observables
+# --------------------------------------------------------------------------- views and amounts
 
 
 def height_map(state: LatticeState) -> jnp.ndarray:
@@ -219,53 +220,12 @@ def deposit_target(n_columns: int, monolayers: float) -> int:
     return max(1, math.ceil(float(monolayers) * int(n_columns)))
 
 
+def deposit_target_traced(monolayers, n_columns: int) -> jnp.ndarray:
+    """:func:`deposit_target` for a (possibly traced) ``monolayers`` θ: ``max(1, ceil(θ · C))``
+    atoms as float64 (the same float64 product, so the same integer)."""
+    return jnp.maximum(1.0, jnp.ceil(jnp.asarray(monolayers, jnp.float64) * n_columns))
+
+
 def deposited_atoms(state: LatticeState) -> jnp.ndarray:
     """() int64 atoms deposited so far (Ti + O, desorbed ones included): the deposited amount."""
     return jnp.sum(state.deposited)
-
-
-def height_stats(state: LatticeState) -> dict:
-    """Statistics of the height map, O(C): ``mean_height`` (ML), ``roughness`` W (layers, the RMS
-    deviation of h from its mean), ``coverage`` (fraction of columns with h > 0), ``h_max``,
-    ``h_min`` (layers); float64 scalars. The one definition of these quantities: observables,
-    rewards and policy features read them from here."""
-    h = state.heights[: state.n_columns].astype(jnp.float64)
-    mean_h = h.mean()
-    return dict(
-        mean_height=mean_h,
-        roughness=jnp.sqrt(jnp.mean((h - mean_h) ** 2)),
-        coverage=jnp.mean((h > 0).astype(jnp.float64)),
-        h_max=h.max(),
-        h_min=h.min(),
-    )
-
-
-def o_ti_ratio(n_ti, n_o) -> jnp.ndarray:
-    """Atom-count ratio O/Ti of a film, float64; 0 while it holds no Ti."""
-    return jnp.where(n_ti > 0, jnp.asarray(n_o, jnp.float64) / jnp.maximum(n_ti, 1), 0.0)
-
-
-def observables(state: LatticeState) -> dict:
-    """Morphology and composition of docs/physics.md, Observables (O(C) in the number of columns).
-
-    Returns a dict of scalars: ``mean_height`` (ML), ``roughness`` W (layers; x a for Å),
-    ``coverage`` (fraction of columns with h > 0), ``n_ti``, ``n_o``, ``o_ti_ratio`` (0 when no Ti),
-    ``oxide_fraction`` (oxide atoms / film atoms; an O(N) count over the oxide flags), ``fill_fraction`` (mean h / (Lz - 1)),
-    ``time`` (s).
-    """
-    hs = height_stats(state)
-    n = atoms_present(state)
-    n_ti, n_o = n[0], n[1]
-    n_atoms = n_ti + n_o
-    n_oxide = state.n_oxide
-    return dict(
-        mean_height=hs["mean_height"],
-        roughness=hs["roughness"],
-        coverage=hs["coverage"],
-        n_ti=n_ti,
-        n_o=n_o,
-        o_ti_ratio=o_ti_ratio(n_ti, n_o),
-        oxide_fraction=jnp.where(n_atoms > 0, n_oxide / jnp.maximum(n_atoms, 1), 0.0),
-        fill_fraction=hs["mean_height"] / (state.lz - 1),
-        time=state.time,
-    )

@@ -47,12 +47,11 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 from swarm_jax.physics import LatticeState, PhysicsParams, init_flat, make_rate_tables, run
 from swarm_jax.production.config import SimulationConfig, UsageError, load_trained_policy
 from swarm_jax.swarm import full_lattice
-from swarm_jax.swarm.policy import FilmStats, candidates_step, film_stats
+from swarm_jax.swarm.policy import CandidateCarry, CandidatePolicy, candidate_carry, candidates_step, film_stats
 from swarm_jax.swarm.weights import batch_ess_ratio
 from swarm_jax.training.driver import CompileClock
 
@@ -120,42 +119,21 @@ def _actor_logits(network, params, features, global_):
     return network.apply(params, {"candidates": features, "global": global_})[0]
 
 
-@struct.dataclass
-class CandidateCarry:
-    """Candidate-mode carry, every leaf with a leading (R,) replica axis.
-
-    Attributes:
-      lattice: the films.
-      log_weight: (R,) float64 trajectory log importance weights ``Σ_t −log(K π_j)``.
-      step_ess_sum: (R,) float64 sum over executed events of the per-step ESS ratio.
-      stats: per-replica :class:`~swarm_jax.swarm.policy.FilmStats` (global features in O(Lz)).
-    """
-
-    lattice: LatticeState
-    log_weight: jnp.ndarray
-    step_ess_sum: jnp.ndarray
-    stats: FilmStats
-
-
 def candidates_chunk(carry: CandidateCarry, keys, n_events: int, tables, physics, params, progress_scale,
                      *, logits_fn, n_swarm: int):
-    """Candidate mode on every replica: ``n_events`` decisions of K candidates each.
+    """Candidate mode on every replica: ``n_events`` decisions of K candidates each
+    (:func:`swarm_jax.swarm.policy.candidates_step`).
 
     Event ``i`` of replica ``r`` uses the key ``fold_in(keys[r], i)``; progress (global feature) is
     ``n_events done x progress_scale``.
     """
+    policy = CandidatePolicy(tables=tables, physics=physics, params=params, logits_fn=logits_fn,
+                             n_swarm=n_swarm)
 
     def one(c, key):
         def body(i, c):
-            lat = c.lattice
-            progress = jnp.minimum(lat.n_events.astype(jnp.float64) * progress_scale, 1.0)
-            new, stats, step_lw, step_ess = candidates_step(
-                lat, c.stats, tables, physics, logits_fn, params, jax.random.fold_in(key, i), n_swarm,
-                progress)
-            executed = new.n_events > lat.n_events
-            return CandidateCarry(lattice=new, log_weight=c.log_weight + step_lw,
-                                  step_ess_sum=c.step_ess_sum + jnp.where(executed, step_ess, 0.0),
-                                  stats=stats)
+            progress = jnp.minimum(c.lattice.n_events.astype(jnp.float64) * progress_scale, 1.0)
+            return candidates_step(c, policy, jax.random.fold_in(key, i), progress)
 
         return jax.lax.fori_loop(0, n_events, body, c)
 
@@ -210,10 +188,7 @@ def make_trained_runner(config: SimulationConfig, tables) -> PolicyRunner:
                     jnp.int64(config.context_refresh))
     else:
         def init(state):
-            r = state.status.shape[0]
-            return CandidateCarry(lattice=state, log_weight=jnp.zeros((r,), jnp.float64),
-                                  step_ess_sum=jnp.zeros((r,), jnp.float64),
-                                  stats=jax.jit(jax.vmap(film_stats))(state))
+            return candidate_carry(state, jax.jit(jax.vmap(film_stats))(state))
 
         operands = (tables, physics, policy.params, progress_scale)
     return PolicyRunner(chunk_fn=chunk_fn, operands=operands,

@@ -1,6 +1,8 @@
-"""SwarmThinkers layer: K physical candidates per decision, their features, importance weights."""
+"""SwarmThinkers layer: K physical candidates per decision, their features, the decision among them
+and its importance weights."""
 
 from swarm_jax.swarm.candidates import candidate_site_z, draw_candidates, execute_candidate, select_candidate
+from swarm_jax.swarm.decision import Decision, choose_candidate, decision_of
 from swarm_jax.swarm.features import (
     CANDIDATE_FEATURE_DIM, CANDIDATE_LAYOUT, GLOBAL_FEATURE_DIM, GLOBAL_FEATURE_NAMES, candidate_features,
     global_features,

@@ -15,8 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from swarm_jax.physics.engine import K_REACT0, Event, StepInfo, apply_event, sample_events, waiting_time
-from swarm_jax.physics.lattice import DEPOSIT_O, DEPOSIT_TI, REACT, RUNNING, LatticeState
+from swarm_jax.physics.engine import K_REACT0, Event, execute_event, sample_events
+from swarm_jax.physics.lattice import DEPOSIT_O, DEPOSIT_TI, REACT, LatticeState
 from swarm_jax.physics.params import RateTables
 
 
@@ -52,9 +52,11 @@ def candidate_site_z(lattice: LatticeState, candidates: Event) -> jnp.ndarray:
 
 
 def execute_candidate(
-    lattice: LatticeState, tables: RateTables, candidates: Event, action: jnp.ndarray, u_clock: jnp.ndarray
+    lattice: LatticeState, tables: RateTables, candidates: Event, action: jnp.ndarray, u_clock: jnp.ndarray,
+    enabled=True,
 ):
-    """Executes candidate ``action`` and advances the physical clock.
+    """Executes candidate ``action`` and advances the physical clock
+    (:func:`~swarm_jax.physics.engine.execute_event` of the chosen candidate).
 
     Args:
       lattice: the state the candidates were drawn from.
@@ -62,15 +64,9 @@ def execute_candidate(
       candidates: (K,) Event from :func:`draw_candidates`.
       action: scalar int index of the chosen candidate.
       u_clock: scalar uniform in [0, 1) for the waiting time.
+      enabled: scalar bool, False for a padding step (nothing changes).
 
     Returns:
-      ``(new_lattice, StepInfo)``; ``StepInfo.dt`` in s, ``kind`` −1 when the lattice was stopped.
+      ``(new_lattice, StepInfo)``; ``StepInfo.dt`` in s, ``kind`` −1 when nothing happened.
     """
-    event = select_candidate(candidates, action)
-    active = lattice.status == RUNNING
-    dt = jnp.where(active, waiting_time(lattice.total, u_clock), 0.0)
-    new = apply_event(lattice, tables, event, active)
-    new = new.replace(time=lattice.time + dt)
-    info = StepInfo(event=event, kind=jnp.where(active, event.kind, -1), dt=dt,
-                    total_before=lattice.total, active=active)
-    return new, info
+    return execute_event(lattice, tables, select_candidate(candidates, action), u_clock, enabled)

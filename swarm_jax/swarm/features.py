@@ -66,7 +66,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from swarm_jax.physics.engine import K_HOP0, Event
-from swarm_jax.physics.lattice import HOP, N_EVENT_KINDS, LatticeState, height_stats, o_ti_ratio
+from swarm_jax.physics.film_observables import height_stats, mean_height_from_atoms, o_ti_ratio, oxide_fraction
+from swarm_jax.physics.lattice import HOP, N_EVENT_KINDS, LatticeState
 from swarm_jax.physics.params import O, SUBSTRATE, TI, VACANT, PhysicsParams, RateTables
 from swarm_jax.swarm.candidates import candidate_site_z
 
@@ -178,8 +179,7 @@ def candidate_features(lattice: LatticeState, candidates: Event) -> jnp.ndarray:
 
     log_rel = _log10_ratio(candidates.rate, lattice.total, -30.0, 0.0) / 10.0
     log_abs = _log10_ratio(candidates.rate, jnp.float64(1.0), -40.0, 20.0) / 10.0
-    n_atoms = jnp.sum(lattice.deposited - lattice.desorbed)
-    mean_h = n_atoms / lattice.n_columns  # SOS: the film's atoms fill the columns exactly
+    mean_h = mean_height_from_atoms(lattice)
     z_over_lz = z / lz
     z_above = jnp.clip(z - mean_h, -8.0, 8.0) / 4.0
     scalars = jnp.stack([log_rel, log_abs, z_over_lz, z_above], axis=-1).astype(jnp.float32)
@@ -187,58 +187,52 @@ def candidate_features(lattice: LatticeState, candidates: Event) -> jnp.ndarray:
 
 
 def global_features(
-    lattice: LatticeState, tables: RateTables, physics: PhysicsParams, progress
+    lattice: LatticeState, tables: RateTables, physics: PhysicsParams, progress, heights: dict | None = None
 ) -> jnp.ndarray:
     """(GLOBAL_FEATURE_DIM,) float32 film-level features (layout in the module doc).
 
     ``O(C)`` over the heights plus one ``O(N)`` int8 count of the oxide flags (as
-    :func:`swarm_jax.physics.observables`; XLA merges the two within one jitted step).
+    :func:`swarm_jax.physics.observables`). ``heights``: the lattice's
+    :func:`~swarm_jax.physics.film_observables.height_stats` when the caller has them already.
 
-    ``progress`` is the episode's step count divided by its maximum (dimensionless).
+    ``progress`` is the episode's fraction done, in [0, 1].
     """
-    hs = height_stats(lattice)
+    hs = height_stats(lattice) if heights is None else heights
     h = lattice.heights[: lattice.n_columns]
-    return assemble_global_features(
-        lattice, tables, physics, progress,
-        mean_h=hs["mean_height"],
-        roughness=hs["roughness"],
-        h_max=hs["h_max"],
-        h_min=hs["h_min"],
-        coverage=hs["coverage"],
-        n_oxide=lattice.n_oxide,
-        n_open=jnp.sum(h < lattice.lz - 1),
-    )
+    return assemble_global_features(lattice, tables, physics, progress, heights=hs,
+                                    n_oxide=lattice.n_oxide, n_open=jnp.sum(h < lattice.lz - 1))
 
 
 def assemble_global_features(lattice: LatticeState, tables: RateTables, physics: PhysicsParams,
-                             progress, *, mean_h, roughness, h_max, h_min, coverage, n_oxide,
-                             n_open) -> jnp.ndarray:
-    """The global feature vector from film summary statistics (heights in layers, counts).
+                             progress, *, heights: dict, n_oxide, n_open) -> jnp.ndarray:
+    """The global feature vector from film summary statistics.
 
-    Shared by :func:`global_features` (statistics from the whole height map) and by production
-    runs that keep the statistics incrementally (:mod:`swarm_jax.swarm.policy`), so both give
-    the same layout and scaling.
+    ``heights``: the :func:`~swarm_jax.physics.film_observables.height_stats` keys (layers);
+    ``n_oxide``: oxide atoms; ``n_open``: columns below the top layer. Shared by
+    :func:`global_features` (statistics from the whole height map) and by production runs that
+    keep the statistics incrementally (:mod:`swarm_jax.swarm.policy`), so both give the same
+    layout and scaling.
     """
     n_cols = lattice.n_columns
     top = lattice.lz - 1
+    mean_h, h_max, h_min = heights["mean_height"], heights["h_max"], heights["h_min"]
     n = lattice.deposited - lattice.desorbed
     n_ti, n_o = n[0].astype(jnp.float64), n[1].astype(jnp.float64)
     n_atoms = n_ti + n_o
     ti_fraction = jnp.where(n_atoms > 0, n_ti / jnp.maximum(n_atoms, 1.0), 0.0)
     o_ti = o_ti_ratio(n_ti, n_o)
-    n_oxide = jnp.asarray(n_oxide).astype(jnp.float64)
-    oxide_fraction = jnp.where(n_atoms > 0, n_oxide / jnp.maximum(n_atoms, 1.0), 0.0)
+    oxide = oxide_fraction(jnp.asarray(n_oxide).astype(jnp.float64), n_atoms)
     r_dep = n_open * tables.dep.sum()
     feats = jnp.stack([
         jnp.clip(mean_h / 10.0, 0.0, 10.0),
         mean_h / top,
         h_max / top,
         h_min / top,
-        jnp.clip(roughness / 2.0, 0.0, 10.0),
-        coverage,
+        jnp.clip(heights["roughness"] / 2.0, 0.0, 10.0),
+        heights["coverage"],
         ti_fraction,
         jnp.clip(o_ti / 2.0, 0.0, 5.0),
-        oxide_fraction,
+        oxide,
         _log10_ratio(lattice.total, jnp.float64(n_cols), -40.0, 20.0) / 10.0,
         _log10_ratio(r_dep, lattice.total, -30.0, 0.0) / 10.0,
         jnp.clip(jnp.asarray(physics.temperature, jnp.float64) / 1000.0, 0.0, 5.0),

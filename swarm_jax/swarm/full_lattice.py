@@ -18,7 +18,7 @@ column, ``C = Lx Ly`` columns plus the engine's dummy column):
 * ``log_weight``: ``log W`` so far; ``context``: see below.
 
 A step draws a column from ``wtree`` (O(log C)), then a slot inside it from ``exp(f_ck) Γ_ck``
-(fresh rates, cached scores, float64), executes it with the engine's :func:`apply_event`, and
+(fresh rates, cached scores, float64), executes it with the engine's :func:`execute_event`, and
 rescores a fixed set of 21 columns around the event column (the **refresh neighbourhood**):
 
 * an event changes heights, species and oxide flags only in the event column ``c`` and columns of
@@ -74,9 +74,9 @@ from flax import struct
 
 from swarm_jax.physics import sumtree
 from swarm_jax.physics.engine import (
-    N_SURFACE_EVENTS, Event, StepInfo, apply_event, column_event_rates, events_per_column, waiting_time,
+    N_SURFACE_EVENTS, Event, column_event_rates, events_per_column, execute_event,
 )
-from swarm_jax.physics.lattice import RUNNING, LatticeState
+from swarm_jax.physics.lattice import LatticeState
 from swarm_jax.physics.params import PhysicsParams, RateTables
 from swarm_jax.swarm.features import candidate_features, global_features
 
@@ -293,16 +293,12 @@ def step_with_uniforms(carry: FullLatticeState, tables: RateTables, score_fn: Sc
     Returns ``(carry, StepInfo)``; a stopped lattice (or ``enabled`` False) is left unchanged.
     """
     lat = carry.lattice
-    active = jnp.asarray(enabled) & (lat.status == RUNNING)
     col = jnp.minimum(sumtree.sample(carry.wtree, u[0], carry.z_total), lat.n_columns - 1).astype(jnp.int32)
     rates, top_sp, top_ox = column_event_rates(lat, tables, col[None])
     f_col = carry.scores[col]
     k = _select_slot(jnp.exp(f_col.astype(jnp.float64)) * rates[0], u[1])
     event = Event(column=col, slot=k, top_species=top_sp[0], top_oxide=top_ox[0], rate=rates[0, k])
-    dt = jnp.where(active, waiting_time(lat.total, u[2]), 0.0)
-
-    new = apply_event(lat, tables, event, active)
-    new = new.replace(time=lat.time + dt)
+    new, info = execute_event(lat, tables, event, u[2], enabled)
     cols = refresh_columns(col, lat.lx, lat.ly)
     f, new_rates, _, _ = score_columns(new, tables, carry.context, cols, score_fn, params, react_slots)
     # In-place discipline (see swarm_jax.physics.engine): the log weight needs f_e from the old
@@ -316,11 +312,9 @@ def step_with_uniforms(carry: FullLatticeState, tables: RateTables, score_fn: Sc
     f_e = scores[lat.dummy_column, 0].astype(jnp.float64)
     step_log_w = jnp.log(carry.z_total) - f_e - jnp.log(lat.total)
     wtree = sumtree.update(carry.wtree, cols, _leaf_values(f, new_rates))
-    info = StepInfo(event=event, kind=jnp.where(active, event.kind, -1), dt=dt, total_before=lat.total,
-                    active=active)
     carry = carry.replace(
         lattice=new, scores=scores, wtree=wtree, z_total=sumtree.root(wtree),
-        log_weight=carry.log_weight + jnp.where(active, step_log_w, 0.0),
+        log_weight=carry.log_weight + jnp.where(info.active, step_log_w, 0.0),
         since_refresh=carry.since_refresh + jnp.asarray(enabled).astype(jnp.int64),
     )
     return carry, info

@@ -1,131 +1,128 @@
 """Production stepping with a scoring function: the candidate-mode decision of a trained actor.
 
 A decision draws K candidates i.i.d. from ``Γ_e / Γ_tot`` (``swarm_jax.swarm.candidates``), scores
-them with ``logits_fn(params, candidate features, global features)``, samples one and executes it
-(``docs/physics.md``, SwarmThinkers); :class:`FilmStats` keeps the global features' statistics up
-to date per event so a decision costs O(Lz + K) instead of an O(N) pass over the lattice. The
-scoring function comes from :mod:`swarm_jax.trained_policy` (a trained actor loaded from a
+them with ``logits_fn(params, candidate features, global features)``, chooses one through the
+decision kernel shared with training (:func:`swarm_jax.swarm.decision.choose_candidate`) and
+executes it (``docs/physics.md``, SwarmThinkers). :class:`~swarm_jax.physics.film_observables.FilmStats`
+keeps the global features' statistics up to date per event so a decision costs O(Lz + K)
+instead of an O(N) pass over the lattice.
+
+:func:`candidates_step` is the one step of every candidate-mode loop: the production runner
+(:func:`swarm_jax.production.runners.candidates_chunk`) and the sampling benchmark's
+:func:`swarm_jax.swarm.rollout.grow_sampler` differ only in how they derive keys and progress.
+The scoring function comes from :mod:`swarm_jax.trained_policy` (a trained actor loaded from a
 checkpoint) or from anywhere else: this module knows nothing of networks or checkpoints.
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from swarm_jax.physics.engine import apply_event, waiting_time
-from swarm_jax.physics.lattice import RUNNING
-from swarm_jax.swarm.candidates import draw_candidates, select_candidate
+from swarm_jax.physics.film_observables import FilmStats, film_stats, height_stats_from_counts, update_film_stats
+from swarm_jax.physics.lattice import LatticeState
+from swarm_jax.physics.params import PhysicsParams, RateTables
+from swarm_jax.swarm.candidates import draw_candidates, execute_candidate
+from swarm_jax.swarm.decision import choose_candidate
 from swarm_jax.swarm.features import assemble_global_features, candidate_features
-from swarm_jax.swarm.weights import ess_ratio, step_log_weight
 
 __all__ = ["FilmStats", "film_stats", "update_film_stats", "global_features_from_stats",
-           "candidates_step"]
-
-
-# --------------------------------------------------------------------------- candidate mode
-
-
-@struct.dataclass
-class FilmStats:
-    """What the global features need beyond the lattice's O(1) counters, kept up to date per event
-    so a decision costs O(Lz + K) instead of an O(N) pass over the lattice.
-
-    Attributes:
-      height_counts: (Lz,) int64 number of columns at each height h = 0 .. Lz - 1.
-      n_oxide: () int64 atoms carrying the oxide flag.
-    """
-
-    height_counts: jnp.ndarray
-    n_oxide: jnp.ndarray
-
-
-def film_stats(lattice) -> FilmStats:
-    """:class:`FilmStats` of ``lattice`` from scratch (O(N); at initialisation and in tests)."""
-    h = lattice.heights[: lattice.n_columns]
-    counts = jnp.zeros((lattice.lz,), jnp.int64).at[h].add(1)
-    return FilmStats(height_counts=counts, n_oxide=lattice.n_oxide)
-
-
-def update_film_stats(stats: FilmStats, event, new_lattice, active) -> FilmStats:
-    """Stats after ``event`` (drawn from the previous state, executed iff ``active``) from the new
-    lattice: heights of the event column (and hop target) change by ±1, a reaction flags 3 atoms,
-    a desorbing oxide atom takes its flag away. Only the new heights are read (in-place safe)."""
-    from swarm_jax.physics.engine import hop_target
-    from swarm_jax.physics.lattice import DEPOSIT_O, DEPOSIT_TI, DESORB, HOP, REACT
-
-    kind = event.kind
-    is_dep = (kind == DEPOSIT_TI) | (kind == DEPOSIT_O)
-    is_hop = kind == HOP
-    is_des = kind == DESORB
-    target = hop_target(event.column, event.slot, new_lattice.lx, new_lattice.ly)
-    dh_c = jnp.where(is_dep, 1, jnp.where(is_hop | is_des, -1, 0)) * active
-    dh_t = is_hop.astype(jnp.int32) * active
-    lz = new_lattice.lz
-    h_c, h_t = new_lattice.heights[event.column], new_lattice.heights[target]
-    counts = stats.height_counts
-    counts = counts.at[jnp.clip(h_c - dh_c, 0, lz - 1)].add(-jnp.abs(dh_c))
-    counts = counts.at[jnp.clip(h_c, 0, lz - 1)].add(jnp.abs(dh_c))
-    counts = counts.at[jnp.clip(h_t - dh_t, 0, lz - 1)].add(-dh_t)
-    counts = counts.at[jnp.clip(h_t, 0, lz - 1)].add(dh_t)
-    d_ox = jnp.where(kind == REACT, 3, jnp.where(is_des, -event.top_oxide.astype(jnp.int64), 0)) * active
-    return FilmStats(height_counts=counts, n_oxide=stats.n_oxide + d_ox)
+           "CandidatePolicy", "CandidateCarry", "candidate_carry", "candidates_step"]
 
 
 def global_features_from_stats(lattice, stats: FilmStats, tables, physics, progress) -> jnp.ndarray:
     """:func:`swarm_jax.swarm.features.global_features` in O(Lz) from :class:`FilmStats` (same
     layout and values up to float64 rounding; ``tests/test_simulate_trained.py`` checks it)."""
-    n_cols = lattice.n_columns
-    top = lattice.lz - 1
-    levels = jnp.arange(lattice.lz, dtype=jnp.float64)
-    counts = stats.height_counts.astype(jnp.float64)
-    mean_h = jnp.sum(levels * counts) / n_cols
-    present = stats.height_counts > 0
     return assemble_global_features(
         lattice, tables, physics, progress,
-        mean_h=mean_h,
-        roughness=jnp.sqrt(jnp.sum(counts * (levels - mean_h) ** 2) / n_cols),
-        h_max=jnp.max(jnp.where(present, levels, 0.0)),
-        h_min=jnp.min(jnp.where(present, levels, float(top))),
-        coverage=1.0 - counts[0] / n_cols,
+        heights=height_stats_from_counts(stats.height_counts, lattice.n_columns),
         n_oxide=stats.n_oxide,
-        n_open=n_cols - counts[top],
+        n_open=lattice.n_columns - stats.height_counts[lattice.lz - 1],
     )
 
 
-def candidates_step(lattice, stats: FilmStats, tables, physics, logits_fn, params, key: jax.Array, n_swarm: int,
-                    progress, enabled=True):
+@struct.dataclass
+class CandidatePolicy:
+    """What a candidate-mode decision needs besides the film (unbatched; closed over by loops).
+
+    Attributes:
+      tables: the rate tables the lattices' sum trees were built with.
+      physics: the physics parameters (global features).
+      params: the scoring function's parameters (traced).
+      logits_fn: ``logits_fn(params, features (K, D), global (G,)) -> (K,)`` (static).
+      n_swarm: K, candidates per decision (static).
+    """
+
+    tables: RateTables
+    physics: PhysicsParams
+    params: Any
+    logits_fn: Callable = struct.field(pytree_node=False)
+    n_swarm: int = struct.field(pytree_node=False)
+
+
+@struct.dataclass
+class CandidateCarry:
+    """Candidate-mode carry of one lattice (a batch has a leading (R,) axis on every leaf).
+
+    Attributes:
+      lattice: the film.
+      log_weight: () float64 trajectory log importance weight ``Σ_t −log(K π_j)``.
+      step_ess_sum: () float64 sum over executed events of the per-step ESS ratio.
+      stats: :class:`FilmStats` of the film (global features in O(Lz)).
+    """
+
+    lattice: LatticeState
+    log_weight: jnp.ndarray
+    step_ess_sum: jnp.ndarray
+    stats: FilmStats
+
+
+def candidate_carry(lattice: LatticeState, stats: FilmStats | None = None) -> CandidateCarry:
+    """The carry of a fresh run of ``lattice`` (log weight 0); ``stats`` default to
+    :func:`film_stats` of it. Works on one lattice or, with ``stats`` given, on a batch."""
+    shape = lattice.status.shape
+    # Two arrays, not one shared: a production chunk donates the carry, every leaf its own buffer.
+    return CandidateCarry(lattice=lattice, log_weight=jnp.zeros(shape, jnp.float64),
+                          step_ess_sum=jnp.zeros(shape, jnp.float64),
+                          stats=film_stats(lattice) if stats is None else stats)
+
+
+def candidates_step(carry: CandidateCarry, policy: CandidatePolicy, key: jax.Array, progress,
+                    enabled=True) -> CandidateCarry:
     """One SwarmThinkers decision in candidate mode (the environment's path, docs/physics.md, SwarmThinkers).
 
     Draws ``n_swarm`` candidates i.i.d. from ``Γ_e / Γ_tot``
-    (:func:`~swarm_jax.swarm.candidates.draw_candidates`), scores them with
-    ``logits_fn(params, features (K, D), global (G,)) -> (K,)``, samples ``j ~ softmax``, executes
-    it (:func:`~swarm_jax.physics.engine.apply_event`) and advances the physical clock by
-    ``−ln(1 − u) / Γ_tot`` (total before the event), as the environment's ``execute_candidate``.
-    The global features come from ``stats`` (:class:`FilmStats`, O(Lz)), which is updated too.
+    (:func:`~swarm_jax.swarm.candidates.draw_candidates`), scores them with ``policy.logits_fn``,
+    chooses ``j ~ softmax`` (:func:`~swarm_jax.swarm.decision.choose_candidate`, log-weights in
+    float64) and executes it with the physical clock
+    (:func:`~swarm_jax.swarm.candidates.execute_candidate`), as the environment's step does. The
+    global features come from ``carry.stats`` (O(Lz)), which are updated too.
 
     Args:
+      carry: one lattice's :class:`CandidateCarry`.
+      policy: the :class:`CandidatePolicy`.
+      key: this decision's PRNG key.
       progress: the run's fraction done in [0, 1] (the global "progress" feature).
       enabled: False leaves everything unchanged (padding steps of a chunk).
 
     Returns:
-      ``(lattice, stats, step_log_weight, step_ess)``: ``−log(K π_j)`` (0 when nothing happened)
-      and the per-step ESS ratio ``K² / Σ_j 1/π_j`` (1 when nothing happened).
+      The carry after the decision: ``log_weight`` grows by ``−log(K π_j)`` and ``step_ess_sum``
+      by the step's ESS ratio ``K² / Σ_j 1/π_j``, both only when an event was executed.
     """
     k_cand, k_choice, k_clock = jax.random.split(key, 3)
-    active = jnp.asarray(enabled) & (lattice.status == RUNNING)
-    candidates = draw_candidates(lattice, tables, k_cand, n_swarm)
+    lattice = carry.lattice
+    candidates = draw_candidates(lattice, policy.tables, k_cand, policy.n_swarm)
     feats = candidate_features(lattice, candidates)
-    glob = global_features_from_stats(lattice, stats, tables, physics, progress)
-    logits = logits_fn(params, feats, glob).astype(jnp.float32)
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float64))  # float64: uniform gives log w = 0
-    action = jax.random.categorical(k_choice, logits)
+    glob = global_features_from_stats(lattice, carry.stats, policy.tables, policy.physics, progress)
+    decision = choose_candidate(policy.logits_fn(policy.params, feats, glob), k_choice, jnp.float64)
     u_clock = jax.random.uniform(k_clock, (), jnp.float64)
-    dt = jnp.where(active, waiting_time(lattice.total, u_clock), 0.0)
-    event = select_candidate(candidates, action)
-    new = apply_event(lattice, tables, event, active)
-    new = new.replace(time=lattice.time + dt)
-    stats = update_film_stats(stats, event, new, active)
-    log_w = step_log_weight(log_probs, action)
-    return new, stats, jnp.where(active, log_w, 0.0), jnp.where(active, ess_ratio(log_probs), 1.0)
+    new, info = execute_candidate(lattice, policy.tables, candidates, decision.action, u_clock, enabled)
+    return CandidateCarry(
+        lattice=new,
+        log_weight=carry.log_weight + jnp.where(info.active, decision.step_log_weight, 0.0),
+        step_ess_sum=carry.step_ess_sum + jnp.where(info.active, decision.ess, 0.0),
+        stats=update_film_stats(carry.stats, info.event, new, info.active),
+    )

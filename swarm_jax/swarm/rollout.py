@@ -37,10 +37,11 @@ import jax.numpy as jnp
 from flax import struct
 
 from swarm_jax.physics.engine import step_with_uniforms
+from swarm_jax.physics.film_observables import FilmStats, height_stats
 from swarm_jax.physics.lattice import CEILING, RUNNING, deposited_atoms, init_flat
 from swarm_jax.physics.params import PhysicsParams, make_rate_tables
 from swarm_jax.swarm.features import CANDIDATE_LAYOUT
-from swarm_jax.swarm.policy import FilmStats, candidates_step
+from swarm_jax.swarm.policy import CandidatePolicy, candidate_carry, candidates_step
 
 __all__ = ["GrowthSpec", "GrowthResult", "flat_film_stats", "grow_classical", "grow_sampler", "tilt_logits"]
 
@@ -116,24 +117,23 @@ def _running(lattice, target: int) -> jnp.ndarray:
 def _result(lattice, log_weight, target: int) -> GrowthResult:
     c = lattice.lx * lattice.ly
     h = lattice.heights[:, :c].astype(jnp.int64)
-    hf = h.astype(jnp.float64)
-    mean_h = hf.mean(axis=1)
+    heights = jax.vmap(height_stats)(lattice)
     deposited = jax.vmap(deposited_atoms)(lattice)
     reached = deposited >= target
     return GrowthResult(
-        roughness=jnp.sqrt(jnp.mean((hf - mean_h[:, None]) ** 2, axis=1)),
-        mean_height=mean_h, sum_h=h.sum(axis=1), sum_h2=(h * h).sum(axis=1),
+        roughness=heights["roughness"], mean_height=heights["mean_height"],
+        sum_h=h.sum(axis=1), sum_h2=(h * h).sum(axis=1),
         log_weight=log_weight, steps=lattice.n_events, deposited=deposited, reached=reached,
         ceiling=(lattice.status == CEILING) & ~reached, time=lattice.time)
 
 
-def _chunked(spec: GrowthSpec, carry, chunk_fn):
+def _chunked(spec: GrowthSpec, carry, chunk_fn, lattice_of):
     """Runs ``chunk_fn(i, carry) -> carry`` until no replica runs or ``max_chunks`` is reached.
-    ``carry[0]`` is the batched lattice."""
+    ``lattice_of(carry)`` is the batched lattice."""
 
     def cond(state):
         i, carry = state
-        return (i < spec.max_chunks) & jnp.any(_running(carry[0], spec.target))
+        return (i < spec.max_chunks) & jnp.any(_running(lattice_of(carry), spec.target))
 
     def body(state):
         i, carry = state
@@ -158,9 +158,9 @@ def grow_classical(spec: GrowthSpec, physics: PhysicsParams, key: jax.Array) -> 
         def one(j, lattice):
             return step(lattice, u[j], _running(lattice, spec.target))
 
-        return (jax.lax.fori_loop(0, spec.chunk, one, carry[0]),)
+        return jax.lax.fori_loop(0, spec.chunk, one, carry)
 
-    (lattice,) = _chunked(spec, (_replicas(spec, physics),), chunk_fn)
+    lattice = _chunked(spec, _replicas(spec, physics), chunk_fn, lambda lattice: lattice)
     return _result(lattice, jnp.zeros((spec.n_replicas,), jnp.float64), spec.target)
 
 
@@ -182,11 +182,12 @@ def grow_sampler(spec: GrowthSpec, physics: PhysicsParams, logits_fn: LogitsFn, 
     replicas below the target, with progress ``clip(deposited / target, 0, 1)``. The returned
     ``log_weight`` is ``Σ_t −log(K π_{a_t})`` in float64 (0 for a uniform ``logits_fn``).
     """
-    tables = make_rate_tables(physics)
+    policy = CandidatePolicy(tables=make_rate_tables(physics), physics=physics, params=params,
+                             logits_fn=logits_fn, n_swarm=n_swarm)
 
-    def one_replica(lattice, stats, k, on):
-        progress = jnp.clip(deposited_atoms(lattice) / spec.target, 0.0, 1.0)
-        return candidates_step(lattice, stats, tables, physics, logits_fn, params, k, n_swarm, progress, on)
+    def one_replica(carry, k, on):
+        progress = jnp.clip(deposited_atoms(carry.lattice) / spec.target, 0.0, 1.0)
+        return candidates_step(carry, policy, k, progress, on)
 
     step = jax.vmap(one_replica)
 
@@ -194,17 +195,13 @@ def grow_sampler(spec: GrowthSpec, physics: PhysicsParams, logits_fn: LogitsFn, 
         keys = jax.random.split(jax.random.fold_in(key, i), (spec.chunk, spec.n_replicas))
 
         def one(j, carry):
-            lattice, stats, log_w = carry
-            lattice, stats, step_lw, _ = step(lattice, stats, keys[j], _running(lattice, spec.target))
-            return lattice, stats, log_w + step_lw.astype(jnp.float64)
+            return step(carry, keys[j], _running(carry.lattice, spec.target))
 
         return jax.lax.fori_loop(0, spec.chunk, one, carry)
 
-    lattice = _replicas(spec, physics)
-    stats = flat_film_stats(spec)
-    log_w = jnp.zeros((spec.n_replicas,), jnp.float64)
-    lattice, _, log_w = _chunked(spec, (lattice, stats, log_w), chunk_fn)
-    return _result(lattice, log_w, spec.target)
+    carry = candidate_carry(_replicas(spec, physics), flat_film_stats(spec))
+    carry = _chunked(spec, carry, chunk_fn, lambda carry: carry.lattice)
+    return _result(carry.lattice, carry.log_weight, spec.target)
 
 
 _KIND = CANDIDATE_LAYOUT["kind"]
