@@ -39,7 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from swarm_jax.validation import check_choice, check_int_list
+from swarm_jax.swarm.features import CANDIDATE_LAYOUT
+from swarm_jax.validation import check_choice, check_int_list, fail
 
 Array = jax.Array
 Observation = dict  # {"candidates": (..., K, D), "global": (..., G)}
@@ -79,11 +80,17 @@ class NetworkConfig:
             compared at equal width. Use ``(128, 128)`` on an accelerator or for richer feature sets.
         activation: one of ``"tanh"`` (default, as SB3/PureJaxRL), ``"relu"``, ``"gelu"``,
             ``"silu"``, ``"elu"``.
+        candidate_features: names of the candidate-feature groups the network reads
+            (keys of :data:`swarm_jax.swarm.features.CANDIDATE_LAYOUT`, kept in layout order), or
+            ``None`` (default) for all of them. A subset is a smaller input and, in a jitted
+            rollout, XLA drops the features nobody reads (e.g. the 19-site gathers when
+            ``"sites"`` is left out), so a decision costs less; the global features are always read.
     """
 
     kind: str = "swarm"
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
+    candidate_features: tuple[str, ...] | None = None
 
     def __post_init__(self):
         # Names as in a training config's ``network`` section; YAML lists become tuples, so the
@@ -93,6 +100,29 @@ class NetworkConfig:
             "network.hidden_sizes", self.hidden_sizes, mins=lambda i: 1,
             allowed="a non-empty list of integers >= 1"))
         check_choice("network.activation", self.activation, ACTIVATIONS)
+        if self.candidate_features is not None:
+            object.__setattr__(self, "candidate_features", check_feature_groups(
+                "network.candidate_features", self.candidate_features))
+
+
+def check_feature_groups(path: str, value: Any) -> tuple[str, ...]:
+    """A non-empty list of distinct candidate-feature group names, returned in layout order."""
+    allowed = f"a non-empty list of distinct names from {', '.join(CANDIDATE_LAYOUT)}"
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+        raise fail(path, value, allowed)
+    for i, name in enumerate(value):
+        check_choice(f"{path}[{i}]", name, tuple(CANDIDATE_LAYOUT))
+    if len(set(value)) != len(value):
+        raise fail(path, value, allowed)
+    return tuple(name for name in CANDIDATE_LAYOUT if name in value)
+
+
+def select_candidate_features(candidates: Array, groups: Sequence[str] | None) -> Array:
+    """The columns of ``candidates (..., D)`` in ``groups`` (all when None), as static slices so a
+    jitted caller never computes the dropped features."""
+    if groups is None:
+        return candidates
+    return jnp.concatenate([candidates[..., CANDIDATE_LAYOUT[name]] for name in groups], axis=-1)
 
 
 def _dense(features: int, scale: float, name: str | None = None) -> nn.Dense:
@@ -147,10 +177,12 @@ class SwarmActorCritic(nn.Module):
 
     hidden_sizes: Sequence[int] = (64, 64)
     activation: str = "tanh"
+    candidate_features: Sequence[str] | None = None
 
     @nn.compact
     def __call__(self, obs: Observation) -> tuple[Array, Array]:
         candidates, global_ = _as_float32(obs)
+        candidates = select_candidate_features(candidates, self.candidate_features)
         act = _ACTIVATIONS[self.activation]
 
         # Actor: score every candidate with the same MLP.
@@ -207,7 +239,11 @@ def make_network(config: NetworkConfig, num_actions: int) -> nn.Module:
         A linen module with ``apply(params, obs) -> (logits (..., K), value (...))``.
     """
     if config.kind == "swarm":
-        return SwarmActorCritic(hidden_sizes=config.hidden_sizes, activation=config.activation)
+        return SwarmActorCritic(hidden_sizes=config.hidden_sizes, activation=config.activation,
+                                candidate_features=config.candidate_features)
+    if config.candidate_features is not None:
+        raise fail("network.candidate_features", list(config.candidate_features),
+                   "null for network.kind 'flat_mlp' (a feature subset is a swarm-network option)")
     return FlatActorCritic(
         num_actions=int(num_actions), hidden_sizes=config.hidden_sizes, activation=config.activation
     )
