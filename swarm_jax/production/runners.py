@@ -140,22 +140,26 @@ def candidates_chunk(carry: CandidateCarry, keys, n_events: int, tables, physics
     return jax.vmap(one)(carry, keys)
 
 
-def full_chunk(carry, keys, n_events: int, tables, physics, params, progress_scale, refresh_every,
-               *, score_fn, react_slots: int):
+def full_chunk(carry, keys, n_events: int, run: full_lattice.FullLatticeRun):
     """Full-lattice mode on every replica (:func:`swarm_jax.swarm.full_lattice.run_batch`)."""
-    return full_lattice.run_batch(carry, tables, physics, score_fn, params, keys, n_events,
-                                  refresh_every, progress_scale, react_slots=react_slots)
+    return full_lattice.run_batch(carry, run, keys, n_events)
 
 
 @functools.lru_cache(maxsize=8)
-def _trained_chunk_fn(network_config, n_swarm: int, mode: str, react_slots: Optional[int]) -> ChunkFn:
-    """One chunk function per architecture and mode, so compiled code is reused within a process."""
+def _logits_fn(network_config, n_swarm: int):
+    """The trained actor's scoring function, one per architecture (compiled code is reused)."""
     from swarm_jax.agents.networks import make_network
 
-    logits_fn = functools.partial(_actor_logits, make_network(network_config, n_swarm))
+    return functools.partial(_actor_logits, make_network(network_config, n_swarm))
+
+
+@functools.lru_cache(maxsize=8)
+def _trained_chunk_fn(network_config, n_swarm: int, mode: str) -> ChunkFn:
+    """One chunk function per architecture and mode, so compiled code is reused within a process."""
     if mode == "full":
-        return functools.partial(full_chunk, score_fn=logits_fn, react_slots=react_slots)
-    return functools.partial(candidates_chunk, logits_fn=logits_fn, n_swarm=n_swarm)
+        return full_chunk
+    return functools.partial(candidates_chunk, logits_fn=_logits_fn(network_config, n_swarm),
+                             n_swarm=n_swarm)
 
 
 def _batch_weights(log_weight):
@@ -170,10 +174,10 @@ def make_trained_runner(config: SimulationConfig, tables) -> PolicyRunner:
     policy = load_trained_policy(config.checkpoint)
     physics = config.physics_params()
     mode = config.mode or "candidates"
-    chunk_fn = _trained_chunk_fn(policy.network_config, policy.n_swarm, mode, config.react_slots)
+    chunk_fn = _trained_chunk_fn(policy.network_config, policy.n_swarm, mode)
     progress_scale = jnp.float64(1.0 / config.expected_events)
     if mode == "full":
-        score_fn = chunk_fn.keywords["score_fn"]
+        score_fn = _logits_fn(policy.network_config, policy.n_swarm)
         react_slots = config.react_slots
 
         @jax.jit
@@ -184,8 +188,10 @@ def make_trained_runner(config: SimulationConfig, tables) -> PolicyRunner:
         def init(state):
             return v_init(state, tables, physics, policy.params)
 
-        operands = (tables, physics, policy.params, progress_scale,
-                    jnp.int64(config.context_refresh))
+        operands = (full_lattice.FullLatticeRun(
+            tables=tables, physics=physics, params=policy.params,
+            refresh_every=jnp.int64(config.context_refresh), progress_scale=progress_scale,
+            score_fn=score_fn, react_slots=react_slots),)
     else:
         def init(state):
             return candidate_carry(state, jax.jit(jax.vmap(film_stats))(state))

@@ -83,7 +83,7 @@ from swarm_jax.swarm.features import candidate_features, global_features
 __all__ = [
     "F_CLIP", "DEFAULT_REACT_SLOTS", "NEIGHBOURHOOD_OFFSETS", "ScoreContext", "FullLatticeState", "ScoreFn",
     "refresh_columns", "make_context", "score_columns", "rescore_all", "init", "refresh_context",
-    "step_with_uniforms", "step", "run_batch", "event_log_probs",
+    "step_with_uniforms", "step", "FullLatticeRun", "run_batch", "event_log_probs",
 ]
 
 F_CLIP = 30.0  # |f| <= F_CLIP (see the module docstring)
@@ -338,20 +338,45 @@ def event_log_probs(carry: FullLatticeState, tables: RateTables) -> jnp.ndarray:
 # --------------------------------------------------------------------------- batched runs
 
 
-@partial(jax.jit, static_argnames=("score_fn", "n_events", "react_slots", "chunk"))
-def run_batch(carry: FullLatticeState, tables: RateTables, physics: PhysicsParams, score_fn: ScoreFn, params,
-              keys: jax.Array, n_events: int, refresh_every, progress_scale,
-              react_slots: int = DEFAULT_REACT_SLOTS, chunk: int = 1024):
+@struct.dataclass
+class FullLatticeRun:
+    """What a full-lattice batch run needs besides the carry (unbatched; shared by every replica).
+
+    Attributes:
+      tables: the rate tables the lattices' sum trees were built with.
+      physics: the physics parameters (global features).
+      params: the scoring function's parameters (traced).
+      refresh_every: int (traced): a full rescoring before an event once this many events ran
+        since the last one.
+      progress_scale: float (traced): progress = events done × ``progress_scale`` (1 / the run's
+        expected events), capped at 1.
+      score_fn: ``score_fn(params, features (M, D), global (G,)) -> (M,)`` (static).
+      react_slots: reaction slots per lattice (static).
+    """
+
+    tables: RateTables
+    physics: PhysicsParams
+    params: Any
+    refresh_every: Any
+    progress_scale: Any
+    score_fn: ScoreFn = struct.field(pytree_node=False)
+    react_slots: int = struct.field(pytree_node=False, default=DEFAULT_REACT_SLOTS)
+
+
+@partial(jax.jit, static_argnames=("n_events", "chunk"))
+def run_batch(carry: FullLatticeState, run: FullLatticeRun, keys: jax.Array, n_events: int,
+              chunk: int = 1024):
     """Advances a batch of lattices (every leaf of ``carry`` with a leading (R,) axis) by
     ``n_events`` events each.
 
-    The context is refreshed (a full rescoring) before an event whenever ``refresh_every``
-    (int, traced) events have run since the last refresh; all replicas run in lockstep, so the
-    decision is taken once for the batch (replica 0's counter) and stays a real ``lax.cond``
-    under the replica ``vmap``. ``progress_scale`` (float, traced): progress = events done ×
-    ``progress_scale`` (1 / the run's expected events), capped at 1. ``keys``: (R,) PRNG keys; uniforms are drawn in
-    blocks of ``chunk`` events, block ``i`` from ``fold_in(key, i)``.
+    The context is refreshed (a full rescoring) before an event whenever ``run.refresh_every``
+    events have run since the last refresh; all replicas run in lockstep, so the decision is
+    taken once for the batch (replica 0's counter) and stays a real ``lax.cond`` under the
+    replica ``vmap``. ``keys``: (R,) PRNG keys; uniforms are drawn in blocks of ``chunk`` events,
+    block ``i`` from ``fold_in(key, i)``.
     """
+    tables, physics, params, score_fn = run.tables, run.physics, run.params, run.score_fn
+    react_slots, refresh_every, progress_scale = run.react_slots, run.refresh_every, run.progress_scale
     chunk = max(1, min(chunk, n_events))
     n_chunks = -(-n_events // chunk)
     v_step = jax.vmap(partial(step_with_uniforms, react_slots=react_slots), in_axes=(0, None, None, None, 0, None))
