@@ -246,6 +246,10 @@ def _multiprocess_worker(out_dir: Path) -> None:
     import jax
     import numpy as np
 
+    import swarm_jax
+
+    swarm_jax.enable_x64()  # as train.py: the checkpoint's integer leaves are then 64-bit
+
     from mock_env import MockSwarmEnv
     from swarm_jax.agents.ppo import make_train
     from swarm_jax.training.checkpoint import CheckpointStore
