@@ -304,8 +304,8 @@ def step_with_uniforms(carry: FullLatticeState, tables: RateTables, score_fn: Sc
     # In-place discipline (see swarm_jax.physics.engine): the log weight needs f_e from the old
     # score cache, and XLA duplicates small gathers (and the slot draw before them) into each
     # consumer, so reading it for the weight would copy the cache, or the lattice, on every event
-    # (measured 5-9x slower at 200x200x50). Instead f_e rides along in the scatter, in the unused
-    # dummy row, and the weight reads it back from the new buffer.
+    # (docs/engine.md, "The full-lattice sampler"). Instead f_e rides along in the scatter, in the
+    # unused dummy row, and the weight reads it back from the new buffer.
     rows = jnp.concatenate([cols, jnp.full((1,), lat.dummy_column, jnp.int32)])
     f_e_row = jnp.zeros((1, f.shape[1]), jnp.float32).at[0, 0].set(f_col[k])
     scores = carry.scores.at[rows].set(jnp.concatenate([f, f_e_row]))
