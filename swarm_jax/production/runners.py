@@ -119,17 +119,14 @@ def _actor_logits(network, params, features, global_):
     return network.apply(params, {"candidates": features, "global": global_})[0]
 
 
-def candidates_chunk(carry: CandidateCarry, keys, n_events: int, tables, physics, params, progress_scale,
-                     *, logits_fn, n_swarm: int):
+def candidates_chunk(carry: CandidateCarry, keys, n_events: int, policy: CandidatePolicy,
+                     progress_scale):
     """Candidate mode on every replica: ``n_events`` decisions of K candidates each
-    (:func:`swarm_jax.swarm.policy.candidates_step`).
+    (:func:`swarm_jax.swarm.policy.candidates_step` with ``policy``).
 
     Event ``i`` of replica ``r`` uses the key ``fold_in(keys[r], i)``; progress (global feature) is
     ``n_events done x progress_scale``.
     """
-    policy = CandidatePolicy(tables=tables, physics=physics, params=params, logits_fn=logits_fn,
-                             n_swarm=n_swarm)
-
     def one(c, key):
         def body(i, c):
             progress = jnp.minimum(c.lattice.n_events.astype(jnp.float64) * progress_scale, 1.0)
@@ -153,15 +150,6 @@ def _logits_fn(network_config, n_swarm: int):
     return functools.partial(_actor_logits, make_network(network_config, n_swarm))
 
 
-@functools.lru_cache(maxsize=8)
-def _trained_chunk_fn(network_config, n_swarm: int, mode: str) -> ChunkFn:
-    """One chunk function per architecture and mode, so compiled code is reused within a process."""
-    if mode == "full":
-        return full_chunk
-    return functools.partial(candidates_chunk, logits_fn=_logits_fn(network_config, n_swarm),
-                             n_swarm=n_swarm)
-
-
 def _batch_weights(log_weight):
     """(log_weight (R,), batch ESS ratio repeated (R,)) as host arrays."""
     log_w = np.asarray(jax.device_get(log_weight), np.float64)
@@ -174,7 +162,9 @@ def make_trained_runner(config: SimulationConfig, tables) -> PolicyRunner:
     policy = load_trained_policy(config.checkpoint)
     physics = config.physics_params()
     mode = config.mode or "candidates"
-    chunk_fn = _trained_chunk_fn(policy.network_config, policy.n_swarm, mode)
+    # The chunk functions are module-level and the scoring function is cached per architecture,
+    # so compiled code is reused across runs of a process.
+    chunk_fn = full_chunk if mode == "full" else candidates_chunk
     progress_scale = jnp.float64(1.0 / config.expected_events)
     if mode == "full":
         score_fn = _logits_fn(policy.network_config, policy.n_swarm)
@@ -196,7 +186,9 @@ def make_trained_runner(config: SimulationConfig, tables) -> PolicyRunner:
         def init(state):
             return candidate_carry(state, jax.jit(jax.vmap(film_stats))(state))
 
-        operands = (tables, physics, policy.params, progress_scale)
+        operands = (CandidatePolicy(tables=tables, physics=physics, params=policy.params,
+                                    logits_fn=_logits_fn(policy.network_config, policy.n_swarm),
+                                    n_swarm=policy.n_swarm), progress_scale)
     return PolicyRunner(chunk_fn=chunk_fn, operands=operands,
                         weights=lambda carry: _batch_weights(carry.log_weight), init=init,
                         lattice=lambda carry: carry.lattice)
