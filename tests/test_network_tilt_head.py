@@ -177,3 +177,27 @@ def test_loaded_checkpoint_samples_exactly_like_the_tilt(tmp_path):
     for field in ("sum_h2", "steps", "log_weight"):
         np.testing.assert_array_equal(np.asarray(getattr(learned, field)), np.asarray(getattr(tilt, field)))
     assert np.any(np.asarray(tilt.log_weight) != 0)
+
+
+@pytest.mark.slow  # compiles a PPO rollout on the TiO2 env
+def test_kl_ppo_learns_a_smoothing_strength_on_a_tio2_episode():
+    """The head trains through PPO on the env (KL objective, 1 ML episodes, reward −s_W·ΔW): the
+    strength leaves 0 towards smoothing (s > 0: low columns favoured) and the metrics are finite."""
+    from swarm_jax.agents.ppo import PPOConfig, make_train
+    from swarm_jax.env.reward import RewardConfig
+    from swarm_jax.env.tio2_env import TiO2GrowthEnv
+
+    env = TiO2GrowthEnv(lattice_size=(5, 5, 6), n_swarm=8, max_steps_in_episode=200,
+                        reward=RewardConfig(w_roughness=30.0, w_coverage=0.0, w_ratio=0.0,
+                                            w_ess=0.0, mode="delta"))
+    params = env.default_params.replace(episode_ml=1.0)
+    cfg = PPOConfig(objective="kl", gamma=1.0, ess_constraint=False, reward_shaping="none",
+                    ent_coef=0.0, kl_coef=1.0, n_envs=8, n_steps=32, batch_size=64, n_epochs=2,
+                    learning_rate=1e-3, stagger_episodes=False, total_timesteps=8 * 32 * 4)
+    net = NetworkConfig(hidden_sizes=[8], candidate_features=GROUPS, tilt_head="scalar")
+    trainer = make_train(cfg, net, env, params)
+    rs, metrics = trainer.train_chunk(trainer.init(jax.random.PRNGKey(0)), 4)
+    for key in ("kl_per_step", "traj_log_weight_mean", "batch_ess", "value_loss"):
+        assert np.isfinite(float(metrics[key])), (key, metrics)
+    strength = TILT_STRENGTH_SCALE * float(rs.train_state.params["params"]["tilt_strength"]["theta"])
+    assert strength > 0.02, strength  # 32 Adam steps of 1e-3 move it by at most 0.32
