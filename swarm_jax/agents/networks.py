@@ -254,6 +254,7 @@ class SwarmActorCritic(nn.Module):
         value = _dense(1, 1.0, name="critic_head")(v)[..., 0]
         return logits, value
 
+
 class TiltStrength(nn.Module):
     """The tilt strength ``s (...)`` in 1/layer (float32) from the global features ``(..., G)``:
     ``TILT_STRENGTH_SCALE × θ`` for one parameter ``θ`` (mode ``"scalar"``) or
