@@ -27,6 +27,13 @@ every layer, so parameters, activations, logits and values are float32 regardles
 Initialisation follows PPO practice (PureJaxRL, SB3): orthogonal kernels with gain √2 on hidden
 layers, 0.01 on the policy head (near-uniform initial policy, i.e. classical KMC at the start and
 ESS ratio ≈ 1) and 1.0 on the value head; zero biases.
+
+Optional tilt-structured actor (``NetworkConfig.tilt_head``, swarm network only): the logit of
+candidate j gets the term ``s · d_j`` with ``d_j = swarm.rollout.tilt_logits(1, c_j)``, i.e.
+``−(h_j − mean h)`` for a deposition and 0 for every other kind, so ``s`` is exactly the strength of
+the hand-made exponential tilt ``π(j) ∝ exp(−s·(h_j − mean h))`` and the MLP is a correction on
+top. ``s`` is one learned scalar (``"scalar"``) or affine in the global features (``"global"``);
+its parameters start at 0, so the initial policy is still the near-uniform MLP.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from swarm_jax.swarm.features import CANDIDATE_LAYOUT
+from swarm_jax.swarm.rollout import tilt_logits
 from swarm_jax.validation import check_choice, check_int_list, fail
 
 Array = jax.Array
@@ -57,6 +65,16 @@ _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 ACTIVATIONS = tuple(_ACTIVATIONS)
 #: ``NetworkConfig.kind`` choices.
 NETWORK_KINDS = ("swarm", "flat_mlp")
+#: ``NetworkConfig.tilt_head`` choices (YAML ``false`` / ``true`` mean ``"none"`` / ``"scalar"``).
+TILT_HEADS = ("none", "scalar", "global")
+#: Candidate-feature groups the tilt head reads (the event kind and the height above the mean).
+TILT_FEATURE_GROUPS = ("kind", "z_above_mean")
+#: The tilt strength is ``TILT_STRENGTH_SCALE × parameter``. Adam moves a parameter by about the
+#: learning rate per step whatever its gradient's size, so this lets the strength (one coherent
+#: scalar, of order 0.1–1 per layer) travel 10× faster than the MLP's weights at the same
+#: learning rate: the small learning rate that keeps the MLP's logit noise low does not keep the
+#: strength from reaching its optimum within a short run.
+TILT_STRENGTH_SCALE = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +103,19 @@ class NetworkConfig:
             ``None`` (default) for all of them. A subset is a smaller input and, in a jitted
             rollout, XLA drops the features nobody reads (e.g. the 19-site gathers when
             ``"sites"`` is left out), so a decision costs less; the global features are always read.
+        tilt_head: ``"none"`` (default: the plain actor), ``"scalar"`` or ``"global"`` (swarm
+            network only; YAML ``false``/``true`` are read as ``"none"``/``"scalar"``): add the
+            exponential-tilt term ``s · d_j`` to each logit (module docstring), with ``s`` one
+            learned scalar or ``s = b + w·g`` affine in the global features ``g``; the strength
+            starts at 0. Needs the ``kind`` and ``z_above_mean`` groups among
+            ``candidate_features``.
     """
 
     kind: str = "swarm"
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
     candidate_features: tuple[str, ...] | None = None
+    tilt_head: str = "none"
 
     def __post_init__(self):
         # Names as in a training config's ``network`` section; YAML lists become tuples, so the
@@ -103,6 +128,29 @@ class NetworkConfig:
         if self.candidate_features is not None:
             object.__setattr__(self, "candidate_features", check_feature_groups(
                 "network.candidate_features", self.candidate_features))
+        object.__setattr__(self, "tilt_head", _check_tilt_head(self))
+
+
+def _check_tilt_head(config: NetworkConfig) -> str:
+    """``config.tilt_head`` as one of :data:`TILT_HEADS` (booleans mapped), checked against the
+    network kind and the candidate-feature groups it needs."""
+    value = config.tilt_head
+    if isinstance(value, bool):
+        value = "scalar" if value else "none"
+    if value not in TILT_HEADS:
+        raise fail("network.tilt_head", value, f"one of {', '.join(map(repr, TILT_HEADS))} "
+                   "(or false / true for 'none' / 'scalar')")
+    if value == "none":
+        return value
+    if config.kind != "swarm":
+        raise fail("network.tilt_head", value, "'none' for network.kind 'flat_mlp' "
+                   "(the tilt head is a swarm-network option)")
+    groups = config.candidate_features
+    missing = [g for g in TILT_FEATURE_GROUPS if groups is not None and g not in groups]
+    if missing:
+        raise fail("network.tilt_head", value, "'none' unless network.candidate_features reads "
+                   f"{' and '.join(TILT_FEATURE_GROUPS)} (missing: {', '.join(missing)})")
+    return value
 
 
 def check_feature_groups(path: str, value: Any) -> tuple[str, ...]:
@@ -173,16 +221,19 @@ class SwarmActorCritic(nn.Module):
     Critic: ``V = ψ([mean_j c_j, max_j c_j, g])`` on the pooled candidate features
     (permutation-invariant). The actor is the only part that runs once per candidate, which
     keeps the learning cost per transition at about one actor pass over the K candidates.
+    With ``tilt_head`` not ``"none"`` the actor's logits get ``+ s · d_j`` (:func:`tilt_direction`,
+    :class:`TiltStrength`), which keeps the equivariance.
     """
 
     hidden_sizes: Sequence[int] = (64, 64)
     activation: str = "tanh"
     candidate_features: Sequence[str] | None = None
+    tilt_head: str = "none"
 
     @nn.compact
     def __call__(self, obs: Observation) -> tuple[Array, Array]:
-        candidates, global_ = _as_float32(obs)
-        candidates = select_candidate_features(candidates, self.candidate_features)
+        all_candidates, global_ = _as_float32(obs)
+        candidates = select_candidate_features(all_candidates, self.candidate_features)
         act = _ACTIVATIONS[self.activation]
 
         # Actor: score every candidate with the same MLP.
@@ -193,12 +244,41 @@ class SwarmActorCritic(nn.Module):
         h = act(h + g[..., None, :])
         h = MLP(self.hidden_sizes[1:], self.activation, name="actor_mlp")(h)
         logits = _dense(1, 0.01, name="actor_head")(h)[..., 0]
+        if self.tilt_head != "none":
+            strength = TiltStrength(self.tilt_head, name="tilt_strength")(global_)
+            logits = logits + strength[..., None] * tilt_direction(all_candidates)
 
         # Critic: pooled candidate features + global context.
         pooled = jnp.concatenate([candidates.mean(axis=-2), candidates.max(axis=-2), global_], axis=-1)
         v = MLP(self.hidden_sizes, self.activation, name="critic_mlp")(pooled)
         value = _dense(1, 1.0, name="critic_head")(v)[..., 0]
         return logits, value
+
+
+class TiltStrength(nn.Module):
+    """The tilt strength ``s (...)`` in 1/layer (float32) from the global features ``(..., G)``:
+    ``TILT_STRENGTH_SCALE × θ`` for one parameter ``θ`` (mode ``"scalar"``) or
+    ``TILT_STRENGTH_SCALE × (b + w·g)`` (mode ``"global"``); every parameter starts at 0."""
+
+    mode: str = "scalar"
+
+    @nn.compact
+    def __call__(self, global_: Array) -> Array:
+        if self.mode == "scalar":
+            theta = self.param("theta", nn.initializers.zeros, (), jnp.float32)
+            theta = jnp.broadcast_to(theta, global_.shape[:-1])
+        else:
+            theta = nn.Dense(1, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
+                             dtype=jnp.float32, param_dtype=jnp.float32, name="affine")(global_)[..., 0]
+        return TILT_STRENGTH_SCALE * theta
+
+
+def tilt_direction(candidates: Array) -> Array:
+    """``d (..., K)`` float32 from the full candidate features ``(..., K, D)``: the hand-made tilt's
+    logits at strength 1 (:func:`swarm_jax.swarm.rollout.tilt_logits`), ``−(h_j − mean h)`` for a
+    deposition, 0 otherwise, so ``s · d`` is that tilt's logits at strength ``s``."""
+    flat = candidates.reshape((-1, candidates.shape[-1]))
+    return tilt_logits(1.0, flat, None).reshape(candidates.shape[:-1])
 
 
 class FlatActorCritic(nn.Module):
@@ -240,7 +320,8 @@ def make_network(config: NetworkConfig, num_actions: int) -> nn.Module:
     """
     if config.kind == "swarm":
         return SwarmActorCritic(hidden_sizes=config.hidden_sizes, activation=config.activation,
-                                candidate_features=config.candidate_features)
+                                candidate_features=config.candidate_features,
+                                tilt_head=config.tilt_head)
     if config.candidate_features is not None:
         raise fail("network.candidate_features", list(config.candidate_features),
                    "null for network.kind 'flat_mlp' (a feature subset is a swarm-network option)")
