@@ -58,7 +58,7 @@ __all__ = [
     "MIN_HITS",
     "MIN_TAIL",
     "assess_weights",
-    "batch_ess",
+    "effective_sample_size",
     "efficiency_interval",
     "estimator_efficiency",
     "gpd_fit",
