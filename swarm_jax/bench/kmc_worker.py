@@ -14,12 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import swarm_jax
 from swarm_jax.physics import PhysicsParams, engine, from_arrays, make_rate_tables
 
 
 def main(argv):
-    swarm_jax.enable_x64()
+    # The flag itself, not swarm_jax.enable_x64(): revisions before that function existed set
+    # the flag on import, and this worker must run against them too.
+    jax.config.update("jax_enable_x64", True)
     film, size, batch, n_events, temperature, rate, seed, hlo_path = argv
     batch, n_events, seed = int(batch), int(n_events), int(seed)
     params = PhysicsParams(temperature=float(temperature), deposition_rate=float(rate))
