@@ -109,9 +109,12 @@ def test_minibatches_cover_the_rollout_and_split_evenly_over_devices(n_envs, n_s
 
 
 @pytest.fixture(scope="module")
-def multi_device_results(tmp_path_factory):
+def multi_device_results(tmp_path_factory, worker_compilation_cache):
+    from swarm_jax.compile_cache import ENV_CACHE_DIR
+
     out = tmp_path_factory.mktemp("dist")
     env = dict(os.environ)
+    env[ENV_CACHE_DIR] = str(worker_compilation_cache)  # the worker runs to its end
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                         f" --xla_force_host_platform_device_count={N_DEVICES}").strip()
     env["JAX_PLATFORMS"] = "cpu"
@@ -299,13 +302,18 @@ def _worker(out_dir: Path) -> None:
     import numpy as np
 
     import swarm_jax
+    from swarm_jax.compile_cache import enable_compilation_cache
 
     swarm_jax.enable_x64()
+    # The worker's cache folder when the test passes one (SWARM_JAX_CACHE_DIR), else none: the
+    # HLO check below compiles the sharded chunk a second time, and that one is then loaded.
+    enable_compilation_cache()
     from swarm_jax import distributed as dist
     from swarm_jax.agents.networks import NetworkConfig
     from swarm_jax.agents.ppo import PPOConfig, make_train
     from swarm_jax.env.tio2_env import TiO2GrowthEnv
     from swarm_jax.training.checkpoint import CheckpointStore
+    from swarm_jax.training.factories import canonical_state
 
     results: dict[str, str] = {}
     state: dict = {}
@@ -380,7 +388,9 @@ def _worker(out_dir: Path) -> None:
             assert n_devices_of(x) == N_DEVICES and x.addressable_shards[0].data.shape[0] == 2
         for x in jax.tree.leaves((rs0.train_state, rs0.rng)):
             assert x.sharding.is_fully_replicated and n_devices_of(x) == N_DEVICES
-        rs_single, m_single = single.train_chunk(single.init(key), N_UPDATES)
+        # On its device, as the trainer and a restored checkpoint place it: one compiled chunk
+        # serves the fresh and the restored single-device states below.
+        rs_single, m_single = single.train_chunk(canonical_state(single.init(key)), N_UPDATES)
         rs_sharded, m_sharded = sharded.train_chunk(rs0, N_UPDATES)
         assert int(rs_sharded.env_steps) == N_UPDATES * cfg.rollout_size
         for part in ("train_state", "env_state", "last_obs", "traj_log_weight", "ep_return",

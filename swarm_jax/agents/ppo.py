@@ -356,8 +356,12 @@ def _init(s: _Setup, key: Array) -> RunnerState:
     if s.warmup_steps:
         env_state, obs, partial = _stagger(s, env_state, obs, k_stagger)
     running = RunningEpisodes.zeros(cfg.n_envs, partial)
+    train_state = TrainState.create(apply_fn=s.network.apply, params=params, tx=s.tx)
+    # A strong step count (flax's Python 0 is weakly typed), as a checkpoint restores it: fresh
+    # and restored states then share one compiled chunk function.
+    train_state = train_state.replace(step=jnp.zeros((), int))
     return RunnerState(
-        train_state=TrainState.create(apply_fn=s.network.apply, params=params, tx=s.tx),
+        train_state=train_state,
         env_state=env_state, last_obs=obs, rng=key,
         traj_log_weight=running.log_weight, ep_return=running.ret, ep_length=running.length,
         update_step=jnp.zeros((), jnp.int32), env_steps=jnp.zeros((), jnp.int64),
