@@ -92,7 +92,6 @@ def evaluate(
     n_envs: int,
     n_steps: int,
     policy: str = "trained",
-    info_keys: tuple[str, ...] = DEFAULT_INFO_KEYS,
 ) -> dict[str, float]:
     """Roll ``n_envs`` envs for ``n_steps`` steps from reset under a policy; no learning.
 
@@ -105,19 +104,18 @@ def evaluate(
         policy: ``"trained"`` samples ``π``; ``"uniform"`` picks a candidate uniformly (exactly
             classical KMC); ``"greedy"`` takes ``argmax π`` (a point mass: ESS ratio 0, and the
             importance estimator is invalid, so ``batch_ess`` is NaN).
-        info_keys: ``info`` entries to report.
 
     Returns:
         Python floats: ``ep_rew_mean``, ``ep_len_mean`` (episodes that finished within the
         horizon; NaN if none), ``ep_rew_sem`` (standard error of ``ep_rew_mean`` over those
         episodes; NaN with fewer than two), ``n_episodes``, ``reward_per_step`` (mean env reward
         per step), ``ess_ratio`` (mean per step), ``batch_ess`` (over finished trajectories),
-        and for each info key ``k`` the env provides: ``k`` (mean over all steps and envs) and
-        ``final_k`` (mean over the last step of the finished episodes).
+        and for each key ``k`` of :data:`DEFAULT_INFO_KEYS` the env provides: ``k`` (mean over all
+        steps and envs) and ``final_k`` (mean over the last step of the finished episodes).
     """
     if env_params is None:
         env_params = env.default_params
-    fn = _make_evaluate(network, env, int(n_envs), int(n_steps), policy, tuple(info_keys))
+    fn = _make_evaluate(network, env, int(n_envs), int(n_steps), policy, DEFAULT_INFO_KEYS)
     out = fn(params, env_params, key)
     return {k: float(v) for k, v in out.items()}
 
