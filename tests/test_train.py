@@ -500,9 +500,12 @@ def test_cli_config_errors(tiny_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_train_py_runs_as_a_script(tmp_path):
+def test_train_py_runs_as_a_script(tiny_run, tmp_path, jax_cache_env):
+    # The process runs to its end, so it may share the worker's compilation cache, which holds
+    # the reference run's programs (the same update: chunks of 2).
     out = tmp_path / "script"
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           **jax_cache_env}
     proc = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "--config", "configs/tiny_test.yaml",
          "--out", str(out), "--total-timesteps", "64", "--no-progress"],
