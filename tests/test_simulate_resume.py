@@ -17,6 +17,7 @@ import pytest
 
 from swarm_jax import simulate
 from swarm_jax.outdir import claim_output_dir
+from train_script import cache_copy_env
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = ("8", "8", "16")
@@ -152,7 +153,8 @@ def test_resume_without_a_checkpoint_starts_over(reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_is_identical(reference, tmp_path, jax_cache_env):
+def test_sigkill_then_resume_is_identical(reference, tmp_path, jax_cache_env,
+                                         worker_compilation_cache):
     """A real kill: the subprocess stalls right after committing its 600-event checkpoint (so it
     is certainly alive and holding --out) and is SIGKILLed; --resume in a new process finishes
     the run exactly like the uninterrupted one. (Only the resumed process, which runs to its
@@ -164,9 +166,10 @@ def test_sigkill_then_resume_is_identical(reference, tmp_path, jax_cache_env):
                 "lambda p: (print('committed', p.done, flush=True), time.sleep(3600)) "
                 "if p.done >= 600 else None; "
                 "sys.exit(simulate.main(sys.argv[1:]))")
+    killed_env = {**env, **cache_copy_env(worker_compilation_cache, tmp_path / "jax_cache")}
     proc = subprocess.Popen([sys.executable, "-c", launcher, *_argv(out),
                              "--checkpoint-every", "300"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=killed_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # Event-driven: the hook prints once the 600-event checkpoint is committed (readline
         # blocks until then; EOF means the process died first).
