@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,18 +78,52 @@ def _assert_one_line_exit(rc: int, lines: list[str], before: list[str], sig: int
         assert text in after[0], after[0]
 
 
-def _train(tmp_path: Path, out: Path, *extra) -> Proc:
+def _train(tmp_path: Path, out: Path, *extra, env: dict | None = None) -> Proc:
     return Proc([sys.executable, str(REPO / "train.py"), "--config", str(TINY), "--out", str(out),
-                 "--no-progress", *extra], env=_env(tmp_path), cwd=tmp_path)
+                 "--no-progress", *extra], env=env or _env(tmp_path), cwd=tmp_path)
+
+
+# JAX's cache key contains the cache folder's path as the process names it, so a copy of a filled
+# folder elsewhere only hits when the processes name it the same way: relative to their own
+# working folder (each train.py process here runs in its test's tmp_path).
+_RELATIVE_CACHE = "jax_cache"
+
+
+@pytest.fixture(scope="module")
+def filled_cache(tmp_path_factory) -> Path:
+    """A compilation cache filled by one tiny train.py run that ends normally: the start-up
+    (``_init``) and the update (``_train_chunk``) of configs/tiny_test.yaml."""
+    root = tmp_path_factory.mktemp("filled")
+    run = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(TINY), "--out",
+                          str(root / "run"), "--total-timesteps", "64", "--no-progress"],
+                         env=_env(root, SWARM_JAX_CACHE_DIR=_RELATIVE_CACHE), cwd=root,
+                         capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return root / _RELATIVE_CACHE
+
+
+def _env_with_cache_copy(tmp_path: Path, filled: Path, leave_out: str | None = None) -> dict:
+    """``_env`` for a train.py process in ``tmp_path`` that a test signals: its own copy of
+    ``filled_cache`` (without the entries whose name contains ``leave_out``), complete before the
+    process starts, so a signal can only cut short writes into the copy."""
+    folder = tmp_path / _RELATIVE_CACHE
+    folder.mkdir()
+    names = [f.name for f in filled.iterdir() if not (leave_out and leave_out in f.name)]
+    assert any("_init" in name for name in names), names
+    for name in names:
+        shutil.copy2(filled / name, folder / name)
+    return _env(tmp_path, SWARM_JAX_CACHE_DIR=_RELATIVE_CACHE)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_train_signal_during_the_first_compilation_is_one_line(tmp_path, sig):
+def test_train_signal_during_the_first_compilation_is_one_line(tmp_path, sig, filled_cache):
     """The signal arrives right after 'compiling the update' is printed: inside the first
-    compilation (and JAX's compilation-cache read), before any checkpoint."""
+    compilation (and JAX's compilation-cache read), before any checkpoint. The process's cache
+    holds the start-up but not the update, so the update is certainly compiled after that line."""
     out = tmp_path / "run"
-    proc = _train(tmp_path, out)
+    proc = _train(tmp_path, out,
+                  env=_env_with_cache_copy(tmp_path, filled_cache, leave_out="train_chunk"))
     proc.wait_for(lambda s: "compiling the update" in s, "compile line")
     before = list(proc.lines)
     proc.p.send_signal(sig)
@@ -155,9 +190,10 @@ def test_simulate_signal_while_importing_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_signal_after_a_checkpoint_prints_the_resume_command(tmp_path):
+def test_train_signal_after_a_checkpoint_prints_the_resume_command(tmp_path, filled_cache):
     """Checkpoints after every update; SIGINT once the first is on disk: the run stops with the
-    command that resumes it (graceful in the chunk loop, or at once during a checkpoint write)."""
+    command that resumes it (graceful in the chunk loop, or at once during a checkpoint write).
+    The programs come from a copy of ``filled_cache`` (the same start-up and update)."""
     import yaml
 
     cfg = yaml.safe_load(TINY.read_text())
@@ -167,7 +203,8 @@ def test_train_signal_after_a_checkpoint_prints_the_resume_command(tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
     proc = Proc([sys.executable, str(REPO / "train.py"), "--config", str(config), "--out",
-                 str(out), "--no-progress"], env=_env(tmp_path), cwd=tmp_path)
+                 str(out), "--no-progress"], env=_env_with_cache_copy(tmp_path, filled_cache),
+                cwd=tmp_path)
     proc.wait_for(lambda s: "update 2/" in s, "the first chunk's log line")
     proc.p.send_signal(signal.SIGINT)
     rc, lines = proc.finish()

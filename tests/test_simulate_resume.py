@@ -17,6 +17,7 @@ import pytest
 
 from swarm_jax import simulate
 from swarm_jax.outdir import claim_output_dir
+from train_script import cache_copy_env
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = ("8", "8", "16")
@@ -152,10 +153,12 @@ def test_resume_without_a_checkpoint_starts_over(reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_is_identical(reference, tmp_path):
+def test_sigkill_then_resume_is_identical(reference, tmp_path, jax_cache_env,
+                                         worker_compilation_cache):
     """A real kill: the subprocess stalls right after committing its 600-event checkpoint (so it
     is certainly alive and holding --out) and is SIGKILLed; --resume in a new process finishes
-    the run exactly like the uninterrupted one."""
+    the run exactly like the uninterrupted one. (Only the resumed process, which runs to its
+    end, shares the worker's compilation cache: it finds the reference run's chunk of 300.)"""
     out = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     launcher = ("import runpy, sys, time; from swarm_jax import simulate; "
@@ -163,9 +166,10 @@ def test_sigkill_then_resume_is_identical(reference, tmp_path):
                 "lambda p: (print('committed', p.done, flush=True), time.sleep(3600)) "
                 "if p.done >= 600 else None; "
                 "sys.exit(simulate.main(sys.argv[1:]))")
+    killed_env = {**env, **cache_copy_env(worker_compilation_cache, tmp_path / "jax_cache")}
     proc = subprocess.Popen([sys.executable, "-c", launcher, *_argv(out),
                              "--checkpoint-every", "300"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=killed_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # Event-driven: the hook prints once the 600-event checkpoint is committed (readline
         # blocks until then; EOF means the process died first).
@@ -177,8 +181,8 @@ def test_sigkill_then_resume_is_identical(reference, tmp_path):
         proc.wait()
     assert not (out / "summary.json").exists()
     resumed = subprocess.run([sys.executable, "-m", "swarm_jax.simulate", "--resume", "--out",
-                              str(out), "--quiet"], env=env, capture_output=True, text=True,
-                             timeout=900)
+                              str(out), "--quiet"], env={**env, **jax_cache_env},
+                             capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     _assert_same_run(out, reference / "log300")
     assert json.loads((out / "summary.json").read_text())["resumed_from_events"] == 600

@@ -166,10 +166,19 @@ def test_cli_candidate_mode_weights_and_estimates(checkpoints, tmp_path):
     assert summary["trained_policy"]["step_ess_mean"] == pytest.approx([1.0] * 3, abs=1e-6)
 
 
+# Full-lattice mode settings shared by the runs below, so that they compile one program.
+FULL = ("--mode", "full", "--context-refresh", "50", "--react-slots", "2")
+
+
+@pytest.fixture(scope="module")
+def full_run(checkpoints, tmp_path_factory):
+    """One uninterrupted full-lattice run of the sharp policy: (exit code, output folder)."""
+    return _cli(tmp_path_factory.mktemp("full"), "full", checkpoints["final"], *FULL)
+
+
 @pytest.mark.slow
-def test_cli_full_lattice_mode(checkpoints, tmp_path):
-    code, out = _cli(tmp_path, "full", checkpoints["final"], "--mode", "full",
-                     "--context-refresh", "50", "--react-slots", "2")
+def test_cli_full_lattice_mode(full_run):
+    code, out = full_run
     assert code == 0
     summary, log_w = _check_weighted_summary(out)
     assert summary["mode"] == "full" and summary["trained_policy"]["context_refresh_events"] == 50
@@ -233,11 +242,13 @@ class _Crash(Exception):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["candidates", "full"])
-def test_trained_run_resumes_bit_identically(checkpoints, tmp_path, monkeypatch, mode):
+def test_trained_run_resumes_bit_identically(checkpoints, request, tmp_path, monkeypatch, mode):
     """The policy's carry (running log weights, film statistics or score caches) is checkpointed
-    with the lattices: crash after the 60-event checkpoint, --resume, same files."""
-    extra = ["--mode", mode] + (["--context-refresh", "50"] if mode == "full" else [])
-    code, ref = _cli(tmp_path, "ref", checkpoints["final"], *extra)
+    with the lattices: crash after the 60-event checkpoint, --resume, same files. (The full
+    mode's uninterrupted reference is the module's ``full_run``.)"""
+    extra = list(FULL) if mode == "full" else ["--mode", mode]
+    code, ref = (request.getfixturevalue("full_run") if mode == "full"
+                 else _cli(tmp_path, "ref", checkpoints["final"], *extra))
     assert code == 0
 
     def crash(progress):

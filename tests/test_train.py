@@ -45,7 +45,7 @@ from swarm_jax.training.trainer import (
     write_config_yaml,
 )
 from tensorboard_events import tensorboard_scalars
-from train_script import REPO, TINY, one_error_line, train_cli
+from train_script import REPO, TINY, cache_copy_env, one_error_line, train_cli
 
 
 REQUIRED_TAGS = (
@@ -235,7 +235,8 @@ def test_interrupt_then_resume_gives_bitwise_identical_run(tiny_run, tmp_path, c
 
 
 @pytest.mark.slow
-def test_sigkill_at_a_random_moment_then_resume_gives_the_uninterrupted_result(tiny_run, tmp_path):
+def test_sigkill_at_a_random_moment_then_resume_gives_the_uninterrupted_result(
+        tiny_run, tmp_path, worker_compilation_cache):
     """``kill -9`` of a training process at a random moment (checkpoints are written after every
     update, so the kill often lands inside a save) never leaves a checkpoint that restores
     wrongly, and ``--resume`` ends with bitwise the uninterrupted run's parameters."""
@@ -250,7 +251,8 @@ def test_sigkill_at_a_random_moment_then_resume_gives_the_uninterrupted_result(t
     config = tmp_path / "every_update.yaml"
     config.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           **cache_copy_env(worker_compilation_cache, tmp_path / "jax_cache")}  # see its note
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--config", str(config),
                              "--out", str(out), "--no-progress"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -500,9 +502,12 @@ def test_cli_config_errors(tiny_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_train_py_runs_as_a_script(tmp_path):
+def test_train_py_runs_as_a_script(tiny_run, tmp_path, jax_cache_env):
+    # The process runs to its end, so it may share the worker's compilation cache, which holds
+    # the reference run's programs (the same update: chunks of 2).
     out = tmp_path / "script"
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           **jax_cache_env}
     proc = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "--config", "configs/tiny_test.yaml",
          "--out", str(out), "--total-timesteps", "64", "--no-progress"],

@@ -2,7 +2,8 @@
 timeout, the compilation cache, and a checkpoint write that hits the file-size limit.
 
 The subprocess runs share one compilation cache folder (module-scoped, under pytest's tmp), so
-only the first of them compiles the tiny configuration.
+only the first of them (``first_start``, which both subprocess tests observe) compiles the tiny
+configuration.
 """
 
 from __future__ import annotations
@@ -193,24 +194,38 @@ def _train(args, cache, cwd, prelude: str = "", timeout: int = 600):
                           text=True, timeout=timeout)
 
 
+_FIRST = ["--config", TINY, "--total-timesteps", "128", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def first_start(cache_dir, tmp_path_factory):
+    """The first ``train.py`` start of the module, into its still empty cache folder: 128 env
+    steps (4 updates, the checkpoint at 128). Returns (the process, its --out folder, the names
+    in the cache folder right after it). Both tests below observe it."""
+    root = tmp_path_factory.mktemp("first")
+    assert not any(cache_dir.iterdir())  # nothing compiled into it before this run
+    proc = _train(_FIRST + ["--out", root / "a"], cache_dir, root)
+    return proc, root / "a", sorted(p.name for p in cache_dir.iterdir())
+
+
 @pytest.mark.slow
-def test_second_start_uses_the_compilation_cache_and_gives_identical_results(cache_dir, tmp_path):
-    args = ["--config", TINY, "--total-timesteps", "64", "--no-progress"]
-    first = _train(args + ["--out", tmp_path / "a"], cache_dir, tmp_path)
+def test_second_start_uses_the_compilation_cache_and_gives_identical_results(
+        cache_dir, first_start, tmp_path):
+    first, out_a, cached = first_start
     assert first.returncode == 0, first.stderr[-3000:]
     assert "compiling the update (first start; cached afterwards)" in first.stdout
     assert "compiled in" in first.stdout
-    cached = sorted(p.name for p in cache_dir.iterdir())
     assert any("train_chunk" in name for name in cached), cached  # the update is in the cache
-    second = _train(args + ["--out", tmp_path / "b"], cache_dir, tmp_path)
+    second = _train(_FIRST + ["--out", tmp_path / "b"], cache_dir, tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    pa, pb = (load_params_only(tmp_path / x / "stage1_final", "train_state.params") for x in "ab")
+    pa, pb = (load_params_only(out / "stage1_final", "train_state.params")
+              for out in (out_a, tmp_path / "b"))
     flat_a, flat_b = (np.concatenate([np.ravel(v) for v in _leaves(p)]) for p in (pa, pb))
     np.testing.assert_array_equal(flat_a, flat_b)  # bitwise: a cache hit computes the same
     # --no-compile-cache: nothing new is written into the cache folder
     before = sorted(p.name for p in cache_dir.iterdir())
-    third = _train(args + ["--out", tmp_path / "c", "--no-compile-cache", "--seed", "7"],
-                   cache_dir, tmp_path)
+    third = _train(["--config", TINY, "--total-timesteps", "64", "--no-progress", "--out",
+                    tmp_path / "c", "--no-compile-cache", "--seed", "7"], cache_dir, tmp_path)
     assert third.returncode == 0, third.stderr[-3000:]
     assert sorted(p.name for p in cache_dir.iterdir()) == before
 
@@ -231,11 +246,13 @@ _FSIZE = """
 
 
 @pytest.mark.slow
-def test_a_checkpoint_write_past_the_file_size_limit_is_one_line_and_resumable(cache_dir, tmp_path):
-    out = tmp_path / "run"
-    base = ["--config", TINY, "--out", out, "--no-progress"]
-    first = _train(base + ["--total-timesteps", "128"], cache_dir, tmp_path)
+def test_a_checkpoint_write_past_the_file_size_limit_is_one_line_and_resumable(
+        cache_dir, first_start, tmp_path):
+    first, first_out, _ = first_start  # a completed run to 128 env steps, copied here
     assert first.returncode == 0, first.stderr[-3000:]
+    out = tmp_path / "run"
+    shutil.copytree(first_out, out)
+    base = ["--config", TINY, "--out", out, "--no-progress"]
     ckpt = out / "checkpoints" / "stage1" / "128"
     assert is_verified_checkpoint(ckpt)
     shutil.rmtree(out / "stage1_final")  # as if killed after the checkpoint at 128

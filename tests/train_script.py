@@ -20,3 +20,23 @@ def one_error_line(capsys) -> str:
     assert len(err) == 1, err
     assert err[0].startswith("train.py: error: "), err
     return err[0]
+
+
+def cache_copy_env(worker_cache: Path, folder: Path) -> dict:
+    """Environment entries for a subprocess that a test kills: its own compilation cache
+    ``folder``, a complete copy of the worker's cache (``worker_compilation_cache`` in
+    conftest.py) made before the process starts, so a kill can only damage the copy.
+
+    A copy is found only where JAX's cache keys do not hold the cache folder's path: with
+    ``JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES=none`` in the environment. By default the key holds
+    it (through a GPU-only XLA option), a copy in another folder would never hit, and the process
+    gets no cache (``{}``: the tests' ``SWARM_JAX_CACHE_DIR=off`` stays).
+    """
+    import shutil
+
+    import jax
+
+    if (jax.config.jax_persistent_cache_enable_xla_caches or "none") != "none":
+        return {}
+    shutil.copytree(worker_cache, folder)
+    return {"SWARM_JAX_CACHE_DIR": str(folder)}
