@@ -220,11 +220,14 @@ def test_delta_rewards_telescope_over_an_episode():
 
 
 def _batched_rollout(env, p, step_fn, state, n_steps: int, seed: int):
-    """``n_steps`` random-action steps of a batch under ``lax.scan``; every output stacked."""
+    """``n_steps`` random-action steps of a batch under ``lax.scan``; every output stacked.
+
+    ``p`` is an operand, not a constant of the program: envs of one shape with different
+    parameters (e.g. ``deposition_rate``) share one compiled program (the compilation cache)."""
     b = state.step_count.shape[0]
 
     @jax.jit
-    def run(state):
+    def run(state, p):
         def body(state, t):
             k = jax.random.fold_in(jax.random.key(seed), t)
             k_act, k_env = jax.random.split(k)
@@ -234,7 +237,7 @@ def _batched_rollout(env, p, step_fn, state, n_steps: int, seed: int):
 
         return jax.lax.scan(body, state, jnp.arange(n_steps))
 
-    return run(state)
+    return run(state, p)
 
 
 @pytest.mark.slow
@@ -245,8 +248,10 @@ def test_step_batch_is_vmap_of_step_bit_for_bit(case):
     size, max_steps, b, n_steps, slots, kw = {
         "steps": ((6, 5, 6), 12, 16, 30, 2, {}),                  # step-limit truncations
         "ceiling": ((3, 3, 3), 40, 16, 40, None, {}),             # a column reaches the top
-        "no_events": ((3, 3, 3), 40, 8, 3, None, {"deposition_rate": 0.0}),  # every env, every step
-        "no_events_all_slots": ((3, 3, 3), 40, 8, 3, 8, {"deposition_rate": 0.0}),
+        # every env, every step. The shapes of "ceiling": the same two compiled programs (one,
+        # vmap(step), for all slots: a slot per env)
+        "no_events": ((3, 3, 3), 40, 16, 40, None, {"deposition_rate": 0.0}),
+        "no_events_all_slots": ((3, 3, 3), 40, 16, 40, 16, {"deposition_rate": 0.0}),
     }[case]
     env = TiO2GrowthEnv(size, n_swarm=8, temperature=300.0, max_steps_in_episode=max_steps, **kw)
     p = env.default_params

@@ -50,7 +50,8 @@ def test_thickness_episode_holds_exactly_the_target_deposits():
 
 def test_time_episode_ends_at_the_first_event_past_the_limit():
     env = TiO2GrowthEnv((4, 4, 10), 8, episode_time=2.0, max_steps=10_000, **FROZEN)
-    ends = _roll_until_done(env, env.default_params, jax.random.key(1), 4, 2_000)
+    # 6 envs of the thickness test's shape: its compiled step (the params are an operand)
+    ends = _roll_until_done(env, env.default_params, jax.random.key(1), 6, 2_000)
     for end in ends.values():
         assert end["termination_reason"] == END_TIME and end["terminated"]
         assert end["time"] >= 2.0

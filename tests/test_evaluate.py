@@ -15,7 +15,10 @@ import pytest
 
 from swarm_jax.agents.evaluation import END_STEP_CAP, evaluate_episodes
 from swarm_jax.bench.__main__ import main
-from swarm_jax.env.tio2_env import END_THICKNESS, TiO2GrowthEnv
+from swarm_jax.bench.learning import eval_config
+from swarm_jax.training.config import for_backend, load_config, resolve_config_path, with_overrides
+from swarm_jax.training.factories import make_trainer
+from swarm_jax.env.tio2_env import END_THICKNESS
 from swarm_jax.physics.lattice import CEILING, deposit_target
 
 pytestmark = pytest.mark.slow
@@ -97,16 +100,22 @@ def test_evaluate_json_fields_and_uniform_is_exactly_classical(evaluated):
 def test_episodes_end_at_equal_deposited_amount():
     """Direct: every episode that reached θ holds exactly deposit_target atoms, for both policies;
     an episode never reports θ reached when the ceiling or the cap ended it."""
-    from swarm_jax.agents.networks import NetworkConfig, make_network
-
-    env = TiO2GrowthEnv((5, 5, 4), n_swarm=8, temperature=250.0, deposition_rate=1.0,
-                        episode_ml=0.6, max_steps_in_episode=60)
-    net = make_network(NetworkConfig(hidden_sizes=(8,)), 8)
-    obs, _ = env.reset(jax.random.key(0), env.default_params)
+    # The env and network of the ``learning`` fixture's evaluation (tiny_test in a 5x5x7 box, 6
+    # envs), so that this test runs its compiled episodes (the env parameters are an operand):
+    # here 250 K, F = 1 ML/s, episodes of 0.6 ML capped at 60 steps, a freshly initialised net.
+    base = with_overrides(for_backend(load_config(resolve_config_path("tiny_test"))),
+                          {"training.total_timesteps": 64})
+    trainer = make_trainer(eval_config(base, THETA, int(BOX[2]), None)[0])
+    env, net = trainer.env, trainer.network
+    p = env.default_params
+    p = p.replace(physics=p.physics.replace(temperature=250.0, deposition_rate=1.0),
+                  episode_ml=0.6, max_steps_in_episode=60)
+    obs, _ = env.reset(jax.random.key(0), p)
     params = net.init(jax.random.key(1), jax.tree.map(lambda x: x[None], obs))
     target = deposit_target(25, 0.6)
     for policy in ("trained", "uniform"):
-        rec = evaluate_episodes(params, net, env, None, jax.random.key(2), 12, policy)
+        recs = [evaluate_episodes(params, net, env, p, jax.random.key(k), 6, policy) for k in (2, 3)]
+        rec = {k: np.concatenate([r[k] for r in recs]) for k in recs[0]}  # 12 episodes
         deposits = rec["kinds"][:, 0] + rec["kinds"][:, 1]
         reached = rec["end"] == END_THICKNESS
         assert set(np.unique(rec["end"])) <= {END_THICKNESS, CEILING, END_STEP_CAP}

@@ -47,52 +47,55 @@ def _sharpened(rs, factor: float):
 
 # ---- the reward -----------------------------------------------------------------------------
 
+KL_COEF = 0.5
+
+
+@pytest.fixture(scope="module")
+def rollout_trainers():
+    """``{objective: trainer}`` for the rollout tests below: the bandit, 4 envs × 12 steps, the
+    same settings but the objective (the tests share their compiled init and rollout)."""
+    env, params = _bandit(1.0)
+    common = dict(gamma=1.0, ess_constraint=False, reward_shaping="none", ent_coef=0.0, w_ess=0.0,
+                  kl_coef=KL_COEF, n_envs=4, n_steps=12, batch_size=48, n_epochs=1,
+                  normalize_reward=False, stagger_episodes=False, total_timesteps=48)
+    return {objective: make_train(PPOConfig(objective=objective, **common), NET, env, params)
+            for objective in ("reward", "kl")}
+
 
 @pytest.mark.slow  # compiles a PPO rollout
-def test_learning_reward_is_env_reward_plus_beta_step_log_weight():
-    env, params = _bandit(1.0)
-    cfg = _kl_cfg(kl_coef=0.7, n_envs=4, n_steps=12, batch_size=48, n_epochs=1,
-                  normalize_reward=False, stagger_episodes=False, total_timesteps=48)
-    trainer = make_train(cfg, NET, env, params)
+def test_learning_reward_is_env_reward_plus_beta_step_log_weight(rollout_trainers):
+    trainer = rollout_trainers["kl"]
     rs = _sharpened(trainer.init(jax.random.PRNGKey(3)), 300.0)
     _, tr = trainer.collect_rollout(rs)
     slw = np.asarray(tr.step_log_weight)
     # The rollout's step log-weight is Choice.step_log_weight: −log K − log π_a of the actor.
     np.testing.assert_allclose(slw, -math.log(K) - np.asarray(tr.log_prob), rtol=1e-5, atol=1e-5)
     assert slw.std() > 0.1  # the sharpened policy is far from uniform: the term is exercised
-    expected = np.asarray(tr.env_reward, np.float32) + np.float32(0.7) * slw.astype(np.float32)
+    expected = np.asarray(tr.env_reward, np.float32) + np.float32(KL_COEF) * slw.astype(np.float32)
     np.testing.assert_array_equal(np.asarray(tr.reward), expected)  # exact, float32
 
 
 @pytest.mark.slow  # compiles a PPO rollout
-def test_uniform_policy_adds_no_kl_term():
-    env, params = _bandit(1.0)
-    cfg = _kl_cfg(kl_coef=2.0, n_envs=4, n_steps=8, batch_size=32, n_epochs=1,
-                  normalize_reward=False, stagger_episodes=False, total_timesteps=32)
-    trainer = make_train(cfg, NET, env, params)
+def test_uniform_policy_adds_no_kl_term(rollout_trainers):
+    trainer = rollout_trainers["kl"]
     rs = _sharpened(trainer.init(jax.random.PRNGKey(0)), 0.0)  # zero actor head: uniform π
     _, tr = trainer.collect_rollout(rs)
     np.testing.assert_allclose(tr.step_log_weight, 0.0, atol=1e-6)
     np.testing.assert_allclose(tr.reward, tr.env_reward, atol=2e-6)
-    assert float(kl_reward(cfg, jnp.zeros(3)).sum()) == 0.0
+    assert float(kl_reward(trainer.config, jnp.zeros(3)).sum()) == 0.0
 
 
 @pytest.mark.slow  # compiles a PPO rollout
-def test_reward_objective_rollout_has_no_kl_term_and_differs_from_kl_only_by_it():
+def test_reward_objective_rollout_has_no_kl_term_and_differs_from_kl_only_by_it(rollout_trainers):
     """Same key, same settings: the reward objective's learning reward is the env reward minus the
     ESS term (today's learner, unchanged); the KL objective's adds exactly β·log w_t."""
-    env, params = _bandit(1.0)
-    common = dict(gamma=1.0, ess_constraint=False, reward_shaping="none", ent_coef=0.0, w_ess=0.0,
-                  n_envs=4, n_steps=12, batch_size=48, n_epochs=1, normalize_reward=False,
-                  stagger_episodes=False, total_timesteps=48)
     out = {}
-    for objective in ("reward", "kl"):
-        trainer = make_train(PPOConfig(objective=objective, kl_coef=0.5, **common), NET, env, params)
+    for objective, trainer in rollout_trainers.items():
         out[objective] = trainer.collect_rollout(_sharpened(trainer.init(jax.random.PRNGKey(5)), 50.0))[1]
     base, kl = out["reward"], out["kl"]
     np.testing.assert_array_equal(base.action, kl.action)
     np.testing.assert_array_equal(base.reward, base.env_reward)
-    np.testing.assert_array_equal(kl.reward, base.reward + np.float32(0.5) * base.step_log_weight)
+    np.testing.assert_array_equal(kl.reward, base.reward + np.float32(KL_COEF) * base.step_log_weight)
     assert PPOConfig().objective == "reward"
 
 

@@ -306,49 +306,79 @@ def test_truncated_episodes_are_bootstrapped():
 
 # ---- the real environment ----------------------------------------------------------------------
 
+# One TiO2 trainer for the module (one compile of init, of a 1-update chunk and of a rollout):
+# staggered episodes of at most 12 steps over 8 envs, so that a rollout step ends none, one or
+# several episodes (the three paths of TiO2GrowthEnv.step_batch's auto-reset).
+TIO2_ENV = dict(lattice_size=(4, 4, 3), n_swarm=8, max_steps_in_episode=12)
+TIO2_CFG = PPOConfig(n_envs=8, n_steps=16, batch_size=64, n_epochs=2, learning_rate=2.5e-4,
+                     anneal_lr=True, total_timesteps=8 * 16 * 3)
+TIO2_NET = NetworkConfig(hidden_sizes=(16, 16))
 
-@pytest.mark.slow
-def test_trains_end_to_end_on_tio2_env():
+
+@pytest.fixture(scope="module")
+def tio2_run():
+    """The trainer and the runner states before and after each of 3 one-update chunks, with
+    each chunk's metrics."""
     from swarm_jax.env.tio2_env import TiO2GrowthEnv
 
-    env = TiO2GrowthEnv(lattice_size=(5, 5, 4), n_swarm=8, max_steps_in_episode=24)
-    cfg = PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=2, learning_rate=2.5e-4,
-                    anneal_lr=True, total_timesteps=2 * 16 * 3)
-    trainer = make_train(cfg, NetworkConfig(hidden_sizes=(32, 32)), env)
-    rs0 = trainer.init(jax.random.PRNGKey(0))
-    rs, metrics = trainer.train_chunk(rs0, 3)
-    assert int(rs.env_steps) == 96
-    for key in ("policy_loss", "value_loss", "entropy", "ess_ratio", "batch_ess", "roughness",
-                "coverage", "o_ti_ratio"):
-        assert np.isfinite(float(metrics[key])), (key, metrics)
-    assert float(metrics["n_episodes"]) >= 2  # 48 steps per env, episodes of at most 24
-    assert 0.0 < float(metrics["ess_ratio"]) <= 1.0
+    trainer = make_train(TIO2_CFG, TIO2_NET, TiO2GrowthEnv(**TIO2_ENV))
+    states, metrics = [trainer.init(jax.random.PRNGKey(0))], []
+    for _ in range(3):
+        rs, m = trainer.train_chunk(states[-1], 1)
+        states.append(rs)
+        metrics.append(m)
+    return trainer, states, metrics
+
+
+@pytest.mark.slow
+def test_trains_end_to_end_on_tio2_env(tio2_run):
+    _, states, metrics = tio2_run
+    rs0, rs = states[0], states[-1]
+    assert int(rs.env_steps) == 3 * TIO2_CFG.rollout_size and int(rs.update_step) == 3
+    for m in metrics:
+        for key in ("policy_loss", "value_loss", "entropy", "ess_ratio", "batch_ess",
+                    "roughness", "coverage", "o_ti_ratio"):
+            assert np.isfinite(float(m[key])), (key, m)
+        assert 0.0 < float(m["ess_ratio"]) <= 1.0
+    # 48 steps per env, episodes of at most 12 (the first one staggered): at least 3 per env.
+    assert sum(float(m["n_episodes"]) for m in metrics) >= 3 * TIO2_CFG.n_envs
     changed = [not np.array_equal(a, b) for a, b in
                zip(jax.tree.leaves(rs0.train_state.params), jax.tree.leaves(rs.train_state.params))]
     assert all(changed)
 
 
 @pytest.mark.slow
-def test_batched_auto_reset_leaves_training_unchanged():
+def test_batched_auto_reset_leaves_training_unchanged(tio2_run):
     """The rollout steps through TiO2GrowthEnv.step_batch (reset only the done envs); with the
-    plain vmap of env.step instead, training from the same key gives the same runner state and
-    metrics, bit for bit (staggered episodes: some steps end none, one or several episodes)."""
+    plain vmap of env.step instead, the initial (staggered) state and every rollout of the
+    training run above -- from the runner state before each of its updates -- are the same, bit
+    for bit (runner state and Transition batch; staggered episodes: some steps end none, one or
+    several episodes). The env enters training only through these (an update learns from the
+    rollout's Transition batch and runner state alone), so the training is unchanged."""
     from swarm_jax.env.tio2_env import TiO2GrowthEnv
 
     class PlainVmapEnv(TiO2GrowthEnv):
         step_batch = None  # batched_step falls back to jax.vmap(env.step)
 
-    cfg = PPOConfig(n_envs=8, n_steps=16, batch_size=64, n_epochs=2, total_timesteps=8 * 16 * 3)
-    out = []
-    for cls in (TiO2GrowthEnv, PlainVmapEnv):
-        env = cls(lattice_size=(4, 4, 3), n_swarm=8, max_steps_in_episode=12)
-        trainer = make_train(cfg, NetworkConfig(hidden_sizes=(16, 16)), env)
-        rs, metrics = trainer.train_chunk(trainer.init(jax.random.PRNGKey(0)), 3)
-        out.append((rs, metrics))
-    (rs_a, m_a), (rs_b, m_b) = out
-    assert float(m_a["n_episodes"]) >= 8
-    for a, b in zip(jax.tree.leaves((rs_a, m_a)), jax.tree.leaves((rs_b, m_b))):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    trainer, states, _ = tio2_run
+    plain = make_train(TIO2_CFG, TIO2_NET, PlainVmapEnv(**TIO2_ENV))
+
+    def assert_same(a, b):
+        paths_a, paths_b = (jax.tree_util.tree_leaves_with_path(t) for t in (a, b))
+        assert [p for p, _ in paths_a] == [p for p, _ in paths_b]  # (apply_fn is static)
+        for (path, x), (_, y) in zip(paths_a, paths_b):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y),
+                                          err_msg=jax.tree_util.keystr(path))
+
+    assert_same(states[0], plain.init(jax.random.PRNGKey(0)))
+    n_done = []
+    for rs in states[:-1]:
+        out = trainer.collect_rollout(rs)
+        assert_same(out, plain.collect_rollout(rs))
+        n_done.append(np.asarray(out[1].done).sum(axis=1))
+    n_done = np.concatenate(n_done)
+    assert (n_done == 0).any() and (n_done == 1).any() and (n_done >= 2).any(), n_done
+    assert n_done.sum() >= 3 * TIO2_CFG.n_envs
 
 
 # ---- the ESS constraint ------------------------------------------------------------------------
