@@ -15,6 +15,11 @@ from pathlib import Path
 # that a test kills keeps it off or uses its own folder (JAX writes a cache entry in place, so a
 # process killed mid-write could leave a truncated entry behind).
 os.environ["SWARM_JAX_CACHE_DIR"] = "off"
+# Cache keys without the cache folder's path (by default JAX puts the folder of XLA's GPU-only
+# autotuning caches into the compile options, hence into every key): a killed process can then
+# be given a private copy of the worker's cache (tests/train_script.cache_copy_env). CPU programs
+# and their results are unchanged.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES", "none")
 
 import pytest  # noqa: E402
 import swarm_jax  # noqa: E402
