@@ -40,6 +40,7 @@ import numpy as np
 from flax import struct
 
 from swarm_jax.physics import sumtree
+from swarm_jax.physics.local_access import put, take
 from swarm_jax.physics.lattice import (
     CEILING, DEPOSIT_O, DEPOSIT_TI, DESORB, HOP, NO_EVENTS, REACT, RUNNING, LatticeState, check_sos,
     validate_lattice_size, zero_counters,
@@ -150,12 +151,12 @@ def column_event_rates(state: LatticeState, tables: RateTables, cols: jnp.ndarra
     """
     lz = state.lz
     rows = _cross(cols, state.lx, state.ly)  # (M, 5): the column, then +x, -x, +y, -y
-    h_rows = state.heights[rows]
+    h_rows = take(state.heights, rows)
     h = h_rows[:, 0]
     h_nb = h_rows[:, 1:]
-    level = state.species[rows, h[:, None]]  # (M, 5) species at the top atom's level z = h
+    level = take(state.species, rows, jnp.broadcast_to(h[:, None], rows.shape))  # (M, 5) at z = h
     top_sp = level[:, 0]
-    top_ox = state.oxide[cols, h]
+    top_ox = take(state.oxide, cols, h)
     lateral = level[:, 1:]
     n_ti = jnp.sum(lateral == TI, axis=1)
     n_o = jnp.sum(lateral == O, axis=1)
@@ -167,7 +168,7 @@ def column_event_rates(state: LatticeState, tables: RateTables, cols: jnp.ndarra
     hop = tables.hop[s[:, None], top_ox[:, None].astype(jnp.int32), down_step, n_ti[:, None], n_o[:, None]]
     hop = jnp.where(has_atom[:, None] & (h_nb < lz - 1), hop, 0.0)
     desorb = jnp.where(has_atom, tables.desorb[s, n_ti, n_o], 0.0)
-    cls = state.react_class[cols].astype(jnp.int32)  # (M, Lz)
+    cls = take(state.react_class, cols).astype(jnp.int32)  # (M, Lz)
     react = jnp.where(cls >= 0, tables.react[jnp.clip(cls, 0, 6)], 0.0)
     rates = jnp.concatenate([dep, hop, desorb[:, None], react], axis=1)
     return rates, top_sp, top_ox
@@ -270,7 +271,7 @@ def _reaction_partners(state: LatticeState, species, col, z):
     reaction does not change species) and keep the species scatter in place.
     """
     rows, zs, inside = site_neighbours(col, z, state.lx, state.ly, state.lz)
-    free_o = inside & (species[rows, zs] == O) & (state.oxide[rows, zs] == 0)
+    free_o = inside & (take(species, rows, zs) == O) & (take(state.oxide, rows, zs) == 0)
     order = jnp.cumsum(free_o)
     first = jnp.argmax(free_o & (order == 1))
     second = jnp.argmax(free_o & (order == 2))
@@ -316,7 +317,7 @@ def apply_event(state: LatticeState, tables: RateTables, event: Event, active=Tr
     vac_z = h_c + 1
     rows2 = jnp.stack([land_row, vac_row])
     zs2 = jnp.clip(jnp.stack([land_z, vac_z]), 0, lz - 1)
-    species = state.species.at[rows2, zs2].set(jnp.stack([land_species, jnp.int8(VACANT)]))
+    species = put(state.species, [rows2, zs2], jnp.stack([land_species, jnp.int8(VACANT)]))
 
     # 3. Oxide flags: landing and vacated sites as above; a reaction flags the Ti and two O.
     rz = jnp.clip(k - K_REACT0, 0, lz - 1)
@@ -331,7 +332,7 @@ def apply_event(state: LatticeState, tables: RateTables, event: Event, active=Tr
     ox_vals = jnp.where(
         do_react, jnp.ones((3,), jnp.int8), jnp.stack([land_oxide, jnp.int8(0), jnp.int8(0)])
     )
-    oxide = state.oxide.at[ox_rows, ox_zs].set(ox_vals)
+    oxide = put(state.oxide, [ox_rows, ox_zs], ox_vals)
 
     # 4. Reaction classes of the changed sites and their 6 NN (<= 21 sites), then the leaves of
     #    the crosses around the (up to three) changed columns.
@@ -341,7 +342,7 @@ def apply_event(state: LatticeState, tables: RateTables, event: Event, active=Tr
     site_z = jnp.concatenate([ox_zs[:, None], nn_z], axis=1).reshape(-1)
     site_cls = site_react_class(species, oxide, site_rows, site_z, state.lx, state.ly, lz)
     # Sites of the dummy column (and wrapped neighbours of it) get recomputed values: harmless.
-    react_class = state.react_class.at[site_rows, site_z].set(site_cls)
+    react_class = put(state.react_class, [site_rows, site_z], site_cls)
 
     changed = jnp.where(
         is_hop,
