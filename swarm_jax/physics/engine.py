@@ -135,11 +135,11 @@ def site_react_class(species, oxide, cols, zs, lx: int, ly: int, lz: int) -> jnp
     neither as occupied nor as an O partner.
     """
     rows, nn_z, inside = site_neighbours(cols, zs, lx, ly, lz)
-    nn_sp = jnp.where(inside, species[rows, nn_z], VACANT)
-    nn_ox = oxide[rows, nn_z]
+    nn_sp = jnp.where(inside, take(species, rows, nn_z), VACANT)
+    nn_ox = take(oxide, rows, nn_z)
     free_o = jnp.sum((nn_sp == O) & (nn_ox == 0), axis=-1)
     occupied = jnp.sum((nn_sp == TI) | (nn_sp == O), axis=-1)
-    reactive = (species[cols, zs] == TI) & (oxide[cols, zs] == 0) & (free_o >= 2)
+    reactive = (take(species, cols, zs) == TI) & (take(oxide, cols, zs) == 0) & (free_o >= 2)
     return jnp.where(reactive, occupied, -1).astype(jnp.int8)
 
 

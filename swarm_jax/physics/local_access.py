@@ -11,8 +11,7 @@ the few elements it touches (docs/engine.md, "What was O(N) per event"). So for 
 least :data:`SPLIT_BYTES`, :func:`take` and :func:`put` touch each element through its own
 dynamic slice; smaller arrays, and index sets too large to unroll, use gather and scatter.
 
-Indices must be in range (non-negative, below the dimension): the sliced path clamps them as
-``dynamic_slice`` does, a gather clamps them as well, but negative indices are not wrapped.
+Indices must be in range (``0 <= i < dim``): negative indices are not wrapped as in NumPy.
 """
 
 from __future__ import annotations
@@ -23,10 +22,10 @@ import jax.numpy as jnp
 #: Arrays of at least this many bytes are read and written element by element (half the
 #: 512 KiB at which XLA's CPU cost model splits a fusion that reads and writes the array).
 SPLIT_BYTES = 256 * 1024
-#: Most elements read through dynamic slices by one :func:`take` (larger index sets use a gather).
+#: Most elements read through dynamic slices by one :func:`take`: XLA's CPU backend fuses a
+#: concatenation of at most 8 slices into one kernel (more become one kernel per slice, which
+#: costs more than the split gather they replace); larger index sets use a gather.
 MAX_TAKEN = 8
-#: XLA's CPU backend fuses a concatenation of at most this many slices into one kernel.
-FUSED_SLICES = 8
 #: Most elements written through dynamic-update-slices by one :func:`put` (one kernel each).
 MAX_PUT = 64
 
@@ -52,13 +51,7 @@ def take(arr: jnp.ndarray, *idx: jnp.ndarray) -> jnp.ndarray:
     flat = [i.reshape(-1) for i in idx]
     size = (1,) * len(idx) + arr.shape[len(idx):]
     parts = [jax.lax.dynamic_slice(arr, _starts(flat, j, arr), size) for j in range(n)]
-    # XLA fuses a concatenation of at most FUSED_SLICES slices into one kernel; larger ones
-    # are cut into such groups (the barrier keeps XLA from merging the groups back into one
-    # concatenation, which it would then not fuse at all: one kernel per slice).
-    groups = [jnp.concatenate(parts[g:g + FUSED_SLICES], axis=0) for g in range(0, n, FUSED_SLICES)]
-    if len(groups) > 1:
-        groups = list(jax.lax.optimization_barrier(groups))
-    return jnp.concatenate(groups, axis=0).reshape(shape + arr.shape[len(idx):])
+    return jnp.concatenate(parts, axis=0).reshape(shape + arr.shape[len(idx):])
 
 
 def put(arr: jnp.ndarray, idx, values: jnp.ndarray, add: bool = False) -> jnp.ndarray:

@@ -120,22 +120,30 @@ def leaves(tree: jnp.ndarray, n_leaves: int) -> jnp.ndarray:
 def update(tree: jnp.ndarray, leaf_ids: jnp.ndarray, values: jnp.ndarray) -> jnp.ndarray:
     """Sets leaves ``leaf_ids`` (M,) to ``values`` (M,) and recomputes their ancestors.
 
-    Bottom up, per level: one scatter of the level's new values, then one gather of the rows
-    that hold them (M, B) from the just-written tree and their sums are the parents' new values.
-    Only the written tree is read, so XLA updates it in place. Duplicate leaf ids must carry
-    identical values (they then write identical values).
+    Bottom up, per level: the rows holding the level's changed nodes are read (M, B) from the
+    *old* tree into a small block; every change is written into the block's first row of its
+    tree row (so changes that share a row meet there), and the sums of those rows are the
+    parents' new values. All levels' new values are then written to the tree in one scatter:
+    only reads of the old tree feed it, so XLA updates the tree in place. Duplicate leaf ids
+    must carry identical values (they then write identical values).
     """
     b = tree.shape[1]
     _, off = _offsets(tree)
+    m = leaf_ids.shape[0]
     nodes = leaf_ids.astype(jnp.int32)
     vals = values.astype(tree.dtype)
-    flat = tree.reshape(-1)
+    positions, new_values = [], []
     for d in range(len(off) - 1, -1, -1):  # leaves first, level 1 last
-        flat = flat.at[off[d] * b + nodes].set(vals)
+        positions.append(off[d] * b + nodes)
+        new_values.append(vals)
         if d == 0:
             break
-        nodes = nodes // b  # the parents, at level d - 1
-        vals = block_sum(flat.reshape(tree.shape)[off[d] + nodes])
+        parents = nodes // b  # the parents, at level d - 1
+        block = tree[off[d] + parents]  # (M, B) the old rows holding the changed nodes
+        first = jnp.argmax(parents[:, None] == parents[None, :], axis=1)  # first entry per row
+        block = block.at[first, nodes % b].set(vals)
+        nodes, vals = parents, block_sum(block[first])
+    flat = tree.reshape(-1).at[jnp.concatenate(positions)].set(jnp.concatenate(new_values))
     return flat.reshape(tree.shape)
 
 
