@@ -28,6 +28,11 @@ derived from the new heights, and what is known about the chosen event's atom tr
 may read an old buffer: XLA duplicates small gathers into each consumer, so a bookkeeping value
 computed from an old read (it once was the oxide flag of a desorbing atom, for an oxide counter)
 makes XLA copy the whole array on every event. ``tests/test_engine_hlo.py`` guards this.
+
+Reads and writes of a few sites of the per-site arrays go through
+:mod:`~swarm_jax.physics.local_access`: on large lattices a gather from or a scatter into a
+whole array would be split by XLA's CPU backend into parallel tasks, a thread-pool round trip
+per kernel and event (docs/engine.md).
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ accumulates over billions of events and duplicate indices in an update are harml
 of a row uses the same fixed pairwise order (:func:`block_sum`), in :func:`build` and
 :func:`update` alike, so an updated tree equals a rebuilt one bit for bit.
 
-An update after an event touches ``D`` rows per changed leaf: per level, one scatter of the new
-values, one gather of the rows holding them and one vectorised sum (only the written buffer is
-read, so XLA updates it in place).
+An update after an event touches ``D`` rows per changed leaf: per level, one gather of the rows
+holding the changed nodes from the old tree and one vectorised sum; then one scatter of all
+levels' new values (only reads of the old tree feed it, so XLA updates it in place).
 
 The 2-D shape also tells this structure apart from the binary tree of older checkpoints
 (a 1-D ``(2P,)`` array); :func:`from_binary` converts one.
