@@ -14,9 +14,9 @@ accumulates over billions of events and duplicate indices in an update are harml
 of a row uses the same fixed pairwise order (:func:`block_sum`), in :func:`build` and
 :func:`update` alike, so an updated tree equals a rebuilt one bit for bit.
 
-An update after an event touches ``D`` rows per changed leaf: per level, one gather of the rows
-holding the changed nodes from the old tree and one vectorised sum; then one scatter of all
-levels' new values (only reads of the old tree feed it, so XLA updates it in place).
+An update after an event touches ``D`` rows per changed leaf: per level, one scatter of the new
+values, one gather of the rows holding them and one vectorised sum (only the written buffer is
+read, so XLA updates it in place).
 
 The 2-D shape also tells this structure apart from the binary tree of older checkpoints
 (a 1-D ``(2P,)`` array); :func:`from_binary` converts one.
@@ -120,30 +120,22 @@ def leaves(tree: jnp.ndarray, n_leaves: int) -> jnp.ndarray:
 def update(tree: jnp.ndarray, leaf_ids: jnp.ndarray, values: jnp.ndarray) -> jnp.ndarray:
     """Sets leaves ``leaf_ids`` (M,) to ``values`` (M,) and recomputes their ancestors.
 
-    Bottom up, per level: the rows holding the level's changed nodes are read (M, B) from the
-    *old* tree into a small block; every change is written into the block's first row of its
-    tree row (so changes that share a row meet there), and the sums of those rows are the
-    parents' new values. All levels' new values are then written to the tree in one scatter:
-    only reads of the old tree feed it, so XLA updates the tree in place. Duplicate leaf ids
-    must carry identical values (they then write identical values).
+    Bottom up, per level: one scatter of the level's new values, then one gather of the rows
+    that hold them (M, B) from the just-written tree and their sums are the parents' new values.
+    Only the written tree is read, so XLA updates it in place. Duplicate leaf ids must carry
+    identical values (they then write identical values).
     """
     b = tree.shape[1]
     _, off = _offsets(tree)
-    m = leaf_ids.shape[0]
     nodes = leaf_ids.astype(jnp.int32)
     vals = values.astype(tree.dtype)
-    positions, new_values = [], []
+    flat = tree.reshape(-1)
     for d in range(len(off) - 1, -1, -1):  # leaves first, level 1 last
-        positions.append(off[d] * b + nodes)
-        new_values.append(vals)
+        flat = flat.at[off[d] * b + nodes].set(vals)
         if d == 0:
             break
-        parents = nodes // b  # the parents, at level d - 1
-        block = tree[off[d] + parents]  # (M, B) the old rows holding the changed nodes
-        first = jnp.argmax(parents[:, None] == parents[None, :], axis=1)  # first entry per row
-        block = block.at[first, nodes % b].set(vals)
-        nodes, vals = parents, block_sum(block[first])
-    flat = tree.reshape(-1).at[jnp.concatenate(positions)].set(jnp.concatenate(new_values))
+        nodes = nodes // b  # the parents, at level d - 1
+        vals = block_sum(flat.reshape(tree.shape)[off[d] + nodes])
     return flat.reshape(tree.shape)
 
 
