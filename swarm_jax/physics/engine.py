@@ -28,11 +28,6 @@ derived from the new heights, and what is known about the chosen event's atom tr
 may read an old buffer: XLA duplicates small gathers into each consumer, so a bookkeeping value
 computed from an old read (it once was the oxide flag of a desorbing atom, for an oxide counter)
 makes XLA copy the whole array on every event. ``tests/test_engine_hlo.py`` guards this.
-
-Reads and writes of a few sites of the per-site arrays go through
-:mod:`~swarm_jax.physics.local_access`: on large lattices a gather from or a scatter into a
-whole array would be split by XLA's CPU backend into parallel tasks, a thread-pool round trip
-per kernel and event (docs/engine.md).
 """
 
 from __future__ import annotations
@@ -45,7 +40,6 @@ import numpy as np
 from flax import struct
 
 from swarm_jax.physics import sumtree
-from swarm_jax.physics.local_access import put, take
 from swarm_jax.physics.lattice import (
     CEILING, DEPOSIT_O, DEPOSIT_TI, DESORB, HOP, NO_EVENTS, REACT, RUNNING, LatticeState, check_sos,
     validate_lattice_size, zero_counters,
@@ -140,11 +134,11 @@ def site_react_class(species, oxide, cols, zs, lx: int, ly: int, lz: int) -> jnp
     neither as occupied nor as an O partner.
     """
     rows, nn_z, inside = site_neighbours(cols, zs, lx, ly, lz)
-    nn_sp = jnp.where(inside, take(species, rows, nn_z), VACANT)
-    nn_ox = take(oxide, rows, nn_z)
+    nn_sp = jnp.where(inside, species[rows, nn_z], VACANT)
+    nn_ox = oxide[rows, nn_z]
     free_o = jnp.sum((nn_sp == O) & (nn_ox == 0), axis=-1)
     occupied = jnp.sum((nn_sp == TI) | (nn_sp == O), axis=-1)
-    reactive = (take(species, cols, zs) == TI) & (take(oxide, cols, zs) == 0) & (free_o >= 2)
+    reactive = (species[cols, zs] == TI) & (oxide[cols, zs] == 0) & (free_o >= 2)
     return jnp.where(reactive, occupied, -1).astype(jnp.int8)
 
 
@@ -156,12 +150,12 @@ def column_event_rates(state: LatticeState, tables: RateTables, cols: jnp.ndarra
     """
     lz = state.lz
     rows = _cross(cols, state.lx, state.ly)  # (M, 5): the column, then +x, -x, +y, -y
-    h_rows = take(state.heights, rows)
+    h_rows = state.heights[rows]
     h = h_rows[:, 0]
     h_nb = h_rows[:, 1:]
-    level = take(state.species, rows, jnp.broadcast_to(h[:, None], rows.shape))  # (M, 5) at z = h
+    level = state.species[rows, h[:, None]]  # (M, 5) species at the top atom's level z = h
     top_sp = level[:, 0]
-    top_ox = take(state.oxide, cols, h)
+    top_ox = state.oxide[cols, h]
     lateral = level[:, 1:]
     n_ti = jnp.sum(lateral == TI, axis=1)
     n_o = jnp.sum(lateral == O, axis=1)
@@ -173,7 +167,7 @@ def column_event_rates(state: LatticeState, tables: RateTables, cols: jnp.ndarra
     hop = tables.hop[s[:, None], top_ox[:, None].astype(jnp.int32), down_step, n_ti[:, None], n_o[:, None]]
     hop = jnp.where(has_atom[:, None] & (h_nb < lz - 1), hop, 0.0)
     desorb = jnp.where(has_atom, tables.desorb[s, n_ti, n_o], 0.0)
-    cls = take(state.react_class, cols).astype(jnp.int32)  # (M, Lz)
+    cls = state.react_class[cols].astype(jnp.int32)  # (M, Lz)
     react = jnp.where(cls >= 0, tables.react[jnp.clip(cls, 0, 6)], 0.0)
     rates = jnp.concatenate([dep, hop, desorb[:, None], react], axis=1)
     return rates, top_sp, top_ox
@@ -276,7 +270,7 @@ def _reaction_partners(state: LatticeState, species, col, z):
     reaction does not change species) and keep the species scatter in place.
     """
     rows, zs, inside = site_neighbours(col, z, state.lx, state.ly, state.lz)
-    free_o = inside & (take(species, rows, zs) == O) & (take(state.oxide, rows, zs) == 0)
+    free_o = inside & (species[rows, zs] == O) & (state.oxide[rows, zs] == 0)
     order = jnp.cumsum(free_o)
     first = jnp.argmax(free_o & (order == 1))
     second = jnp.argmax(free_o & (order == 2))
@@ -322,7 +316,7 @@ def apply_event(state: LatticeState, tables: RateTables, event: Event, active=Tr
     vac_z = h_c + 1
     rows2 = jnp.stack([land_row, vac_row])
     zs2 = jnp.clip(jnp.stack([land_z, vac_z]), 0, lz - 1)
-    species = put(state.species, [rows2, zs2], jnp.stack([land_species, jnp.int8(VACANT)]))
+    species = state.species.at[rows2, zs2].set(jnp.stack([land_species, jnp.int8(VACANT)]))
 
     # 3. Oxide flags: landing and vacated sites as above; a reaction flags the Ti and two O.
     rz = jnp.clip(k - K_REACT0, 0, lz - 1)
@@ -337,7 +331,7 @@ def apply_event(state: LatticeState, tables: RateTables, event: Event, active=Tr
     ox_vals = jnp.where(
         do_react, jnp.ones((3,), jnp.int8), jnp.stack([land_oxide, jnp.int8(0), jnp.int8(0)])
     )
-    oxide = put(state.oxide, [ox_rows, ox_zs], ox_vals)
+    oxide = state.oxide.at[ox_rows, ox_zs].set(ox_vals)
 
     # 4. Reaction classes of the changed sites and their 6 NN (<= 21 sites), then the leaves of
     #    the crosses around the (up to three) changed columns.
@@ -347,7 +341,7 @@ def apply_event(state: LatticeState, tables: RateTables, event: Event, active=Tr
     site_z = jnp.concatenate([ox_zs[:, None], nn_z], axis=1).reshape(-1)
     site_cls = site_react_class(species, oxide, site_rows, site_z, state.lx, state.ly, lz)
     # Sites of the dummy column (and wrapped neighbours of it) get recomputed values: harmless.
-    react_class = put(state.react_class, [site_rows, site_z], site_cls)
+    react_class = state.react_class.at[site_rows, site_z].set(site_cls)
 
     changed = jnp.where(
         is_hop,
