@@ -63,8 +63,11 @@ def notebook_out(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs(name, notebook_out, monkeypatch):
-    # The kernel inherits this process's environment.
+def test_notebook_runs(name, notebook_out, monkeypatch, jax_cache_env):
+    # The kernel inherits this process's environment. It runs to its end, so the notebook's
+    # enable_compilation_cache() may use this worker's cache (02 then loads 01's programs).
+    for var, value in jax_cache_env.items():
+        monkeypatch.setenv(var, value)
     monkeypatch.setenv("SWARM_JAX_NOTEBOOK_BUDGET", "ci")
     monkeypatch.setenv("SWARM_JAX_NOTEBOOK_OUT", str(notebook_out))
     monkeypatch.setenv("MPLBACKEND", "Agg")
