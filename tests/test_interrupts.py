@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from train_script import REPO, TINY
+from train_script import REPO, TINY, cache_copy_env
 
 HANG_GUARD_S = 1800  # a loaded 2-core machine makes these slower, never red
 
@@ -83,12 +82,6 @@ def _train(tmp_path: Path, out: Path, *extra, env: dict | None = None) -> Proc:
                  "--no-progress", *extra], env=env or _env(tmp_path), cwd=tmp_path)
 
 
-# JAX's cache key contains the cache folder's path as the process names it, so a copy of a filled
-# folder elsewhere only hits when the processes name it the same way: relative to their own
-# working folder (each train.py process here runs in its test's tmp_path).
-_RELATIVE_CACHE = "jax_cache"
-
-
 @pytest.fixture(scope="module")
 def filled_cache(tmp_path_factory) -> Path:
     """A compilation cache filled by one tiny train.py run that ends normally: the start-up
@@ -96,23 +89,18 @@ def filled_cache(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("filled")
     run = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", str(TINY), "--out",
                           str(root / "run"), "--total-timesteps", "64", "--no-progress"],
-                         env=_env(root, SWARM_JAX_CACHE_DIR=_RELATIVE_CACHE), cwd=root,
+                         env=_env(root, SWARM_JAX_CACHE_DIR=str(root / "jax_cache")), cwd=root,
                          capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert run.returncode == 0, run.stderr[-3000:]
-    return root / _RELATIVE_CACHE
+    names = [f.name for f in (root / "jax_cache").iterdir()]
+    assert any("_init" in n for n in names) and any("train_chunk" in n for n in names), names
+    return root / "jax_cache"
 
 
 def _env_with_cache_copy(tmp_path: Path, filled: Path, leave_out: str | None = None) -> dict:
-    """``_env`` for a train.py process in ``tmp_path`` that a test signals: its own copy of
-    ``filled_cache`` (without the entries whose name contains ``leave_out``), complete before the
-    process starts, so a signal can only cut short writes into the copy."""
-    folder = tmp_path / _RELATIVE_CACHE
-    folder.mkdir()
-    names = [f.name for f in filled.iterdir() if not (leave_out and leave_out in f.name)]
-    assert any("_init" in name for name in names), names
-    for name in names:
-        shutil.copy2(filled / name, folder / name)
-    return _env(tmp_path, SWARM_JAX_CACHE_DIR=_RELATIVE_CACHE)
+    """``_env`` for a train.py process that a test signals: a private copy of ``filled_cache``
+    (:func:`train_script.cache_copy_env`)."""
+    return _env(tmp_path, **cache_copy_env(filled, tmp_path / "jax_cache", leave_out))
 
 
 @pytest.mark.slow

@@ -22,15 +22,17 @@ def one_error_line(capsys) -> str:
     return err[0]
 
 
-def cache_copy_env(worker_cache: Path, folder: Path) -> dict:
-    """Environment entries for a subprocess that a test kills: its own compilation cache
-    ``folder``, a complete copy of the worker's cache (``worker_compilation_cache`` in
-    conftest.py) made before the process starts, so a kill can only damage the copy.
+def cache_copy_env(source: Path, folder: Path, leave_out: str | None = None) -> dict:
+    """Environment entries for a subprocess that a test kills or signals: its own compilation
+    cache ``folder``, a complete copy of the filled cache ``source`` (the worker's
+    ``worker_compilation_cache`` in conftest.py, or a module's own) made before the process
+    starts, so a kill can only damage the copy. Entries whose name contains ``leave_out`` are not
+    copied (the process then compiles those programs itself).
 
     A copy is found only where JAX's cache keys do not hold the cache folder's path: with
-    ``JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES=none`` in the environment. By default the key holds
-    it (through a GPU-only XLA option), a copy in another folder would never hit, and the process
-    gets no cache (``{}``: the tests' ``SWARM_JAX_CACHE_DIR=off`` stays).
+    ``JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES=none`` in the environment (conftest.py sets it). By
+    default the key holds it (through a GPU-only XLA option), a copy in another folder would never
+    hit, and the process gets no cache entry here (``{}``: the caller's setting stays).
     """
     import shutil
 
@@ -38,5 +40,6 @@ def cache_copy_env(worker_cache: Path, folder: Path) -> dict:
 
     if (jax.config.jax_persistent_cache_enable_xla_caches or "none") != "none":
         return {}
-    shutil.copytree(worker_cache, folder)
+    shutil.copytree(source, folder, ignore=lambda _, names: [
+        n for n in names if leave_out is not None and leave_out in n])
     return {"SWARM_JAX_CACHE_DIR": str(folder)}
